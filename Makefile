@@ -1,0 +1,41 @@
+# The interface: make run, make test, make lint, make bench, make fixtures.
+# Each target creates its own virtual environment and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BENCHV := .venv-bench
+
+.PHONY: run test lint bench fixtures clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	@mkdir -p build
+	$(BIN)/netinit fixtures/cnn.onnx --method orthogonal --all -o build/cnn.init.onnx --force
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check netinit_cli tests fixtures bench
+	$(BIN)/ruff format --check netinit_cli tests fixtures bench
+	$(BIN)/mypy --strict netinit_cli
+
+fixtures: $(VENV)/.dev
+	$(BIN)/python fixtures/generate.py
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(BENCHV) build .pytest_cache .mypy_cache .ruff_cache

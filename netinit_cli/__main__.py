@@ -1,0 +1,3 @@
+from netinit_cli.cli import main
+
+main()

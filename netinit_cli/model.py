@@ -1,0 +1,172 @@
+"""The records that flow through the pipeline: read → classify → plan → fill → write → report.
+
+Nothing here knows about ONNX or safetensors.  A format reader produces :class:`Param`
+records; a classifier gives each one a :class:`Role` and a :class:`Layout`; the planner turns
+them into :class:`Planned` entries; the filler produces values lazily, one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+
+class Role(str, Enum):
+    """What a stored tensor *is*.  The value decides how (and whether) it is initialized."""
+
+    WEIGHT = "weight"  # a matrix or kernel that the method fills
+    RECURRENT = "recurrent"  # RNN recurrent weights R (per gate block)
+    EMBEDDING = "embedding"  # lookup table [vocab, dim]
+    BIAS = "bias"
+    NORM_SCALE = "norm_scale"
+    NORM_SHIFT = "norm_shift"
+    RUNNING_MEAN = "running_mean"
+    RUNNING_VAR = "running_var"
+    PRELU_SLOPE = "prelu_slope"
+    LAYER_SCALE = "layer_scale"  # ConvNeXt/CaiT gamma: small constant
+    TOKEN = "token"  # cls_token, pos_embed: truncated normal 0.02
+    ZERO = "zero"  # zero by convention (LoRA B)
+    CONSTANT = "constant"  # never touched: shapes, integers, buffers, masks
+    QUANTIZED = "quantized"  # quantized weights and their scales/zero points: never touched
+    SCALAR = "scalar"  # float scalar in arithmetic: kept unless opted in
+    UNKNOWN = "unknown"  # float tensor with no recognised role: kept unless opted in
+    CONFLICT = "conflict"  # used in slots that disagree: kept unless opted in
+
+    @property
+    def learnable(self) -> bool:
+        """Roles that ``--all`` re-initializes (running statistics included, as NetInitialize does)."""
+        return self in LEARNABLE_ROLES
+
+    @property
+    def random(self) -> bool:
+        """Roles whose values come from the chosen method (the others have fixed values)."""
+        return self in (Role.WEIGHT, Role.RECURRENT, Role.EMBEDDING)
+
+
+LEARNABLE_ROLES = frozenset(
+    {
+        Role.WEIGHT,
+        Role.RECURRENT,
+        Role.EMBEDDING,
+        Role.BIAS,
+        Role.NORM_SCALE,
+        Role.NORM_SHIFT,
+        Role.RUNNING_MEAN,
+        Role.RUNNING_VAR,
+        Role.PRELU_SLOPE,
+        Role.LAYER_SCALE,
+        Role.TOKEN,
+        Role.ZERO,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which axes of the *stored* tensor are inputs, outputs, or independent batches.
+
+    Axes not named in ``in_axes``, ``out_axes`` or ``batch_axes`` form the receptive field.
+    ``in_divisor`` / ``out_divisor`` say that the named axis holds a count that is split into
+    independent groups (conv ``groups`` or packed RNN gate blocks): the semantic fan is per group.
+    ``blocks`` is the number of packed blocks along the first out axis (RNN gates), which
+    orthogonal and identity treat as separate matrices.  ``torch_perm`` maps the stored axes
+    (after dropping batch axes) to the orientation torch would store the parameter in, so that
+    torch's own ``_calculate_fan_in_and_fan_out`` can be reproduced for parity.
+    """
+
+    in_axes: tuple[int, ...]
+    out_axes: tuple[int, ...]
+    batch_axes: tuple[int, ...] = ()
+    in_divisor: int = 1
+    out_divisor: int = 1
+    blocks: int = 1
+    torch_perm: tuple[int, ...] | None = None
+    label: str = ""
+
+    def rf_axes(self, rank: int) -> tuple[int, ...]:
+        named = set(self.in_axes) | set(self.out_axes) | set(self.batch_axes)
+        return tuple(a for a in range(rank) if a not in named)
+
+    def fans(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """Semantic (fan_in, fan_out): per group and per gate block, receptive field included."""
+        rf = math.prod(shape[a] for a in self.rf_axes(len(shape)))
+        fan_in = math.prod(shape[a] for a in self.in_axes) * rf // self.in_divisor
+        fan_out = math.prod(shape[a] for a in self.out_axes) * rf // self.out_divisor
+        return max(fan_in, 0), max(fan_out, 0)
+
+    def torch_fans(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """What ``torch.nn.init._calculate_fan_in_and_fan_out`` gives for this parameter."""
+        dims = [shape[a] for a in range(len(shape)) if a not in self.batch_axes]
+        if self.torch_perm is not None:
+            dims = [dims[a] for a in self.torch_perm]
+        if len(dims) < 2:
+            return self.fans(shape)
+        rf = math.prod(dims[2:])
+        return dims[1] * rf, dims[0] * rf
+
+    def describe(self) -> str:
+        return self.label or f"in={list(self.in_axes)} out={list(self.out_axes)}"
+
+
+# Common layouts.  Classifiers build the rest with dataclasses.replace or Layout(...).
+LINEAR_OUT_IN = Layout((1,), (0,), label="[out, in]")
+MATRIX_IN_OUT = Layout((0,), (1,), torch_perm=(1, 0), label="[in, out]")
+
+
+def conv_layout(rank: int, groups: int = 1) -> Layout:
+    """Conv weight ``[out, in/g, k…]``: the out axis holds all outputs, split in ``groups``."""
+    return Layout((1,), (0,), out_divisor=groups, label="[out, in/g, k…]" if rank > 2 else "[out, in]")
+
+
+def conv_transpose_layout(rank: int, groups: int = 1) -> Layout:
+    """ConvTranspose weight ``[in, out/g, k…]``: the in axis holds all inputs."""
+    return Layout((0,), (1,), in_divisor=groups, torch_perm=None, label="[in, out/g, k…]")
+
+
+class Action(str, Enum):
+    FILL = "filled"  # values generated by netinit
+    KEEP = "kept"  # learnable (or opt-in) tensor left as it was
+    CONSTANT = "constant"  # never touched
+
+
+@dataclass
+class Param:
+    """One stored tensor, as the format reader and the classifier see it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors-style name: F32, F16, BF16, F64, F8_E4M3, F8_E5M2, I64, BOOL, …
+    has_data: bool = True
+    role: Role = Role.UNKNOWN
+    layout: Layout | None = None
+    reason: str = ""
+    source: str = "initializer"
+    aliases: tuple[str, ...] = ()  # other names that refer to the same stored tensor
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def classified(self, role: Role, reason: str, layout: Layout | None = None) -> Param:
+        return replace(self, role=role, reason=reason, layout=layout)
+
+
+@dataclass
+class Planned:
+    """What netinit will do with one tensor, and why.  Produced by :mod:`netinit_cli.plan`."""
+
+    param: Param
+    action: Action
+    init: str = ""  # human form of what fills it: "kaiming(normal)", "constant(1)", …
+    rule: str = ""  # which --rule / config entry chose it ("" = the command's method)
+    fan_in: int | None = None
+    fan_out: int | None = None
+    expected_std: float | None = None
+    expected_mean: float | None = None
+    why: str = ""  # why this action (e.g. "has data; use --all to re-initialize")
+    # Filled in by the filler after generation:
+    mean: float | None = None
+    std: float | None = None
+    histogram: list[int] | None = None
