@@ -1,0 +1,121 @@
+"""Element types by their safetensors names, with the numpy (ml_dtypes) and ONNX equivalents.
+
+numpy knows no bfloat16 or float8; ml_dtypes (a dependency of onnx) registers them.  Values are
+always generated in float32 (float64 for F64 tensors) and rounded once, here.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from netinit_cli.errors import UsageError
+
+# safetensors name -> numpy dtype
+_NUMPY: dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "C64": np.dtype(np.complex64),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+
+# Floats netinit fills.  F8_E8M0 is a scale format that cannot hold 0 or negatives, and C64 is
+# complex: neither is ever filled.
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ"})
+
+# ONNX TensorProto.DataType numbers (onnx.TensorProto.FLOAT == 1, …), kept here so this module
+# does not import onnx.
+_ONNX: dict[int, str] = {
+    1: "F32",
+    2: "U8",
+    3: "I8",
+    4: "U16",
+    5: "I16",
+    6: "I32",
+    7: "I64",
+    9: "BOOL",
+    10: "F16",
+    11: "F64",
+    12: "U32",
+    13: "U64",
+    14: "C64",
+    16: "BF16",
+    17: "F8_E4M3",  # FLOAT8E4M3FN
+    18: "F8_E4M3FNUZ",
+    19: "F8_E5M2",
+    20: "F8_E5M2FNUZ",
+}
+_ONNX_BY_NAME = {name: number for number, name in _ONNX.items()}
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    try:
+        return _NUMPY[dtype]
+    except KeyError:
+        raise UsageError(f"unsupported dtype {dtype!r}") from None
+
+
+def itemsize(dtype: str) -> int:
+    return numpy_dtype(dtype).itemsize
+
+
+def from_numpy(dtype: np.dtype) -> str:
+    for name, candidate in _NUMPY.items():
+        if candidate == dtype:
+            return name
+    raise UsageError(f"unsupported numpy dtype {dtype}")
+
+
+def onnx_to_name(elem_type: int) -> str:
+    """ONNX element type number -> our name; unknown types get an opaque 'ONNX<n>' name."""
+    return _ONNX.get(elem_type, f"ONNX{elem_type}")
+
+
+def name_to_onnx(dtype: str) -> int:
+    try:
+        return _ONNX_BY_NAME[dtype]
+    except KeyError:
+        raise UsageError(f"dtype {dtype} has no ONNX equivalent") from None
+
+
+def compute_dtype(dtype: str) -> np.dtype:
+    """The dtype values are generated in before rounding: float64 for F64, float32 otherwise."""
+    return np.dtype(np.float64) if dtype == "F64" else np.dtype(np.float32)
+
+
+def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
+    """Round generated values to ``dtype`` once, refusing values the format cannot hold.
+
+    float8_e4m3fn turns overflow into NaN and e5m2 into inf, silently: check before casting.
+    """
+    target = numpy_dtype(dtype)
+    if values.dtype == target:
+        return np.ascontiguousarray(values)
+    if values.size:
+        limit = float(ml_dtypes.finfo(target).max) if dtype != "F64" else float("inf")
+        peak = float(np.max(np.abs(values)))
+        if not np.isfinite(peak) or peak > limit:
+            raise UsageError(
+                f"tensor {tensor!r}: a generated value ({peak:.4g}) does not fit {dtype} "
+                f"(largest finite {limit:.4g}); use a smaller scale or a wider dtype"
+            )
+    return np.ascontiguousarray(values.astype(target))
