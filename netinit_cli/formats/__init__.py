@@ -1,0 +1,72 @@
+"""Format detection: which backend opens a path.  Recognized by content, not only by suffix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from netinit_cli.errors import InputError
+from netinit_cli.formats.base import ModelFile
+
+SAFETENSORS = "safetensors"
+ONNX = "onnx"
+INDEX = "safetensors-index"
+MANIFEST = "manifest"
+
+
+def sniff(path: Path) -> str:
+    """Return the kind of model at ``path`` from its bytes (folders are safetensors bundles)."""
+    if path.is_dir():
+        return SAFETENSORS
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(head) >= 9:
+        header_len = int.from_bytes(head[:8], "little")
+        if 2 <= header_len <= path.stat().st_size - 8 and head[8:9] in (b"{", b" ", b"\n", b"\t", b"\r"):
+            return SAFETENSORS
+    stripped = head.lstrip()
+    if stripped.startswith(b"{"):
+        return _json_kind(path)
+    if head[:1] in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42") or path.suffix == ".onnx":
+        return ONNX
+    raise InputError(
+        f"{path}: not an ONNX model or a safetensors file (first bytes {head[:8].hex(' ')}); "
+        "give a .onnx model, a .safetensors file, a *.safetensors.index.json or a folder of shards"
+    )
+
+
+def _json_kind(path: Path) -> str:
+    if path.stat().st_size > 64 * 1024 * 1024:
+        raise InputError(f"{path}: JSON file over 64 MiB; not an index or manifest")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(document, dict) and "weight_map" in document:
+        return INDEX
+    if isinstance(document, dict):
+        return MANIFEST
+    raise InputError(f"{path}: JSON is neither a safetensors index nor a tensor manifest")
+
+
+def open_model(path: Path) -> ModelFile:
+    """Open ``path`` with the backend its content calls for."""
+    kind = sniff(path)
+    if kind in (SAFETENSORS, INDEX):
+        from netinit_cli.formats.safetensors_io import open_safetensors
+
+        return open_safetensors(path)
+    if kind == ONNX:
+        from netinit_cli.formats.onnx_io import open_onnx
+
+        return open_onnx(path)
+    raise InputError(
+        f"{path}: a tensor manifest is not a model; use it as a template: netinit --like {path} -o OUT"
+    )
