@@ -81,7 +81,9 @@ def check_destination(out: Path, *, overwrite: bool, follow_symlinks: bool = Fal
             "(remove the link or choose another -o)"
         )
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; use --force to overwrite it or -o to choose another path")
+        raise OutputExistsError(
+            f"{out} already exists; use --force to overwrite it or -o to choose another path"
+        )
     if out.exists() and out.is_dir():
         raise OutputError(f"{out} is a directory; give a file path with -o")
     parent = out.parent if str(out.parent) else Path(".")

@@ -1,0 +1,280 @@
+"""The Python API.  The command-line tool is a thin layer over these functions.
+
+>>> from netinit_cli import initialize
+>>> report = initialize("model.onnx", out="model.init.onnx", method="xavier", seed=7, all=True)
+>>> report.counts["filled"]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from netinit_cli import __version__
+from netinit_cli.errors import InputError, UsageError
+from netinit_cli.fill import Filler
+from netinit_cli.formats import open_model
+from netinit_cli.formats.base import ModelFile
+from netinit_cli.methods import MethodSpec, parse_method
+from netinit_cli.model import Action, Planned
+from netinit_cli.plan import Options, Rule, counts, make_plan, make_rule, parse_rule
+from netinit_cli.seeding import Seed, parse_seed
+
+FAN_MODES = ("semantic", "torch")
+
+
+@dataclass
+class Report:
+    """What a run did (or, for a dry run or inspect, would do), tensor by tensor."""
+
+    input: Path | None
+    output: Path | None
+    kind: str
+    seed: Seed
+    method: MethodSpec
+    all: bool
+    fan_mode: str
+    entries: list[Planned]
+    dry_run: bool = False
+    files: list[Path] = field(default_factory=list)
+    bytes_written: int = 0
+    elapsed: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return counts(self.entries)
+
+    @property
+    def filled(self) -> list[Planned]:
+        return [entry for entry in self.entries if entry.action is Action.FILL]
+
+    def to_json(self) -> dict[str, Any]:
+        from netinit_cli.report import report_json
+
+        return report_json(self)
+
+
+def versions() -> dict[str, str]:
+    import onnx
+
+    return {
+        "netinit": __version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def build_options(
+    *,
+    method: str | MethodSpec = "kaiming",
+    seed: str | int | Seed | None = None,
+    all: bool = False,
+    fan_mode: str = "semantic",
+    rules: Sequence[str | Rule] = (),
+    config: str | os.PathLike[str] | None = None,
+    method_options: Mapping[str, str | None] | None = None,
+) -> Options:
+    """Turn user-level values (strings, as on the command line) into planning options.
+
+    A config file (TOML) supplies defaults: keys ``method``, ``seed``, ``all``, ``fan_mode`` and a
+    ``[rules]`` table of ``"GLOB" = "SPEC"``.  Explicit arguments win over the file; rules given
+    here come before the file's rules (the first matching rule wins).
+    """
+    file_rules: list[Rule] = []
+    if config is not None:
+        settings = load_config(Path(config))
+        method = settings.get("method", method) if method == "kaiming" else method
+        seed = settings.get("seed", seed) if seed is None else seed
+        all = bool(settings.get("all", all)) or all
+        fan_mode = settings.get("fan_mode", fan_mode) if fan_mode == "semantic" else fan_mode
+        for pattern, spec in settings.get("rules", {}).items():
+            file_rules.append(make_rule(str(pattern), str(spec), origin=f"{config} [rules]"))
+    if fan_mode not in FAN_MODES:
+        raise UsageError(f"--fan-mode {fan_mode!r}: choose one of {', '.join(FAN_MODES)}")
+    spec = method if isinstance(method, MethodSpec) else parse_method(str(method), method_options or {})
+    seed_value = seed if isinstance(seed, Seed) else parse_seed(seed)
+    parsed_rules = tuple(rule if isinstance(rule, Rule) else parse_rule(rule) for rule in rules)
+    return Options(
+        method=spec, seed=seed_value, all=all, fan_mode=fan_mode, rules=parsed_rules + tuple(file_rules)
+    )
+
+
+CONFIG_KEYS = {"method", "seed", "all", "fan_mode", "rules"}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            settings = tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"--config {path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {path}: not valid TOML: {exc}") from exc
+    unknown = sorted(set(settings) - CONFIG_KEYS)
+    if unknown:
+        raise UsageError(
+            f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}"
+        )
+    if "rules" in settings and not isinstance(settings["rules"], dict):
+        raise UsageError(f'--config {path}: [rules] must be a table of "GLOB" = "SPEC"')
+    return settings
+
+
+def _open(
+    model: str | os.PathLike[str] | None, like: str | os.PathLike[str] | None, out: Path | None
+) -> ModelFile:
+    if model is None and like is None:
+        raise UsageError("give a MODEL, or --like TEMPLATE with -o OUT to create a new checkpoint")
+    if model is None:
+        from netinit_cli.formats.safetensors_io import new_safetensors
+
+        if out is None:
+            raise UsageError("--like without a MODEL creates a new checkpoint: give its path with -o")
+        return new_safetensors(out, _template_params(Path(like)))  # type: ignore[arg-type]
+    opened = open_model(Path(model))
+    if like is not None:
+        if opened.kind != "safetensors":
+            raise UsageError(
+                "--like adds missing tensors to safetensors bundles; an ONNX graph defines its own"
+            )
+        from netinit_cli.formats.safetensors_io import merge_template
+
+        merge_template(opened, _template_params(Path(like)))  # type: ignore[arg-type]
+    return opened
+
+
+def _template_params(path: Path) -> list[Any]:
+    from netinit_cli.formats import ONNX, sniff
+
+    if sniff(path) == ONNX:
+        from netinit_cli.formats.onnx_io import open_onnx
+
+        template = open_onnx(path)
+        return [param for param in template.params if param.source in ("initializer", "graph_input")]
+    from netinit_cli.formats.safetensors_io import params_from_template
+
+    return params_from_template(path)
+
+
+def inspect(
+    model: str | os.PathLike[str] | None,
+    *,
+    like: str | os.PathLike[str] | None = None,
+    options: Options | None = None,
+    **kwargs: Any,
+) -> Report:
+    """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
+    options = options or build_options(**kwargs)
+    opened = _open(model, like, None)
+    plan = make_plan(opened.params, options)
+    return Report(
+        input=Path(model) if model is not None else None,
+        output=None,
+        kind=opened.kind,
+        seed=options.seed,
+        method=options.method,
+        all=options.all,
+        fan_mode=options.fan_mode,
+        entries=plan,
+        dry_run=True,
+        notes=list(opened.notes),
+        rules=options.rules,
+    )
+
+
+def initialize(
+    model: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    like: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    in_place: bool = False,
+    dry_run: bool = False,
+    options: Options | None = None,
+    progress: Any = None,
+    **kwargs: Any,
+) -> Report:
+    """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
+
+    Keyword arguments are those of :func:`build_options` (``method``, ``seed``, ``all``,
+    ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
+    Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
+    """
+    started = time.perf_counter()
+    options = options or build_options(**kwargs)
+    if in_place and out is not None:
+        raise UsageError("--in-place and -o are exclusive: --in-place writes back to MODEL")
+    if in_place and model is None:
+        raise UsageError("--in-place needs a MODEL")
+    out_path = Path(out) if out is not None else None
+    opened = _open(model, like, out_path)
+    if in_place:
+        out_path, force = opened.path, True
+    elif out_path is None:
+        out_path = opened.default_output()
+    if model is not None and not in_place and _same_file(out_path, opened.path):
+        raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
+    plan = make_plan(opened.params, options)
+    report = Report(
+        input=Path(model) if model is not None else None,
+        output=out_path,
+        kind=opened.kind,
+        seed=options.seed,
+        method=options.method,
+        all=options.all,
+        fan_mode=options.fan_mode,
+        entries=plan,
+        dry_run=dry_run,
+        notes=list(opened.notes),
+        rules=options.rules,
+    )
+    if dry_run:
+        report.elapsed = time.perf_counter() - started
+        return report
+    filler = Filler(options.seed)
+
+    def produce(planned: Planned) -> np.ndarray:
+        values = filler.produce(planned)
+        if progress is not None:
+            progress(planned, values.nbytes)
+        return values
+
+    result = opened.write(out_path, plan, produce, provenance(options), overwrite=force)
+    report.files = result.paths
+    report.bytes_written = result.bytes_written
+    report.notes.extend(result.notes)
+    report.elapsed = time.perf_counter() - started
+    return report
+
+
+def provenance(options: Options) -> dict[str, str]:
+    """Recorded in the output's metadata so a run can be repeated and audited."""
+    record = {
+        "netinit.version": __version__,
+        "netinit.seed": str(options.seed),
+        "netinit.method": options.method.describe(),
+        "netinit.scope": "all" if options.all else "missing",
+        "netinit.fan_mode": options.fan_mode,
+        "netinit.numpy": np.__version__,
+    }
+    if options.rules:
+        record["netinit.rules"] = "; ".join(rule.describe() for rule in options.rules)
+    return record
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError as exc:
+        raise InputError(f"{a}: {exc.strerror}") from exc

@@ -1,0 +1,311 @@
+"""The ``netinit`` command: a thin click layer over :mod:`netinit_cli.api`.
+
+Errors become one line on stderr and an exit code here, and only here.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from netinit_cli import __version__
+from netinit_cli.api import Report, build_options, initialize, inspect
+from netinit_cli.errors import EXIT_CODES, NetinitError
+from netinit_cli.methods import METHOD_NAMES, describe_methods
+from netinit_cli.model import Planned
+from netinit_cli.report import TABLE_MODES, render
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EPILOG = """\b
+Examples:
+  netinit model.onnx                          fill missing parameters (seed 1234)
+  netinit model.onnx --method orthogonal --all -o out.onnx
+  netinit model.safetensors --method 'kaiming(distribution=uniform)' --all
+  netinit model.onnx --method random --weights 'normal(0,0.02)' --biases 0.01 --all
+  netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
+  netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
+  netinit model.onnx --dry-run --json          the plan as JSON, nothing written
+\b
+Exit codes: """ + ", ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items())
+
+
+class DefaultGroup(click.Group):
+    """``netinit MODEL …`` runs the ``init`` command; ``netinit inspect|methods`` are subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["init", *args]
+        elif not args:
+            args = ["init"]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The one place where errors become a single line on stderr and an exit code."""
+        try:
+            return super().invoke(ctx)
+        except NetinitError as exc:
+            if ctx.meta.get(DEBUG_KEY):
+                traceback.print_exc()
+            click.echo(f"netinit: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("netinit: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug: one line, the traceback only on request
+            if ctx.meta.get(DEBUG_KEY):
+                traceback.print_exc()
+            click.echo(
+                f"netinit: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+DEBUG_KEY = "netinit.debug"
+
+
+def method_options(func: F) -> F:
+    """The methods' sub-options, shared by ``init`` and ``inspect``."""
+    decorators = [
+        click.option(
+            "--method",
+            "-m",
+            default="kaiming",
+            show_default=True,
+            metavar="SPEC",
+            help=f"{'|'.join(METHOD_NAMES)}, or a compact spec such as 'kaiming(distribution=uniform)'.",
+        ),
+        click.option(
+            "--distribution",
+            metavar="DIST",
+            help="Kaiming/Xavier: normal|uniform|truncated_normal.  Identity: the noise "
+            "(default normal(0,0.01); a bare number is its std; none for an exact identity).",
+        ),
+        click.option(
+            "--weights",
+            metavar="DIST",
+            help="Random: weight distribution (default normal(0,1)), e.g. 0.02 or 'uniform(-0.1,0.1)'.",
+        ),
+        click.option(
+            "--biases", metavar="DIST", help="Random: bias distribution (default none = zero), e.g. 0.01."
+        ),
+        click.option("--mode", metavar="FAN", help="Kaiming/Xavier: fan_in|fan_out|fan_avg."),
+        click.option(
+            "--nonlinearity",
+            metavar="NAME",
+            help="Kaiming/Xavier gain: linear|sigmoid|tanh|relu|leaky_relu|selu.",
+        ),
+        click.option("--negative-slope", metavar="X", help="leaky_relu slope for the gain (default 0.01)."),
+        click.option("--gain", metavar="X", help="Override the gain (Kaiming/Xavier/Orthogonal)."),
+        click.option(
+            "--forget-bias", metavar="X", help="LSTM forget-gate bias (ONNX gate order; Wb half only)."
+        ),
+        click.option(
+            "--seed",
+            "-s",
+            metavar="SEED",
+            help="Integer or string; 'automatic' draws one and prints it; 'inherited' reads NETINIT_SEED. [default: 1234]",
+        ),
+        click.option(
+            "--all", "all_", is_flag=True, help="Re-initialize every learnable tensor, not only missing ones."
+        ),
+        click.option(
+            "--fan-mode",
+            type=click.Choice(["semantic", "torch"]),
+            default="semantic",
+            show_default=True,
+            help="semantic: true per-group fans from the layout; torch: torch.nn.init's own numbers.",
+        ),
+        click.option(
+            "--rule",
+            "rules",
+            multiple=True,
+            metavar="GLOB=SPEC",
+            help="Per-name rule (repeatable; first match wins): SPEC is a method spec, a distribution, or keep.",
+        ),
+        click.option(
+            "--config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML file with method, seed, all, fan_mode and a [rules] table.",
+        ),
+        click.option(
+            "--like", metavar="TEMPLATE", help="Create tensors the template has and the bundle lacks."
+        ),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the table."
+        ),
+        click.option(
+            "--table",
+            type=click.Choice(TABLE_MODES),
+            default="auto",
+            show_default=True,
+            help="Per-tensor rows, grouped rows, or no table.",
+        ),
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(path_type=Path),
+            help="Also write the JSON report here.",
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors."),
+        click.option("--debug", is_flag=True, help="Show the traceback of an error."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+@click.group(cls=DefaultGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netinit")
+def cli() -> None:
+    """Initialize the missing (or, with --all, every) parameter of an ONNX model or a
+    safetensors checkpoint, and write a new file."""
+
+
+@cli.command("init", epilog=EPILOG)
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Output path [default: MODEL with .init before the suffix].",
+)
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+@click.option("--in-place", is_flag=True, help="Replace MODEL atomically (temporary file, fsync, rename).")
+@click.option("--dry-run", "-n", is_flag=True, help="Print the plan; write nothing.")
+@method_options
+def init_command(
+    model: Path | None, output: Path | None, force: bool, in_place: bool, dry_run: bool, **kw: Any
+) -> None:
+    """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
+    click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
+    console, err = _consoles(kw)
+    options = _options(kw)
+    if options.seed.source == "automatic" and not kw["quiet"]:
+        err.print(f"netinit: seed {options.seed} (automatic); repeat this run with --seed {options.seed}")
+    progress = _progress(err, enabled=not kw["quiet"] and not dry_run)
+    try:
+        report = initialize(
+            model,
+            output,
+            like=kw["like"],
+            force=force,
+            in_place=in_place,
+            dry_run=dry_run,
+            options=options,
+            progress=progress.advance if progress else None,
+        )
+    finally:
+        if progress:
+            progress.stop()
+    _emit(report, console, kw)
+
+
+@cli.command("inspect")
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@method_options
+def inspect_command(model: Path | None, **kw: Any) -> None:
+    """Show every tensor's role, layout, fans, and what would be done — without writing."""
+    click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
+    console, _ = _consoles(kw)
+    report = inspect(model, like=kw["like"], options=_options(kw))
+    _emit(report, console, {**kw, "table": "full" if kw["table"] == "auto" else kw["table"]})
+
+
+@cli.command("methods")
+def methods_command() -> None:
+    """List every method, sub-option, default and formula."""
+    click.echo(describe_methods())
+
+
+def _options(kw: dict[str, Any]) -> Any:
+    overrides = {
+        key: kw[key]
+        for key in (
+            "distribution",
+            "weights",
+            "biases",
+            "mode",
+            "nonlinearity",
+            "negative_slope",
+            "gain",
+            "forget_bias",
+        )
+    }
+    return build_options(
+        method=kw["method"],
+        seed=kw["seed"],
+        all=kw["all_"],
+        fan_mode=kw["fan_mode"],
+        rules=kw["rules"],
+        config=kw["config"],
+        method_options=overrides,
+    )
+
+
+def _consoles(kw: dict[str, Any]) -> tuple[Console, Console]:
+    quiet = kw["quiet"]
+    console = Console(quiet=quiet, highlight=False)
+    err = Console(stderr=True, quiet=quiet, highlight=False)
+    return console, err
+
+
+class _Progress:
+    def __init__(self, console: Console, total: int | None = None) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("generating", total=total)
+        self.bar.start()
+
+    def advance(self, planned: Planned, nbytes: int) -> None:
+        self.bar.update(self.task, advance=nbytes, description=planned.param.name[-40:])
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _progress(console: Console, *, enabled: bool) -> _Progress | None:
+    # Only on a terminal: pipes and CI logs get no control codes.
+    if not enabled or not console.is_terminal:
+        return None
+    return _Progress(console)
+
+
+def _emit(report: Report, console: Console, kw: dict[str, Any]) -> None:
+    if kw["report_path"] is not None:
+        _write_json(kw["report_path"], report)
+    if kw["as_json"]:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    render(report, console, kw["table"])
+
+
+def _write_json(path: Path, report: Report) -> None:
+    from netinit_cli.formats.base import atomic_output
+
+    with atomic_output(path, overwrite=True) as handle:
+        handle.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="netinit")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,158 @@
+"""Decide, for every classified tensor, whether it is filled, kept or left constant — and why.
+
+Pure: no I/O and no random numbers.  ``--dry-run`` and ``netinit inspect`` stop after this.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from netinit_cli import dtypes
+from netinit_cli.distributions import Distribution, parse_distribution, sample_into
+from netinit_cli.errors import UsageError
+from netinit_cli.methods import METHOD_NAMES, MethodSpec, TensorInit, initializer_for, parse_method
+from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.seeding import Seed
+
+KEEP = "keep"
+
+# Roles that are kept unless a rule names them: the classifier could not be sure what they are.
+OPT_IN_ROLES = frozenset({Role.SCALAR, Role.UNKNOWN, Role.CONFLICT})
+# Roles that are never written, even by a rule: integers, quantized data, shape tensors.
+NEVER_ROLES = frozenset({Role.CONSTANT, Role.QUANTIZED})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``GLOB=SPEC``: tensors whose name matches GLOB get SPEC (a method, a distribution, or keep)."""
+
+    pattern: str
+    text: str
+    method: MethodSpec | None = None
+    distribution: Distribution | None = None
+
+    @property
+    def keep(self) -> bool:
+        return self.method is None and self.distribution is None
+
+    def matches(self, param: Param) -> bool:
+        return any(fnmatch.fnmatchcase(name, self.pattern) for name in (param.name, *param.aliases))
+
+    def describe(self) -> str:
+        return f"{self.pattern}={self.text}"
+
+
+def parse_rule(text: str, *, origin: str = "--rule") -> Rule:
+    pattern, sep, spec = text.partition("=")
+    pattern, spec = pattern.strip(), spec.strip()
+    if not sep or not pattern or not spec:
+        raise UsageError(
+            f"{origin} {text!r}: expected GLOB=SPEC, e.g. 'lm_head.*=xavier' or '*.bias=constant(0.1)' or 'pos*=keep'"
+        )
+    return make_rule(pattern, spec, origin=origin)
+
+
+def make_rule(pattern: str, spec: str, *, origin: str = "--rule") -> Rule:
+    head = spec.split("(", 1)[0].strip().lower()
+    if head == KEEP:
+        return Rule(pattern, KEEP)
+    if head in METHOD_NAMES:
+        method = parse_method(spec)
+        return Rule(pattern, method.describe(), method=method)
+    try:
+        distribution = parse_distribution(spec, allow_none=False, option=f"{origin} {pattern}")
+    except UsageError as exc:
+        raise UsageError(
+            f"{origin} {pattern}={spec}: SPEC must be a method ({', '.join(METHOD_NAMES)}), "
+            f"a distribution, or 'keep' — {str(exc).splitlines()[0]}"
+        ) from None
+    return Rule(pattern, distribution.describe(), distribution=distribution)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything that decides the plan.  Built by the CLI or the Python API."""
+
+    method: MethodSpec
+    seed: Seed
+    all: bool = False
+    fan_mode: str = "semantic"
+    rules: tuple[Rule, ...] = field(default_factory=tuple)
+
+    def rule_for(self, param: Param) -> Rule | None:
+        """First matching rule wins (command-line rules come before config-file rules)."""
+        return next((rule for rule in self.rules if rule.matches(param)), None)
+
+
+def make_plan(params: Sequence[Param], options: Options) -> list[Planned]:
+    return [plan_one(param, options) for param in params]
+
+
+def plan_one(param: Param, options: Options) -> Planned:
+    rule = options.rule_for(param)
+    rule_text = rule.describe() if rule else ""
+    if param.role in NEVER_ROLES or not dtypes.is_float(param.dtype):
+        return Planned(param, Action.CONSTANT, rule=rule_text, why=_constant_why(param))
+    if rule is not None and rule.keep:
+        return Planned(param, Action.KEEP, rule=rule_text, why=f"kept by rule {rule_text}")
+    if param.role in OPT_IN_ROLES and rule is None:
+        why = f"{param.role.value}: kept; opt in with --rule '{param.name}=SPEC'"
+        return Planned(param, Action.KEEP, why=why)
+    if param.has_data and not options.all:
+        return Planned(param, Action.KEEP, rule=rule_text, why="has data; --all re-initializes it")
+    if param.numel == 0:
+        return Planned(param, Action.KEEP, rule=rule_text, why="zero elements: nothing to fill")
+    init = _initializer(param, options, rule)
+    why = "missing: no data in the input" if not param.has_data else "--all"
+    return Planned(
+        param,
+        Action.FILL,
+        init=init.label,
+        rule=rule_text,
+        fan_in=init.fan_in,
+        fan_out=init.fan_out,
+        expected_std=init.expected_std,
+        expected_mean=init.expected_mean,
+        why=why,
+        initializer=init,
+    )
+
+
+def _initializer(param: Param, options: Options, rule: Rule | None) -> TensorInit:
+    if rule is not None and rule.distribution is not None:
+        return distribution_init(rule.distribution)
+    method = rule.method if rule is not None and rule.method is not None else options.method
+    if param.role in OPT_IN_ROLES:
+        # Opted in by a method rule: treat it as a weight; the method falls back to the
+        # [out, in, k…] convention when there is no layout, and says so in its label.
+        param = param.classified(Role.WEIGHT, param.reason, param.layout)
+    return initializer_for(param, method, fan_mode=options.fan_mode)
+
+
+def distribution_init(distribution: Distribution) -> TensorInit:
+    def fill(out: object, seed: Seed, name: str) -> None:
+        sample_into(distribution, out, seed, name)  # type: ignore[arg-type]
+
+    return TensorInit(
+        label=distribution.describe(),
+        fan_in=None,
+        fan_out=None,
+        expected_mean=distribution.mean,
+        expected_std=distribution.std,
+        fill=fill,
+    )
+
+
+def _constant_why(param: Param) -> str:
+    if not dtypes.is_float(param.dtype):
+        return f"{param.dtype} tensor: never initialized"
+    return param.reason or param.role.value
+
+
+def counts(plan: Iterable[Planned]) -> dict[str, int]:
+    tally = {action.value: 0 for action in Action}
+    for entry in plan:
+        tally[entry.action.value] += 1
+    return tally

@@ -1,0 +1,258 @@
+"""The Rich summary table and the machine-readable JSON report.
+
+The table has a row per tensor for small models and rows grouped by role, action and name
+pattern for large ones.  Filled rows carry a sparkline of the values' histogram next to the
+observed and expected standard deviation; a row whose std is far from the target is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from netinit_cli.model import Action, Planned
+
+if TYPE_CHECKING:
+    from netinit_cli.api import Report
+
+TABLE_MODES = ("auto", "full", "summary", "none")
+AUTO_FULL_LIMIT = 60  # per-tensor rows up to this many tensors, grouped rows beyond
+SPARK = "▁▂▃▄▅▆▇█"
+ACTION_STYLE = {Action.FILL: "green", Action.KEEP: "yellow", Action.CONSTANT: "dim"}
+JSON_SCHEMA_VERSION = 1
+
+
+def sparkline(histogram: list[int] | None) -> str:
+    if not histogram:
+        return ""
+    peak = max(histogram)
+    if peak == 0:
+        return ""
+    return "".join(
+        SPARK[min(len(SPARK) - 1, math.ceil(count / peak * (len(SPARK) - 1)))] for count in histogram
+    )
+
+
+def std_off_target(entry: Planned) -> bool:
+    """Observed std differs from the target by more than sampling noise allows.
+
+    The standard error of a sample std is about std/sqrt(2n); we flag beyond 6 standard errors
+    plus 2% (bf16/f8 rounding and the systematic stats sample), so a wrong gain or fan (>= 10%)
+    shows while healthy tensors never do.
+    """
+    if entry.std is None or entry.expected_std is None or entry.expected_std <= 0:
+        return False
+    n = max(1, min(entry.param.numel, 1 << 20))
+    tolerance = 6.0 / math.sqrt(2.0 * n) + 0.02
+    return abs(entry.std / entry.expected_std - 1.0) > tolerance
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.4f}"
+
+
+def _fans(entry: Planned) -> str:
+    if entry.fan_in is None and entry.fan_out is None:
+        return ""
+    return f"{entry.fan_in}/{entry.fan_out}"
+
+
+def choose_mode(mode: str, n: int) -> str:
+    if mode == "auto":
+        return "full" if n <= AUTO_FULL_LIMIT else "summary"
+    return mode
+
+
+def render(report: Report, console: Console, mode: str = "auto") -> None:
+    mode = choose_mode(mode, len(report.entries))
+    if mode == "full":
+        console.print(full_table(report))
+    elif mode == "summary":
+        console.print(summary_table(report))
+    if mode != "none":
+        console.print(footer(report))
+        for note in report.notes:
+            console.print(Text(f"note: {note}", style="yellow"))
+
+
+def _title(report: Report) -> str:
+    verb = "plan for" if report.dry_run else "initialized"
+    return f"netinit {verb} {report.input or report.output} ({report.kind})"
+
+
+def full_table(report: Report) -> Table:
+    table = Table(title=_title(report), box=box.SIMPLE_HEAD, header_style="bold")
+    for column, justify in (
+        ("tensor", "left"),
+        ("role", "left"),
+        ("shape", "left"),
+        ("dtype", "left"),
+        ("fan in/out", "right"),
+        ("action", "left"),
+        ("init", "left"),
+        ("mean", "right"),
+        ("std (target)", "right"),
+        ("values", "left"),
+    ):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for entry in report.entries:
+        flagged = std_off_target(entry)
+        std = _num(entry.std)
+        if entry.expected_std is not None:
+            std = f"{std} ({_num(entry.expected_std)})" if std else f"({_num(entry.expected_std)})"
+        init = entry.init or entry.why
+        if entry.rule:
+            init = f"{init} [rule {entry.rule}]"
+        table.add_row(
+            entry.param.name,
+            entry.param.role.value,
+            _shape(entry.param.shape),
+            entry.param.dtype,
+            _fans(entry),
+            Text(entry.action.value, style=ACTION_STYLE[entry.action]),
+            init,
+            _num(entry.mean),
+            Text(std + (" !" if flagged else ""), style="bold red" if flagged else ""),
+            sparkline(entry.histogram),
+        )
+    return table
+
+
+def group_key(name: str) -> str:
+    """Collapse layer indices so that 'h.11.attn.c_attn.weight' groups with 'h.0.attn.c_attn.weight'."""
+    return re.sub(r"(?<=[._/-])\d+(?=[._/-]|$)", "N", name)
+
+
+def summary_table(report: Report) -> Table:
+    table = Table(title=_title(report) + " — grouped", box=box.SIMPLE_HEAD, header_style="bold")
+    for column, justify in (
+        ("pattern", "left"),
+        ("role", "left"),
+        ("action", "left"),
+        ("tensors", "right"),
+        ("elements", "right"),
+        ("init", "left"),
+        ("std (target)", "right"),
+    ):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    groups: dict[tuple[str, str, Action, str], list[Planned]] = {}
+    for entry in report.entries:
+        key = (group_key(entry.param.name), entry.param.role.value, entry.action, entry.init or entry.why)
+        groups.setdefault(key, []).append(entry)
+    for (pattern, role, action, init), entries in groups.items():
+        stds = [e.std for e in entries if e.std is not None]
+        targets = {round(e.expected_std, 12) for e in entries if e.expected_std is not None}
+        std = _num(sum(stds) / len(stds)) if stds else ""
+        if len(targets) == 1:
+            std = f"{std} ({_num(targets.pop())})"
+        flagged = any(std_off_target(e) for e in entries)
+        table.add_row(
+            pattern,
+            role,
+            Text(action.value, style=ACTION_STYLE[action]),
+            str(len(entries)),
+            f"{sum(e.param.numel for e in entries):,}",
+            init,
+            Text(std + (" !" if flagged else ""), style="bold red" if flagged else ""),
+        )
+    return table
+
+
+def footer(report: Report) -> Text:
+    tally = report.counts
+    parts = [
+        f"{tally['filled']} filled, {tally['kept']} kept, {tally['constant']} constant",
+        f"method {report.method.describe()}",
+        f"seed {report.seed} ({report.seed.source})",
+        "scope all" if report.all else "scope missing-only",
+    ]
+    if report.fan_mode != "semantic":
+        parts.append(f"fans {report.fan_mode}")
+    if report.dry_run:
+        parts.append("dry run: nothing written")
+    else:
+        parts.append(f"{report.bytes_written:,} bytes written to {report.output}")
+        parts.append(f"{report.elapsed:.2f} s")
+    text = Text("; ".join(parts))
+    if not report.dry_run and tally["filled"] == 0:
+        text.append(
+            "\nnothing was uninitialized: every learnable tensor has data; use --all to re-initialize them",
+            style="yellow",
+        )
+    flagged = [e.param.name for e in report.entries if std_off_target(e)]
+    if flagged:
+        text.append(
+            f"\n{len(flagged)} tensor(s) with std far from target (!): {', '.join(flagged[:5])}", style="red"
+        )
+    return text
+
+
+def entry_json(entry: Planned) -> dict[str, Any]:
+    param = entry.param
+    return {
+        "name": param.name,
+        "aliases": list(param.aliases),
+        "role": param.role.value,
+        "reason": param.reason,
+        "source": param.source,
+        "shape": list(param.shape),
+        "dtype": param.dtype,
+        "layout": param.layout.describe() if param.layout else None,
+        "has_data": param.has_data,
+        "fan_in": entry.fan_in,
+        "fan_out": entry.fan_out,
+        "action": entry.action.value,
+        "why": entry.why,
+        "init": entry.init or None,
+        "rule": entry.rule or None,
+        "mean": entry.mean,
+        "std": entry.std,
+        "expected_mean": entry.expected_mean,
+        "expected_std": entry.expected_std,
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    from netinit_cli.api import versions
+
+    return {
+        "schema": JSON_SCHEMA_VERSION,
+        "input": str(report.input) if report.input else None,
+        "output": None if report.dry_run or report.output is None else str(report.output),
+        "files": [str(path) for path in report.files],
+        "format": report.kind,
+        "dry_run": report.dry_run,
+        "seed": str(report.seed),
+        "seed_source": report.seed.source,
+        "method": report.method.describe(),
+        "scope": "all" if report.all else "missing",
+        "fan_mode": report.fan_mode,
+        "rules": [rule.describe() for rule in report.rules],
+        "counts": report.counts,
+        "bytes_written": report.bytes_written,
+        "elapsed_seconds": round(report.elapsed, 4),
+        "versions": versions(),
+        "notes": list(report.notes),
+        "tensors": [entry_json(entry) for entry in report.entries],
+    }
+
+
+def iter_flagged(entries: Iterable[Planned]) -> list[str]:
+    return [entry.param.name for entry in entries if std_off_target(entry)]
