@@ -1,0 +1,490 @@
+"""Classify stored tensors by name, rank and dtype alone (safetensors bundles have no graph).
+
+The rules are one ordered table, :data:`NAME_RULES`; the first rule whose pattern, rank, dtype,
+format and context conditions all hold decides a tensor's role, its layout (which axes are in,
+out, batch) and the human reason shown in the table.  Order matters: buffers and quantization
+tensors come before anything that could make them look learnable, norms before biases, special
+learnables before the generic Linear/Conv rules, and the fallback "unknown" comes last.
+
+Conventions (see shared/reference/safetensors.md §10–11): PyTorch Linear ``[out, in]`` and Conv
+``[out, in/g, k…]``; GPT-2 Conv1D ``[in, out]``; Flax/TF kernels ``[in, out]`` / ``[k…, in, out]``;
+MLX conv ``[out, k…, in]``; MoE stacks keep the expert axis as a batch axis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from netinit_cli.dtypes import FLOAT_DTYPES
+from netinit_cli.model import LINEAR_OUT_IN, MATRIX_IN_OUT, Layout, Param, Role, conv_layout
+
+Shape = tuple[int, ...]
+
+# Scale and packed formats: never generated (E8M0 cannot even hold 0).
+_PACKED_DTYPES = frozenset({"F4", "F6_E2M3", "F6_E3M2", "F8_E8M0"})
+
+
+@dataclass(frozen=True)
+class NameContext:
+    """What the rules may know besides the tensor itself: the other names and the format hint."""
+
+    shapes: dict[str, Shape]
+    dtypes: dict[str, str]
+    format_hint: str | None
+    families: frozenset[str]
+
+    def has(self, name: str) -> bool:
+        return name in self.shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout builders: shape -> (layout, extra words for the reason).  Layout depends on the shape
+# for grouped convolutions and packed gates; everything else is a constant.
+# ---------------------------------------------------------------------------------------------
+LayoutFn = Callable[[Param, NameContext], tuple[Layout, str]]
+
+EMBEDDING_LAYOUT = Layout((1,), (0,), label="[vocab, dim]")
+
+
+def _fixed(layout: Layout) -> LayoutFn:
+    return lambda param, ctx: (layout, "")
+
+
+def _torch_conv(param: Param, ctx: NameContext) -> tuple[Layout, str]:
+    out_channels, in_per_group = param.shape[0], param.shape[1]
+    if in_per_group == 1 and out_channels > 1:
+        return conv_layout(len(param.shape), groups=out_channels), f", depthwise: groups = {out_channels}"
+    return conv_layout(len(param.shape)), ""
+
+
+def _torch_conv_transpose(param: Param, ctx: NameContext) -> tuple[Layout, str]:
+    # [in, out/g, k…]: torch's fan formula reads size(1) as fan_in anyway (torch_perm=None).
+    return Layout((0,), (1,), label="[in, out/g, k…]"), ""
+
+
+def _hwio_conv(param: Param, ctx: NameContext) -> tuple[Layout, str]:
+    rank = len(param.shape)
+    in_axis, out_axis = rank - 2, rank - 1
+    groups = param.shape[out_axis] if param.shape[in_axis] == 1 and param.shape[out_axis] > 1 else 1
+    perm = (out_axis, in_axis, *range(rank - 2))
+    layout = Layout((in_axis,), (out_axis,), out_divisor=groups, torch_perm=perm, label="[k…, in, out]")
+    return layout, (f", depthwise: groups = {groups}" if groups > 1 else "")
+
+
+def _mlx_conv(param: Param, ctx: NameContext) -> tuple[Layout, str]:
+    rank = len(param.shape)
+    groups = param.shape[0] if param.shape[-1] == 1 and param.shape[0] > 1 else 1
+    perm = (0, rank - 1, *range(1, rank - 1))
+    layout = Layout((rank - 1,), (0,), out_divisor=groups, torch_perm=perm, label="[out, k…, in]")
+    return layout, (f", depthwise: groups = {groups}" if groups > 1 else "")
+
+
+def _packed(blocks: int, what: str) -> LayoutFn:
+    layout = Layout((1,), (0,), out_divisor=blocks, blocks=blocks, label=f"[{blocks}·E, in] ({what})")
+    return _fixed(layout)
+
+
+_RNN_GATES = {4: "LSTM gates i, f, g, o", 3: "GRU gates r, z, n", 1: "RNN"}
+
+
+def _rnn(param: Param, ctx: NameContext) -> tuple[Layout, str]:
+    """``weight_ih_lK`` / ``weight_hh_lK`` ``[G·H, in]``: G from the recurrent matrix ``[G·H, H]``."""
+    hh_name = re.sub(r"weight_(ih|hh)_l", "weight_hh_l", param.name)
+    hh_shape = ctx.shapes.get(hh_name, param.shape)
+    gates = hh_shape[0] // hh_shape[1] if len(hh_shape) == 2 and hh_shape[1] else 1
+    if gates not in _RNN_GATES or param.shape[0] % gates:
+        gates = 1
+    label = f"[{gates}·H, in]" if gates > 1 else "[H, in]"
+    layout = Layout((1,), (0,), out_divisor=gates, blocks=gates, label=label)
+    return layout, f" ({_RNN_GATES[gates]})"
+
+
+_MOE_IN_OUT = Layout((1,), (2,), batch_axes=(0,), torch_perm=(1, 0), label="[experts, in, out]")
+_MOE_OUT_IN = Layout((2,), (1,), batch_axes=(0,), label="[experts, out, in]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Context conditions: named predicates the table refers to.
+# ---------------------------------------------------------------------------------------------
+Condition = Callable[[Param, NameContext, "re.Match[str]"], bool]
+
+
+def _in_family(family: str) -> Condition:
+    return lambda param, ctx, match: family in ctx.families
+
+
+def _sibling(suffix: str) -> Condition:
+    """A tensor beside this one (same module) named ``suffix`` exists."""
+
+    def check(param: Param, ctx: NameContext, match: re.Match[str]) -> bool:
+        module = param.name.rsplit(".", 1)[0] if "." in param.name else ""
+        return ctx.has(f"{module}.{suffix}" if module else suffix)
+
+    return check
+
+
+def _scaled_fp8(param: Param, ctx: NameContext, match: re.Match[str]) -> bool:
+    """FP8 block-scaled (DeepSeek/compressed-tensors): ``X.weight`` with ``X.weight_scale(_inv)``."""
+    return param.dtype.startswith("F8") and any(
+        ctx.has(param.name + suffix) for suffix in ("_scale_inv", "_scale", "_scale_2")
+    )
+
+
+def _int_quantized_sibling(param: Param, ctx: NameContext, match: re.Match[str]) -> bool:
+    """MLX / AWQ style: float ``scales``/``biases`` beside an integer-packed ``weight``."""
+    module = param.name.rsplit(".", 1)[0] if "." in param.name else ""
+    for candidate in ("weight", "qweight"):
+        name = f"{module}.{candidate}" if module else candidate
+        if name in ctx.dtypes and ctx.dtypes[name] not in FLOAT_DTYPES:
+            return True
+    return False
+
+
+def _norm_parent(param: Param, ctx: NameContext, match: re.Match[str]) -> bool:
+    """1-D weight/bias under a norm-like module, or beside BatchNorm running statistics."""
+    return bool(_NORM_PARENT.search(param.name)) or _sibling("running_mean")(param, ctx, match)
+
+
+_NORM_PARENT = re.compile(
+    r"(?i)(?:^|\.)(?:[\w]*norm[\w]*|[\w]*layrnorm[\w]*|ln(?:_?\w*)?|\w+_ln|bn\d*|\w+_bn|normalization"
+    r"|(?:in|out)_layers\.0|norm\d*)\.(?:weight|bias|gamma|beta|scale|g|b)$"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NameRule:
+    """``pattern`` is searched in the full name; ``ranks``/``floats`` restrict shape and dtype;
+    ``formats`` restricts the ``__metadata__["format"]`` hint; ``when`` are context conditions.
+    ``reason`` may use the pattern's named groups (``{m}``) and ``{rank}``/``{dtype}``."""
+
+    pattern: str
+    role: Role
+    reason: str
+    ranks: frozenset[int] | None = None
+    floats: bool | None = True  # True: float dtypes only; False: non-float only; None: any
+    formats: frozenset[str | None] | None = None
+    when: tuple[Condition, ...] = ()
+    layout: LayoutFn | None = None
+    compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compiled", re.compile(self.pattern))
+
+
+def _ranks(*values: int) -> frozenset[int]:
+    return frozenset(values)
+
+
+ANY_RANK_2PLUS = frozenset(range(2, 9))
+CONV_RANKS = _ranks(3, 4, 5)
+COLUMN_MAJOR_FORMATS: frozenset[str | None] = frozenset({"flax", "tf", "jax"})
+
+NAME_RULES: tuple[NameRule, ...] = (
+    # --- integers, bools and exotic storage: never learnable -------------------------------
+    NameRule(r"num_batches_tracked$", Role.CONSTANT, "BatchNorm step counter (integer buffer)", floats=None),
+    NameRule(
+        r"(?:^|[._])(?P<m>qweight|qzeros|g_idx|absmax|quant_map|SCB|weight_packed|weight_shape)$",
+        Role.QUANTIZED,
+        "quantized storage ({m})",
+        floats=None,
+    ),
+    NameRule(r"", Role.CONSTANT, "{dtype} tensor: only real float tensors are initialized", floats=False),
+    # --- buffers that must never be randomized ---------------------------------------------
+    NameRule(r"(?:^|\.)(?P<m>(?:original_)?inv_freq)$", Role.CONSTANT, "rotary {m} buffer (from config)"),
+    NameRule(r"(?:^|\.)(?P<m>position_ids|token_type_ids)$", Role.CONSTANT, "{m} buffer"),
+    NameRule(r"(?:^|\.)attn\.bias$", Role.CONSTANT, "GPT-2 causal mask buffer attn.bias", ranks=_ranks(4)),
+    NameRule(r"(?:^|\.)masked_bias$", Role.CONSTANT, "GPT-2 masked_bias buffer"),
+    NameRule(r"(?:^|[._])(?P<m>\w*mask)$", Role.CONSTANT, "mask buffer ({m})"),
+    NameRule(r"(?:^|\.)(?P<m>\w*_index)$", Role.CONSTANT, "index buffer ({m})"),
+    NameRule(
+        r"(?:^|\.)encoder\.embed_positions\.weight$",
+        Role.CONSTANT,
+        "Whisper encoder sinusoidal positions (fixed, not trained)",
+        when=(_in_family("whisper"),),
+    ),
+    # --- quantization scales and zero points -----------------------------------------------
+    NameRule(
+        r"(?:^|[._])(?P<m>weight_scale_inv|weight_scale(?:_2)?|input_scale|output_scale|k_scale|v_scale"
+        r"|weight_zero_point|input_zero_point|weight_global_scale|quant_state\.\w+)$",
+        Role.QUANTIZED,
+        "quantization tensor ({m})",
+        floats=None,
+    ),
+    NameRule(
+        r"\.weight$", Role.QUANTIZED, "FP8 block-scaled weight (has a scale tensor)", when=(_scaled_fp8,)
+    ),
+    NameRule(
+        r"(?:^|\.)(?P<m>scales|biases)$",
+        Role.QUANTIZED,
+        "quantization {m} of an integer-packed weight",
+        when=(_int_quantized_sibling,),
+    ),
+    NameRule(
+        r"",
+        Role.QUANTIZED,
+        "{dtype} is a scale or packed format, never initialized",
+        floats=None,
+        when=(lambda p, c, m: p.dtype in _PACKED_DTYPES,),
+    ),
+    # --- BatchNorm running statistics --------------------------------------------------------
+    NameRule(r"(?:^|[._])(?:running_mean|moving_mean)$", Role.RUNNING_MEAN, "BatchNorm running mean"),
+    NameRule(
+        r"(?:^|[._])(?:running_var|moving_var(?:iance)?)$", Role.RUNNING_VAR, "BatchNorm running variance"
+    ),
+    # --- LoRA adapters -----------------------------------------------------------------------
+    NameRule(
+        r"(?:^|\.)(?P<m>lora_B|lora_up|lora_embedding_B)(?:\.[\w]+)*\.weight$|lora_embedding_B(?:\.\w+)?$",
+        Role.ZERO,
+        "LoRA B is zero by convention (randomizing it changes the base model)",
+    ),
+    NameRule(
+        r"(?:^|\.)(?P<m>lora_A|lora_down)(?:\.[\w]+)*\.weight$",
+        Role.WEIGHT,
+        "LoRA A ({m}) [r, in]",
+        ranks=_ranks(2),
+        layout=_fixed(LINEAR_OUT_IN),
+    ),
+    NameRule(
+        r"(?:^|\.)(?P<m>lora_A|lora_down)(?:\.[\w]+)*\.weight$",
+        Role.WEIGHT,
+        "LoRA A ({m}) as a conv [r, in, k…]",
+        ranks=CONV_RANKS,
+        layout=_torch_conv,
+    ),
+    NameRule(
+        r"lora_embedding_A(?:\.\w+)?$",
+        Role.WEIGHT,
+        "LoRA embedding A [r, vocab]",
+        ranks=_ranks(2),
+        layout=_fixed(LINEAR_OUT_IN),
+    ),
+    NameRule(r"(?:^|\.)alpha$", Role.CONSTANT, "LoRA alpha scalar", ranks=_ranks(0)),
+    # --- norms (1-D; before biases and layer scales) -----------------------------------------
+    NameRule(
+        r"\.(?:weight|gamma|scale|g)$",
+        Role.NORM_SCALE,
+        "1-D {leaf} of a norm layer",
+        ranks=_ranks(1),
+        when=(_norm_parent,),
+    ),
+    NameRule(
+        r"\.(?:bias|beta|b)$",
+        Role.NORM_SHIFT,
+        "1-D {leaf} of a norm layer",
+        ranks=_ranks(1),
+        when=(_norm_parent,),
+    ),
+    # --- special learnables ------------------------------------------------------------------
+    NameRule(
+        r"(?:^|\.)(?P<m>layer_scale\w*|ls\d\.gamma|gamma_?\d*)(?:\.(?:weight|gamma|scale))?$",
+        Role.LAYER_SCALE,
+        "layer scale ({m})",
+        ranks=_ranks(1, 3, 4),
+    ),
+    NameRule(
+        r"(?:^|\.)(?P<m>cls_token|dist_token|reg_token|register_tokens|mask_token|pos_embed|"
+        r"absolute_pos_embed|pos_embedding|position_embeddings|class_embedding)$",
+        Role.TOKEN,
+        "learned token/position parameter ({m})",
+    ),
+    NameRule(r"(?:^|\.)sinks$", Role.TOKEN, "attention sinks (gpt-oss)", ranks=_ranks(1)),
+    # --- embeddings --------------------------------------------------------------------------
+    NameRule(
+        r"(?:^|\.)(?P<m>\w*embed_tokens|\w*embed_positions|tok_embeddings|\w*_embeddings?|embeddings?|"
+        r"wte|wpe|shared|relative_attention_bias|embed|word_emb)\.weight$",
+        Role.EMBEDDING,
+        "embedding table {m} [vocab, dim]",
+        ranks=_ranks(2),
+        layout=_fixed(EMBEDDING_LAYOUT),
+    ),
+    NameRule(
+        r"(?:^|\.)(?P<m>embedding|embeddings)$",
+        Role.EMBEDDING,
+        "Flax/Keras embedding [vocab, dim]",
+        ranks=_ranks(2),
+        layout=_fixed(EMBEDDING_LAYOUT),
+    ),
+    # --- biases ------------------------------------------------------------------------------
+    NameRule(r"(?:^|[._])bias(?:_(?:ih|hh)_l\d+(?:_reverse)?)?$", Role.BIAS, "name ends in {leaf}"),
+    NameRule(r"_bias$", Role.BIAS, "name ends in _bias"),
+    NameRule(r"(?:^|\.)(?:bias_k|bias_v)$", Role.BIAS, "attention bias_k/bias_v"),
+    # --- packed and recurrent matrices -------------------------------------------------------
+    NameRule(
+        r"(?:^|\.)in_proj_weight$",
+        Role.WEIGHT,
+        "MultiheadAttention packed q, k, v [3E, E]",
+        ranks=_ranks(2),
+        layout=_packed(3, "q, k, v"),
+    ),
+    NameRule(
+        r"(?:^|\.)weight_hh_l\d+(?:_reverse)?$",
+        Role.RECURRENT,
+        "recurrent weight_hh",
+        ranks=_ranks(2),
+        layout=_rnn,
+    ),
+    NameRule(
+        r"(?:^|\.)weight_(?:ih|hr)_l\d+(?:_reverse)?$",
+        Role.WEIGHT,
+        "RNN input weight_ih",
+        ranks=_ranks(2),
+        layout=_rnn,
+    ),
+    # --- GPT-2 Conv1D [in, out] --------------------------------------------------------------
+    NameRule(
+        r"(?:^|\.)h\.\d+\.(?:attn|mlp|crossattention)\.(?P<m>c_attn|c_proj|c_fc|q_attn)\.weight$",
+        Role.WEIGHT,
+        "GPT-2 Conv1D [in, out] ({m})",
+        ranks=_ranks(2),
+        layout=_fixed(MATRIX_IN_OUT),
+    ),
+    # --- mixture-of-experts stacks -----------------------------------------------------------
+    NameRule(
+        r"(?:^|\.)experts\.(?P<m>gate_up_proj|down_proj|up_proj|gate_proj|w1|w2|w3)$",
+        Role.WEIGHT,
+        "MoE expert stack {m} [experts, in, out]",
+        ranks=_ranks(3),
+        layout=_fixed(_MOE_IN_OUT),
+    ),
+    NameRule(
+        r"(?:^|\.)experts\.(?P<m>\w+)\.weight$",
+        Role.WEIGHT,
+        "MoE expert stack {m} [experts, out, in]",
+        ranks=_ranks(3),
+        layout=_fixed(_MOE_OUT_IN),
+    ),
+    # --- Flax / TF kernels -------------------------------------------------------------------
+    NameRule(
+        r"(?:^|[./])kernel$",
+        Role.WEIGHT,
+        "Flax/Keras Dense kernel [in, out]",
+        ranks=_ranks(2),
+        layout=_fixed(MATRIX_IN_OUT),
+    ),
+    NameRule(
+        r"(?:^|[./])kernel$",
+        Role.WEIGHT,
+        "Flax/Keras conv kernel [k…, in, out] (HWIO)",
+        ranks=CONV_RANKS,
+        layout=_hwio_conv,
+    ),
+    NameRule(
+        r"\.weight$",
+        Role.WEIGHT,
+        "{format} 2-D weight [in, out]",
+        ranks=_ranks(2),
+        formats=COLUMN_MAJOR_FORMATS,
+        layout=_fixed(MATRIX_IN_OUT),
+    ),
+    NameRule(
+        r"\.weight$",
+        Role.WEIGHT,
+        "{format} conv [k…, in, out]",
+        ranks=CONV_RANKS,
+        formats=COLUMN_MAJOR_FORMATS,
+        layout=_hwio_conv,
+    ),
+    # --- MLX conv [out, k…, in] --------------------------------------------------------------
+    NameRule(
+        r"\.weight$",
+        Role.WEIGHT,
+        "MLX conv [out, k…, in]",
+        ranks=CONV_RANKS,
+        formats=frozenset({"mlx"}),
+        layout=_mlx_conv,
+    ),
+    # --- PyTorch Conv / ConvTranspose / Linear -----------------------------------------------
+    NameRule(
+        r"(?i)(?:conv_?transpose|deconv|upconv|convtranspose)\w*\.weight$",
+        Role.WEIGHT,
+        "ConvTranspose{dim} [in, out/g, k…]",
+        ranks=CONV_RANKS,
+        layout=_torch_conv_transpose,
+    ),
+    NameRule(r"\.weight$", Role.WEIGHT, "Conv{dim} [out, in/g, k…]", ranks=CONV_RANKS, layout=_torch_conv),
+    NameRule(
+        r"\.weight$",
+        Role.WEIGHT,
+        "Linear [out, in] (2-D .weight)",
+        ranks=_ranks(2),
+        layout=_fixed(LINEAR_OUT_IN),
+    ),
+    NameRule(r"(?:^|\.)(?P<m>prelu|act\w*)\.weight$", Role.PRELU_SLOPE, "PReLU slope", ranks=_ranks(0, 1)),
+    # --- what is left ------------------------------------------------------------------------
+    NameRule(r"", Role.SCALAR, "0-D float scalar (e.g. logit_scale)", ranks=_ranks(0)),
+    NameRule(r"", Role.UNKNOWN, "no name rule matched"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family detection: a few checkpoint families change how a name is read.
+# ---------------------------------------------------------------------------------------------
+FAMILY_MARKERS: dict[str, re.Pattern[str]] = {
+    "whisper": re.compile(r"(?:^|\.)encoder\.conv2\.weight$"),
+}
+
+
+def detect_families(names: Iterable[str]) -> frozenset[str]:
+    names = list(names)
+    return frozenset(family for family, marker in FAMILY_MARKERS.items() if any(map(marker.search, names)))
+
+
+def _matches(rule: NameRule, param: Param, ctx: NameContext) -> re.Match[str] | None:
+    if rule.ranks is not None and len(param.shape) not in rule.ranks:
+        return None
+    is_float = param.dtype in FLOAT_DTYPES
+    if rule.floats is True and not is_float:
+        return None
+    if rule.floats is False and (is_float or param.dtype in _PACKED_DTYPES):
+        return None
+    if rule.formats is not None and ctx.format_hint not in rule.formats:
+        return None
+    match = rule.compiled.search(param.name)
+    if match is None:
+        return None
+    if not all(condition(param, ctx, match) for condition in rule.when):
+        return None
+    return match
+
+
+def classify_one(param: Param, ctx: NameContext) -> Param:
+    for rule in NAME_RULES:
+        match = _matches(rule, param, ctx)
+        if match is None:
+            continue
+        layout, extra = rule.layout(param, ctx) if rule.layout is not None else (None, "")
+        words = {key: value for key, value in match.groupdict().items() if value is not None}
+        words.setdefault("m", "")
+        reason = rule.reason.format(
+            **words,
+            leaf="." + param.name.rsplit(".", 1)[-1] if "." in param.name else param.name,
+            dtype=param.dtype,
+            rank=len(param.shape),
+            dim=f"{len(param.shape) - 2}d" if len(param.shape) > 2 else "",
+            format=(ctx.format_hint or "").upper() or "TF/Flax",
+        )
+        return param.classified(rule.role, reason + extra, layout)
+    raise AssertionError("the last rule matches every tensor")  # pragma: no cover
+
+
+def classify_params(params: list[Param], format_hint: str | None) -> list[Param]:
+    """Give every param a role, a layout and a reason from :data:`NAME_RULES` (first match wins).
+
+    ``format_hint`` is the bundle's ``__metadata__["format"]`` (pt, tf, flax, mlx, np or None); it
+    switches the layout conventions of 2-D weights and convolutions.  Pure: returns new records.
+    """
+    ctx = NameContext(
+        shapes={p.name: p.shape for p in params},
+        dtypes={p.name: p.dtype for p in params},
+        format_hint=(format_hint or None) and format_hint.lower(),
+        families=detect_families(p.name for p in params),
+    )
+    return [classify_one(param, ctx) for param in params]
+
+
+__all__ = ["NAME_RULES", "NameContext", "NameRule", "classify_one", "classify_params", "detect_families"]
