@@ -1,0 +1,1314 @@
+"""Classify every stored tensor of an ONNX model from the graph's topology.
+
+Per use, not per name (reference onnx.md §1): from each stored tensor walk forward through
+pass-through ops (Identity, Cast, Transpose, Reshape, …), recording how its axes move, to a
+terminal *slot* ``(op, input index, attributes)``; look the slot up in :data:`SLOTS`; compute
+the layout on the terminal's axes and map it back onto the *stored* tensor's axes.  The roles
+of all uses are merged: agreeing uses give one role (tied weights), disagreeing uses a
+``CONFLICT``.
+
+Stored tensors come from several places, each with a unique *scoped name*:
+
+* main-graph initializers, sparse initializers, and Constant nodes keep their own name
+  (a Constant node is named by its output);
+* tensors in a subgraph (If/Loop/Scan bodies) are ``<node>/<attribute>::<name>``, with
+  ``<node>`` the node's name or ``<op>_<index>`` when it has none, nested scopes joined by ``/``:
+  ``If_0/then_branch::W``, ``Loop_3/body/If_1/else_branch::c``;
+* Constant nodes in a function body are ``<domain>.<function>()::<name>``: a function is
+  classified once, in its own namespace, whatever its call sites;
+* main-graph inputs without an initializer that feed a parameter slot are listed with
+  ``has_data=False`` (what ``export_params=False`` produces).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cache
+
+import onnx
+from onnx import AttributeProto, TensorProto
+
+from netinit_cli.dtypes import is_float, onnx_to_name
+from netinit_cli.errors import InputError
+from netinit_cli.model import (
+    LINEAR_OUT_IN,
+    MATRIX_IN_OUT,
+    Layout,
+    Param,
+    Role,
+    conv_layout,
+    conv_transpose_layout,
+)
+
+MS = "com.microsoft"
+
+# Param.source values
+INITIALIZER = "initializer"
+CONSTANT_NODE = "constant_node"
+SPARSE_INITIALIZER = "sparse_initializer"
+GRAPH_INPUT = "graph_input"
+SUBGRAPH_INITIALIZER = "subgraph_initializer"
+FUNCTION_CONSTANT = "function_constant"
+
+
+# --------------------------------------------------------------------------------------------
+# Scopes and stored tensors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Scope:
+    """A graph (main graph, subgraph, or function body) and the names it defines."""
+
+    prefix: str  # "" for the main graph
+    nodes: Sequence[onnx.NodeProto]
+    parent: Scope | None
+    graph: onnx.GraphProto | None = None
+    function: onnx.FunctionProto | None = None
+    defined: set[str] = field(default_factory=set)
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
+
+    def scoped(self, value: str) -> str:
+        return f"{self.prefix}::{value}" if self.prefix else value
+
+    def resolve(self, value: str) -> Scope | None:
+        """The scope that defines ``value`` as seen from this scope (outer scopes included)."""
+        scope: Scope | None = self
+        while scope is not None:
+            if value in scope.defined:
+                return scope
+            scope = scope.parent
+        return None
+
+
+@dataclass(eq=False)
+class StoredTensor:
+    """Where one stored tensor lives in the proto, so that it can be read and replaced."""
+
+    name: str  # unique scoped name (Param.name)
+    value: str  # the value name inside its own graph
+    scope: Scope
+    source: str
+    elem_type: int
+    shape: tuple[int, ...]  # -1 for a dimension without a static size (graph inputs only)
+    tensor: TensorProto | None = None  # initializer, Constant `value`, or sparse `values`
+    node: onnx.NodeProto | None = None  # the Constant node
+    attribute: AttributeProto | None = None  # the Constant node's value attribute
+    sparse: onnx.SparseTensorProto | None = None
+    graph_input: onnx.ValueInfoProto | None = None
+    ranked: bool = True  # False for a graph input whose type has no shape at all
+
+    @property
+    def dtype(self) -> str:
+        return onnx_to_name(self.elem_type)
+
+    @property
+    def static(self) -> bool:
+        return all(d >= 0 for d in self.shape)
+
+
+def _node_label(node: onnx.NodeProto, index: int, taken: set[str]) -> str:
+    label = node.name if node.name and node.name not in taken else f"{node.op_type}_{index}"
+    taken.add(label)
+    return label
+
+
+def _join(prefix: str, part: str) -> str:
+    return f"{prefix}/{part}" if prefix else part
+
+
+class Graphs:
+    """All scopes of a model and every stored tensor in them, with unique scoped names."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.scopes: list[Scope] = []
+        self.stored: list[StoredTensor] = []
+        self.functions: dict[tuple[str, str], Scope] = {}
+        self.opsets = {_domain(o.domain): o.version for o in model.opset_import}
+        self._names: set[str] = set()
+        self.main = self._add_graph(model.graph, "", None)
+        for function in model.functions:
+            prefix = f"{function.domain}.{function.name}()"
+            scope = self._add_scope(Scope(prefix, function.node, None, function=function))
+            scope.defined.update(function.input)
+            self.functions[(_domain(function.domain), function.name)] = scope
+            self._add_nodes(scope)
+
+    def _unique(self, name: str) -> str:
+        unique, count = name, 1
+        while unique in self._names:
+            count += 1
+            unique = f"{name}#{count}"
+        self._names.add(unique)
+        return unique
+
+    def _add_scope(self, scope: Scope) -> Scope:
+        self.scopes.append(scope)
+        return scope
+
+    def _add_graph(self, graph: onnx.GraphProto, prefix: str, parent: Scope | None) -> Scope:
+        scope = self._add_scope(Scope(prefix, graph.node, parent, graph=graph))
+        initializer_names = {t.name for t in graph.initializer}
+        scope.defined.update(vi.name for vi in graph.input)
+        source = INITIALIZER if parent is None else SUBGRAPH_INITIALIZER
+        for tensor in graph.initializer:
+            scope.defined.add(tensor.name)
+            self.stored.append(
+                StoredTensor(
+                    self._unique(scope.scoped(tensor.name)),
+                    tensor.name,
+                    scope,
+                    source,
+                    tensor.data_type,
+                    tuple(tensor.dims),
+                    tensor=tensor,
+                )
+            )
+        for sparse in graph.sparse_initializer:
+            scope.defined.add(sparse.values.name)
+            self.stored.append(
+                StoredTensor(
+                    self._unique(scope.scoped(sparse.values.name)),
+                    sparse.values.name,
+                    scope,
+                    SPARSE_INITIALIZER,
+                    sparse.values.data_type,
+                    tuple(sparse.dims),
+                    tensor=sparse.values,
+                    sparse=sparse,
+                )
+            )
+        if parent is None:
+            for vi in graph.input:
+                if vi.name in initializer_names or not vi.type.HasField("tensor_type"):
+                    continue
+                tensor_type = vi.type.tensor_type
+                dims = tuple(
+                    d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else -1
+                    for d in tensor_type.shape.dim
+                )
+                ranked = tensor_type.HasField("shape")
+                self.stored.append(
+                    StoredTensor(
+                        self._unique(vi.name),
+                        vi.name,
+                        scope,
+                        GRAPH_INPUT,
+                        tensor_type.elem_type,
+                        dims if ranked else (-1,),
+                        graph_input=vi,
+                        ranked=ranked,
+                    )
+                )
+        self._add_nodes(scope)
+        return scope
+
+    def _add_nodes(self, scope: Scope) -> None:
+        taken: set[str] = set()
+        for index, node in enumerate(scope.nodes):
+            for output in node.output:
+                if output:
+                    scope.defined.add(output)
+                    scope.producer[output] = node
+            if node.op_type == "Constant" and _domain(node.domain) == "" and node.output:
+                self._add_constant(scope, node)
+            label = None
+            for attribute in node.attribute:
+                subgraphs = [attribute.g] if attribute.type == AttributeProto.GRAPH else []
+                if attribute.type == AttributeProto.GRAPHS:
+                    subgraphs = list(attribute.graphs)
+                for number, subgraph in enumerate(subgraphs):
+                    label = label or _node_label(node, index, taken)
+                    part = attribute.name if len(subgraphs) == 1 else f"{attribute.name}[{number}]"
+                    self._add_graph(subgraph, _join(_join(scope.prefix, label), part), scope)
+
+    def _add_constant(self, scope: Scope, node: onnx.NodeProto) -> None:
+        if not node.attribute:
+            return
+        attribute = node.attribute[0]
+        value = node.output[0]
+        source = FUNCTION_CONSTANT if scope.function is not None else CONSTANT_NODE
+        tensor: TensorProto | None = None
+        sparse = None
+        if attribute.type == AttributeProto.TENSOR:
+            tensor = attribute.t
+            elem_type, shape = tensor.data_type, tuple(tensor.dims)
+        elif attribute.type == AttributeProto.SPARSE_TENSOR:
+            sparse = attribute.sparse_tensor
+            tensor = sparse.values
+            elem_type, shape = tensor.data_type, tuple(sparse.dims)
+        elif attribute.type == AttributeProto.FLOAT:
+            elem_type, shape = TensorProto.FLOAT, ()
+        elif attribute.type == AttributeProto.FLOATS:
+            elem_type, shape = TensorProto.FLOAT, (len(attribute.floats),)
+        elif attribute.type == AttributeProto.INT:
+            elem_type, shape = TensorProto.INT64, ()
+        elif attribute.type == AttributeProto.INTS:
+            elem_type, shape = TensorProto.INT64, (len(attribute.ints),)
+        elif attribute.type == AttributeProto.STRING:
+            elem_type, shape = TensorProto.STRING, ()
+        elif attribute.type == AttributeProto.STRINGS:
+            elem_type, shape = TensorProto.STRING, (len(attribute.strings),)
+        else:
+            return
+        self.stored.append(
+            StoredTensor(
+                self._unique(scope.scoped(value)),
+                value,
+                scope,
+                source,
+                elem_type,
+                shape,
+                tensor=tensor,
+                node=node,
+                attribute=attribute,
+                sparse=sparse,
+            )
+        )
+
+    def iter_tensors(self) -> Iterator[TensorProto]:
+        """Every TensorProto that may carry external data (for validation and rewriting)."""
+        for stored in self.stored:
+            if stored.tensor is not None:
+                yield stored.tensor
+            if stored.sparse is not None:
+                yield stored.sparse.indices
+        for scope in self.scopes:
+            for node in scope.nodes:
+                if node.op_type == "Constant":
+                    continue
+                for attribute in node.attribute:
+                    if attribute.type == AttributeProto.TENSOR:
+                        yield attribute.t
+                    elif attribute.type == AttributeProto.TENSORS:
+                        yield from attribute.tensors
+
+
+def _domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+# Every field of a TensorProto that can hold its values.
+DATA_FIELDS = (
+    "raw_data",
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+)
+
+
+def has_data(tensor: TensorProto) -> bool:
+    """False for a tensor whose data is absent: no bytes at all for a non-empty shape."""
+    if math.prod(tensor.dims) == 0 or tensor.data_location == TensorProto.EXTERNAL:
+        return True
+    return any(len(getattr(tensor, name)) for name in DATA_FIELDS)
+
+
+# --------------------------------------------------------------------------------------------
+# The slot table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotContext:
+    """What a layout rule may look at: the terminal node and the value's shape there."""
+
+    node: onnx.NodeProto
+    index: int
+    shape: tuple[int, ...]
+    attrs: dict[str, object]
+
+
+LayoutRule = Callable[[SlotContext], Layout | None]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One row of the slot table: input ``index`` of ``op`` is a ``role`` with this layout."""
+
+    role: Role
+    layout: LayoutRule | None = None
+    partner: int | None = None  # this input is a weight only if that input is dynamic
+    what: str = ""  # name of the input in the op's spec, for the reason
+
+
+def _conv_weight(ctx: SlotContext) -> Layout:
+    return conv_layout(len(ctx.shape), int(_int_attr(ctx, "group", 1)))
+
+
+def _conv_transpose_weight(ctx: SlotContext) -> Layout:
+    return conv_transpose_layout(len(ctx.shape), int(_int_attr(ctx, "group", 1)))
+
+
+def _gemm_b(ctx: SlotContext) -> Layout:
+    return LINEAR_OUT_IN if _int_attr(ctx, "transB", 0) else MATRIX_IN_OUT
+
+
+def _gemm_a(ctx: SlotContext) -> Layout:
+    # A is [M, K] (rows are outputs): out = axis 0.  With transA it is stored [K, M].
+    if _int_attr(ctx, "transA", 0):
+        return Layout((0,), (1,), label="[in, out]")
+    return Layout((1,), (0,), torch_perm=None, label="[out, in]")
+
+
+def _matmul_right(ctx: SlotContext) -> Layout | None:
+    """``x @ W``: W is ``[…, K, N]`` — the leading axes are batches (heads, experts)."""
+    rank = len(ctx.shape)
+    if rank < 2:
+        return Layout((0,), (), label="[in]") if rank == 1 else None
+    if _int_attr(ctx, "transB", 0):  # FusedMatMul
+        return Layout((rank - 1,), (rank - 2,), tuple(range(rank - 2)), label="[…, out, in]")
+    return Layout((rank - 2,), (rank - 1,), tuple(range(rank - 2)), torch_perm=(1, 0), label="[…, in, out]")
+
+
+def _matmul_left(ctx: SlotContext) -> Layout | None:
+    """``W @ x``: W is ``[…, M, K]``."""
+    rank = len(ctx.shape)
+    if rank < 2:
+        return Layout((0,), (), label="[in]") if rank == 1 else None
+    return Layout((rank - 1,), (rank - 2,), tuple(range(rank - 2)), label="[…, out, in]")
+
+
+def _rnn_layout(gates: int, recurrent: bool) -> LayoutRule:
+    def rule(ctx: SlotContext) -> Layout:
+        what = "H" if recurrent else "in"
+        label = f"[dirs, {gates}H, {what}]" if gates > 1 else f"[dirs, H, {what}]"
+        return Layout((2,), (1,), (0,), out_divisor=gates, blocks=gates, torch_perm=None, label=label)
+
+    return rule
+
+
+def _rnn_bias(gates: int) -> LayoutRule:
+    def rule(ctx: SlotContext) -> Layout:
+        blocks = 2 * gates
+        return Layout(
+            (), (1,), (0,), out_divisor=blocks, blocks=blocks, label=f"[dirs, {blocks}H] = [Wb, Rb]"
+        )
+
+    return rule
+
+
+def _peephole(ctx: SlotContext) -> Layout:
+    return Layout((), (1,), (0,), out_divisor=3, blocks=3, label="[dirs, 3H] (i, o, f)")
+
+
+def _embedding(ctx: SlotContext) -> Layout:
+    return Layout((1,), (0,), label="[vocab, dim]")
+
+
+def _attention_weight(ctx: SlotContext) -> Layout:
+    return replace(MATRIX_IN_OUT, label="[in, q+k+v]")
+
+
+def _no_layout(ctx: SlotContext) -> None:
+    return None
+
+
+def _rnn_slots(gates: int, peephole: bool) -> dict[int, Slot]:
+    slots = {
+        1: Slot(Role.WEIGHT, _rnn_layout(gates, False), what="W"),
+        2: Slot(Role.RECURRENT, _rnn_layout(gates, True), what="R"),
+        3: Slot(Role.BIAS, _rnn_bias(gates), what="B"),
+        4: Slot(Role.CONSTANT, what="sequence_lens"),
+        5: Slot(Role.CONSTANT, what="initial_h (initial state)"),
+    }
+    if peephole:
+        slots[6] = Slot(Role.CONSTANT, what="initial_c (initial state)")
+        slots[7] = Slot(Role.BIAS, _peephole, what="P (peephole)")
+    return slots
+
+
+_QUANTIZED_OPS = frozenset(
+    {
+        ("", "QuantizeLinear"),
+        ("", "DequantizeLinear"),
+        ("", "DynamicQuantizeLinear"),
+        ("", "QLinearConv"),
+        ("", "QLinearMatMul"),
+        ("", "MatMulInteger"),
+        ("", "ConvInteger"),
+        (MS, "QuantizeLinear"),
+        (MS, "DequantizeLinear"),
+        (MS, "QGemm"),
+        (MS, "QAttention"),
+        (MS, "MatMulNBits"),
+        (MS, "MatMulBnb4"),
+        (MS, "DynamicQuantizeLSTM"),
+        (MS, "DynamicQuantizeMatMul"),
+        (MS, "MatMulIntegerToFloat"),
+        (MS, "GatherBlockQuantized"),
+        (MS, "QLinearAdd"),
+        (MS, "QLinearMul"),
+        (MS, "QLinearConcat"),
+        (MS, "QLinearSigmoid"),
+        (MS, "QLinearLeakyRelu"),
+        (MS, "QLinearGlobalAveragePool"),
+        (MS, "QLinearAveragePool"),
+        (MS, "QLinearSoftmax"),
+        (MS, "QOrderedMatMul"),
+        (MS, "QEmbedLayerNormalization"),
+    }
+)
+
+# (domain, op) -> {input index: Slot}.  Ops whose every stored input is quantized are in
+# _QUANTIZED_OPS; Add/Sum (bias), Mul (decomposed norm scale), Gather (embedding) and Einsum
+# need the graph around them and are handled by the walk.
+SLOTS: dict[tuple[str, str], dict[int, Slot]] = {
+    ("", "Conv"): {1: Slot(Role.WEIGHT, _conv_weight, what="W"), 2: Slot(Role.BIAS, what="B")},
+    ("", "ConvTranspose"): {
+        1: Slot(Role.WEIGHT, _conv_transpose_weight, what="W"),
+        2: Slot(Role.BIAS, what="B"),
+    },
+    ("", "Gemm"): {
+        0: Slot(Role.WEIGHT, _gemm_a, partner=1, what="A"),
+        1: Slot(Role.WEIGHT, _gemm_b, partner=0, what="B"),
+        2: Slot(Role.BIAS, what="C"),
+    },
+    ("", "MatMul"): {
+        0: Slot(Role.WEIGHT, _matmul_left, partner=1, what="A"),
+        1: Slot(Role.WEIGHT, _matmul_right, partner=0, what="B"),
+    },
+    ("", "BatchNormalization"): {
+        1: Slot(Role.NORM_SCALE, what="scale"),
+        2: Slot(Role.NORM_SHIFT, what="B"),
+        3: Slot(Role.RUNNING_MEAN, what="input_mean"),
+        4: Slot(Role.RUNNING_VAR, what="input_var"),
+    },
+    ("", "InstanceNormalization"): {
+        1: Slot(Role.NORM_SCALE, what="scale"),
+        2: Slot(Role.NORM_SHIFT, what="B"),
+    },
+    ("", "LayerNormalization"): {
+        1: Slot(Role.NORM_SCALE, what="Scale"),
+        2: Slot(Role.NORM_SHIFT, what="B"),
+    },
+    ("", "GroupNormalization"): {
+        1: Slot(Role.NORM_SCALE, what="scale"),
+        2: Slot(Role.NORM_SHIFT, what="bias"),
+    },
+    ("", "RMSNormalization"): {1: Slot(Role.NORM_SCALE, what="scale")},
+    ("", "SimplifiedLayerNormalization"): {1: Slot(Role.NORM_SCALE, what="scale")},
+    ("", "LSTM"): _rnn_slots(4, peephole=True),
+    ("", "GRU"): _rnn_slots(3, peephole=False),
+    ("", "RNN"): _rnn_slots(1, peephole=False),
+    ("", "PRelu"): {1: Slot(Role.PRELU_SLOPE, what="slope")},
+    (MS, "Attention"): {
+        1: Slot(Role.WEIGHT, _attention_weight, what="weights"),
+        2: Slot(Role.BIAS, what="bias"),
+    },
+    (MS, "MultiHeadAttention"): {3: Slot(Role.BIAS, what="bias")},
+    (MS, "PackedMultiHeadAttention"): {3: Slot(Role.BIAS, what="bias")},
+    (MS, "DecoderMaskedMultiHeadAttention"): {10: Slot(Role.BIAS, what="bias")},
+    (MS, "GroupQueryAttention"): {
+        7: Slot(Role.CONSTANT, what="cos_cache"),
+        8: Slot(Role.CONSTANT, what="sin_cache"),
+        14: Slot(Role.NORM_SCALE, what="q_norm_weight"),
+        15: Slot(Role.NORM_SCALE, what="k_norm_weight"),
+    },
+    (MS, "SkipLayerNormalization"): {
+        2: Slot(Role.NORM_SCALE, what="gamma"),
+        3: Slot(Role.NORM_SHIFT, what="beta"),
+        4: Slot(Role.BIAS, what="bias"),
+    },
+    (MS, "SkipSimplifiedLayerNormalization"): {
+        2: Slot(Role.NORM_SCALE, what="gamma"),
+        3: Slot(Role.BIAS, what="bias"),
+    },
+    (MS, "SimplifiedLayerNormalization"): {1: Slot(Role.NORM_SCALE, what="scale")},
+    (MS, "LayerNormalization"): {
+        1: Slot(Role.NORM_SCALE, what="Scale"),
+        2: Slot(Role.NORM_SHIFT, what="B"),
+    },
+    (MS, "EmbedLayerNormalization"): {
+        2: Slot(Role.EMBEDDING, _embedding, what="word_embedding"),
+        3: Slot(Role.EMBEDDING, _embedding, what="position_embedding"),
+        4: Slot(Role.EMBEDDING, _embedding, what="segment_embedding"),
+        5: Slot(Role.NORM_SCALE, what="gamma"),
+        6: Slot(Role.NORM_SHIFT, what="beta"),
+    },
+    (MS, "FusedConv"): {1: Slot(Role.WEIGHT, _conv_weight, what="W"), 2: Slot(Role.BIAS, what="B")},
+    (MS, "FusedGemm"): {
+        0: Slot(Role.WEIGHT, _gemm_a, partner=1, what="A"),
+        1: Slot(Role.WEIGHT, _gemm_b, partner=0, what="B"),
+        2: Slot(Role.BIAS, what="C"),
+    },
+    (MS, "FusedMatMul"): {
+        0: Slot(Role.WEIGHT, _matmul_left, partner=1, what="A"),
+        1: Slot(Role.WEIGHT, _matmul_right, partner=0, what="B"),
+    },
+    (MS, "BiasGelu"): {1: Slot(Role.BIAS, what="bias")},
+    (MS, "FastGelu"): {1: Slot(Role.BIAS, what="bias")},
+    (MS, "BiasAdd"): {1: Slot(Role.BIAS, what="bias")},
+    (MS, "BiasSplitGelu"): {1: Slot(Role.BIAS, what="bias")},
+}
+
+# Ops a parameter passes through unchanged in meaning; the walk records what they do to its axes.
+_PASS_THROUGH = frozenset(
+    {"Identity", "Cast", "CastLike", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+)
+# Gate reorder (TorchScript without folding): followed only when the path ends in an RNN slot.
+_GATE_REORDER = frozenset({"Slice", "Split", "Concat"})
+_RNN_OPS = frozenset({"LSTM", "GRU", "RNN"})
+# Uses that read only a tensor's shape: they say nothing about its role.
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
+# Ops whose output is a linear map of their input: an Add after them may hold a bias.
+_LINEAR_OPS = frozenset({"MatMul", "Gemm", "Einsum", "Conv", "ConvTranspose", "FusedConv", "FusedMatMul"})
+_LINEAR_QUANT_OPS = frozenset({"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "MatMulNBits"})
+_SHAPE_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast", "Identity", "CastLike"})
+# Names that suggest a fixed buffer: warned about, never decided on (onnx.md §16.9).
+_BUFFER_NAME = re.compile(
+    r"buffer|running_|num_batches|inv_freq|position_ids|cos_cached|sin_cached|mask", re.I
+)
+
+_NON_DIFFERENTIABLE = onnx.defs.OpSchema.DifferentiationCategory.NonDifferentiable
+
+
+def _int_attr(ctx: SlotContext, name: str, default: int) -> int:
+    value = ctx.attrs.get(name, default)
+    return int(value) if isinstance(value, int) else default
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.INT:
+            out[attribute.name] = attribute.i
+        elif attribute.type == AttributeProto.INTS:
+            out[attribute.name] = list(attribute.ints)
+        elif attribute.type == AttributeProto.STRING:
+            out[attribute.name] = attribute.s.decode("utf-8", "replace")
+        elif attribute.type == AttributeProto.FLOAT:
+            out[attribute.name] = attribute.f
+    return out
+
+
+@cache
+def _non_differentiable(domain: str, op: str, opset: int, index: int) -> bool:
+    try:
+        schema = onnx.defs.get_schema(op, opset, domain)
+    except Exception:  # unknown op or domain: the schema cannot tell
+        return False
+    inputs = schema.inputs
+    if not inputs:
+        return False
+    formal = inputs[min(index, len(inputs) - 1)]
+    if index >= len(inputs) and formal.option != onnx.defs.OpSchema.FormalParameterOption.Variadic:
+        return False
+    return bool(formal.differentiation_category == _NON_DIFFERENTIABLE)
+
+
+# --------------------------------------------------------------------------------------------
+# The walk
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one use of a stored tensor says about it."""
+
+    kind: str  # "slot", "quantized", "constant", "unknown"
+    role: Role
+    reason: str
+    layout: Layout | None = None
+    fans: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class _Path:
+    scope: Scope
+    value: str
+    axes: tuple[int | None, ...]  # for each axis of the value: the stored axis it came from
+    shape: tuple[int, ...] | None
+    steps: tuple[str, ...]
+    reorder: bool = False
+
+
+class Classifier:
+    def __init__(self, graphs: Graphs, data_inputs: set[str]) -> None:
+        self.g = graphs
+        self.opset = graphs.opsets.get("", 1)
+        self.by_scope_value: dict[tuple[int, str], StoredTensor] = {
+            (id(s.scope), s.value): s for s in graphs.stored
+        }
+        self.uses: dict[tuple[int, str], list[tuple[Scope, onnx.NodeProto, int]]] = {}
+        for scope in graphs.scopes:
+            for node in scope.nodes:
+                for index, value in enumerate(node.input):
+                    if not value:
+                        continue
+                    owner = scope.resolve(value)
+                    if owner is not None:
+                        self.uses.setdefault((id(owner), value), []).append((scope, node, index))
+                # Outer-scope names used inside subgraphs count as uses by this node's subgraph
+                # nodes; they are found through the subgraph's own node list.
+        self.dynamic = self._dynamic_values(data_inputs)
+
+    # -- dynamic values -----------------------------------------------------------------------
+
+    def _dynamic_values(self, data_inputs: set[str]) -> set[tuple[int, str]]:
+        """Values computed from data: graph inputs that are not parameters, and what follows."""
+        dynamic: set[tuple[int, str]] = set()
+        main = self.g.main
+        for vi in self.g.model.graph.input:
+            if vi.name in data_inputs:
+                dynamic.add((id(main), vi.name))
+        for scope in self.g.scopes:
+            if scope is not main:
+                inputs = scope.graph.input if scope.graph is not None else []
+                for vi in inputs:
+                    dynamic.add((id(scope), vi.name))
+                if scope.function is not None:
+                    for name in scope.function.input:
+                        dynamic.add((id(scope), name))
+        for scope in self.g.scopes:  # parents come before their subgraphs
+            for node in scope.nodes:
+                inputs_dynamic = any(
+                    (id(owner), value) in dynamic
+                    for value in node.input
+                    if value and (owner := scope.resolve(value)) is not None
+                )
+                has_subgraph = any(
+                    a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute
+                )
+                random = node.op_type.startswith("Random") or node.op_type in ("Multinomial", "Bernoulli")
+                if inputs_dynamic or has_subgraph or random:
+                    dynamic.update((id(scope), out) for out in node.output if out)
+        return dynamic
+
+    def is_dynamic(self, scope: Scope, value: str) -> bool:
+        owner = scope.resolve(value)
+        return owner is not None and (id(owner), value) in self.dynamic
+
+    # -- helpers on the graph -----------------------------------------------------------------
+
+    def producer(self, scope: Scope, value: str) -> tuple[Scope, onnx.NodeProto] | None:
+        owner = scope.resolve(value)
+        if owner is None or value not in owner.producer:
+            return None
+        return owner, owner.producer[value]
+
+    def stored_shape(self, scope: Scope, value: str) -> tuple[int, ...] | None:
+        owner = scope.resolve(value)
+        if owner is None:
+            return None
+        stored = self.by_scope_value.get((id(owner), value))
+        return stored.shape if stored is not None and stored.static else None
+
+    def constant_ints(self, scope: Scope, value: str) -> list[int] | None:
+        """The values of a small integer constant (a Reshape shape, Squeeze axes), if stored inline."""
+        owner = scope.resolve(value)
+        if owner is None:
+            return None
+        stored = self.by_scope_value.get((id(owner), value))
+        if stored is None:
+            return None
+        if stored.attribute is not None and stored.attribute.type == AttributeProto.INTS:
+            return list(stored.attribute.ints)
+        if stored.attribute is not None and stored.attribute.type == AttributeProto.INT:
+            return [stored.attribute.i]
+        tensor = stored.tensor
+        if tensor is None or stored.sparse is not None or tensor.data_location == TensorProto.EXTERNAL:
+            return None
+        if tensor.data_type not in (TensorProto.INT64, TensorProto.INT32) or math.prod(tensor.dims) > 64:
+            return None
+        return [int(v) for v in onnx.numpy_helper.to_array(tensor).reshape(-1)]
+
+    # -- per stored tensor --------------------------------------------------------------------
+
+    def findings(self, stored: StoredTensor) -> list[Finding]:
+        start = _Path(
+            stored.scope,
+            stored.value,
+            tuple(range(len(stored.shape))),
+            stored.shape if stored.ranked else None,
+            (),
+        )
+        out: list[Finding] = []
+        seen: set[tuple[int, str]] = set()
+        stack = [start]
+        while stack:
+            path = stack.pop()
+            owner = path.scope.resolve(path.value) or path.scope
+            key = (id(owner), path.value)
+            if key in seen:
+                continue
+            seen.add(key)
+            for scope, node, index in self.uses.get(key, []):
+                follow = self._step(path, scope, node, index)
+                if isinstance(follow, Finding):
+                    out.append(follow)
+                else:
+                    stack.extend(follow)
+        return out
+
+    def _step(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> Finding | list[_Path]:
+        op, domain = node.op_type, _domain(node.domain)
+        where = f"{op} input {index}"
+        if (domain, op) in _QUANTIZED_OPS:
+            return Finding("quantized", Role.QUANTIZED, f"{where} (quantized)")
+        if op in _SHAPE_ONLY:
+            return []
+        function = self.g.functions.get((domain, op))
+        if function is not None and function.function is not None:
+            if index < len(function.function.input):
+                inner = function.function.input[index]
+                step = f"{op}() as {inner}"
+                return [replace(path, scope=function, value=inner, steps=(*path.steps, step))]
+            return Finding("unknown", Role.UNKNOWN, f"{where} (no such function input)")
+        if domain == "" and (op in _PASS_THROUGH or op in _GATE_REORDER):
+            if op in _PASS_THROUGH and index != 0 and op not in ("CastLike",):
+                return self._fixed_input(path, scope, node, index)
+            if op == "CastLike" and index != 0:
+                return []
+            moved = self._pass(path, scope, node, index)
+            if moved is not None:
+                return moved
+            return Finding("unknown", Role.UNKNOWN, f"{where} (cannot follow its axes)")
+        slots = SLOTS.get((domain, op))
+        if slots is not None and index in slots:
+            return self._slot(path, scope, node, index, slots[index])
+        if path.reorder:
+            return Finding("unknown", Role.UNKNOWN, f"{where} after a Slice/Concat")
+        if domain == "" and op in ("Add", "Sum"):
+            bias = self._bias(path, scope, node, index)
+            if bias is not None:
+                return bias
+        if domain == "" and op == "Mul":
+            norm = self._norm_affine(path, scope, node, index, scale=True)
+            if norm is not None:
+                return norm
+        if domain == "" and op == "Add":
+            norm = self._norm_affine(path, scope, node, index, scale=False)
+            if norm is not None:
+                return norm
+        if domain == "" and op == "Gather" and index == 0:
+            return self._gather(path, scope, node)
+        if domain == "" and op == "Einsum":
+            return self._einsum(path, scope, node, index)
+        return self._fixed_input(path, scope, node, index)
+
+    def _fixed_input(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> Finding:
+        where = f"{node.op_type} input {index}"
+        if _non_differentiable(node.domain, node.op_type, self.g.opsets.get(_domain(node.domain), 1), index):
+            return Finding("constant", Role.CONSTANT, f"{where} (non-differentiable)")
+        return Finding("unknown", Role.UNKNOWN, f"{where}{_via(path)}")
+
+    # -- pass-through ops ---------------------------------------------------------------------
+
+    def _pass(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> list[_Path] | None:
+        op = node.op_type
+        attrs = _attrs(node)
+        axes, shape = path.axes, path.shape
+        if op in ("Identity", "Cast", "CastLike"):
+            return [replace(path, scope=scope, value=node.output[0])]
+        if op == "Transpose":
+            perm = attrs.get("perm")
+            rank = len(axes)
+            order = list(perm) if isinstance(perm, list) else list(reversed(range(rank)))
+            if sorted(order) != list(range(rank)):
+                return None
+            new_axes = tuple(axes[p] for p in order)
+            new_shape = tuple(shape[p] for p in order) if shape is not None else None
+            step = f"Transpose(perm={order})"
+            return [_Path(scope, node.output[0], new_axes, new_shape, (*path.steps, step), path.reorder)]
+        if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten"):
+            target = self._reshaped(scope, node, attrs, shape)
+            if target is None:
+                return None
+            mapped = _map_reshape(axes, shape, target) if shape is not None else None
+            if mapped is None:
+                return None
+            step = f"{op}({list(shape or ())}→{list(target)})"
+            return [_Path(scope, node.output[0], mapped, target, (*path.steps, step), path.reorder)]
+        if op in _GATE_REORDER:
+            # Slices and concatenations keep the rank and the meaning of every axis; the sizes
+            # they change are the gate blocks the RNN slot splits anyway.
+            outputs = [o for o in node.output if o]
+            return [_Path(scope, out, axes, None, (*path.steps, op), reorder=True) for out in outputs]
+        return None
+
+    def _reshaped(
+        self, scope: Scope, node: onnx.NodeProto, attrs: dict[str, object], shape: tuple[int, ...] | None
+    ) -> tuple[int, ...] | None:
+        if shape is None:
+            return None
+        op = node.op_type
+        if op == "Flatten":
+            axis = int(attrs.get("axis", 1))  # type: ignore[call-overload]
+            axis = axis + len(shape) if axis < 0 else axis
+            return (math.prod(shape[:axis]), math.prod(shape[axis:]))
+        if op == "Reshape":
+            if len(node.input) < 2:
+                return None
+            spec = self.constant_ints(scope, node.input[1])
+            if spec is None:
+                return None
+            allowzero = attrs.get("allowzero", 0)
+            dims = [
+                shape[i] if d == 0 and not allowzero and i < len(shape) else d for i, d in enumerate(spec)
+            ]
+            if dims.count(-1) == 1:
+                known = math.prod(d for d in dims if d != -1)
+                if known == 0:
+                    return None
+                dims[dims.index(-1)] = math.prod(shape) // known
+            if any(d < 0 for d in dims) or math.prod(dims) != math.prod(shape):
+                return None
+            return tuple(dims)
+        axes_attr = attrs.get("axes")
+        axes = list(axes_attr) if isinstance(axes_attr, list) else None
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.constant_ints(scope, node.input[1])
+            if axes is None:
+                return None
+        if op == "Squeeze":
+            rank = len(shape)
+            drop = (
+                {a + rank if a < 0 else a for a in axes}
+                if axes
+                else {i for i, d in enumerate(shape) if d == 1}
+            )
+            return tuple(d for i, d in enumerate(shape) if i not in drop)
+        if axes is None:  # Unsqueeze needs axes
+            return None
+        rank = len(shape) + len(axes)
+        insert = sorted(a + rank if a < 0 else a for a in axes)
+        dims = list(shape)
+        for a in insert:
+            dims.insert(a, 1)
+        return tuple(dims)
+
+    # -- terminal slots -----------------------------------------------------------------------
+
+    def _slot(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int, slot: Slot) -> Finding:
+        op = node.op_type
+        where = f"{op} input {index}{f' ({slot.what})' if slot.what else ''}{_via(path)}"
+        if path.reorder and op not in _RNN_OPS:
+            return Finding("unknown", Role.UNKNOWN, f"{where}: a Slice/Concat not leading to an RNN")
+        if slot.partner is not None:
+            partner = node.input[slot.partner] if slot.partner < len(node.input) else ""
+            if not partner or not self.is_dynamic(scope, partner):
+                return Finding("unknown", Role.UNKNOWN, f"{where}, but its other operand is constant too")
+        if slot.layout is None:
+            return Finding("slot", slot.role, where)
+        if path.shape is None and not path.reorder:
+            return Finding("unknown", Role.UNKNOWN, f"{where}, with a shape netinit cannot follow")
+        shape = path.shape if path.shape is not None else tuple(1 for _ in path.axes)
+        terminal = slot.layout(SlotContext(node, index, shape, _attrs(node)))
+        if terminal is None:
+            return Finding("unknown", Role.UNKNOWN, f"{where}, with an unexpected rank {len(shape)}")
+        layout = _map_layout(terminal, path.axes, bool(path.steps))
+        return Finding("slot", slot.role, where, layout)
+
+    def _linear_producer(self, scope: Scope, value: str) -> tuple[Scope, onnx.NodeProto] | None:
+        """The linear op that computes ``value``, looking through reshapes, casts and the
+        dynamic-quantization ``MatMulInteger → Cast → Mul(scale)``."""
+        found = self.producer(scope, value)
+        for _ in range(8):
+            if found is None:
+                return None
+            owner, node = found
+            if node.op_type in _LINEAR_OPS or node.op_type in _LINEAR_QUANT_OPS:
+                return found
+            if node.op_type in _SHAPE_OPS and node.input:
+                found = self.producer(owner, node.input[0])
+                continue
+            if node.op_type == "Mul":
+                for operand in node.input:
+                    inner = self.producer(owner, operand)
+                    while inner is not None and inner[1].op_type == "Cast":
+                        inner = self.producer(inner[0], inner[1].input[0])
+                    if inner is not None and inner[1].op_type in _LINEAR_QUANT_OPS:
+                        return inner
+            return None
+        return None
+
+    def _bias(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> Finding | None:
+        shape = path.shape
+        if shape is None:
+            return None
+        for other_index, other in enumerate(node.input):
+            if other_index == index or not other:
+                continue
+            found = self._linear_producer(scope, other)
+            if found is None:
+                continue
+            owner, linear = found
+            width, channel_first = self._output_width(owner, linear)
+            if _broadcasts_as_bias(shape, width, channel_first):
+                return Finding("slot", Role.BIAS, f"{node.op_type} input {index} after {linear.op_type}")
+        return None
+
+    def _output_width(self, scope: Scope, node: onnx.NodeProto) -> tuple[int | None, int | None]:
+        """(number of outputs N, rank of a Conv output or None for last-axis outputs)."""
+        op, attrs = node.op_type, _attrs(node)
+        if op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose"):
+            weight_index = 3 if op == "QLinearConv" else 1
+            weight = (
+                self.stored_shape(scope, node.input[weight_index]) if len(node.input) > weight_index else None
+            )
+            if weight is None:
+                return None, None
+            if op == "ConvTranspose":
+                return weight[1] * int(attrs.get("group", 1)), len(weight)  # type: ignore[call-overload]
+            return weight[0], len(weight)
+        if op in ("Gemm",):
+            weight = self.stored_shape(scope, node.input[1])
+            if weight is None or len(weight) != 2:
+                return None, None
+            return (weight[0] if attrs.get("transB", 0) else weight[1]), None
+        if op in ("MatMul", "FusedMatMul", "MatMulInteger"):
+            weight = self._weight_shape_through(scope, node.input[1])
+            if weight is None or len(weight) < 1:
+                return None, None
+            if op == "FusedMatMul" and attrs.get("transB", 0):
+                return weight[-2], None
+            return weight[-1], None
+        if op == "QLinearMatMul":
+            weight = self.stored_shape(scope, node.input[3])
+            return (weight[-1] if weight else None), None
+        return None, None
+
+    def _weight_shape_through(self, scope: Scope, value: str) -> tuple[int, ...] | None:
+        """Static shape of a weight operand, also when it reaches the op through a Transpose."""
+        shape = self.stored_shape(scope, value)
+        if shape is not None:
+            return shape
+        found = self.producer(scope, value)
+        if found is None:
+            return None
+        owner, node = found
+        if node.op_type in ("Identity", "Cast", "DequantizeLinear"):
+            return self._weight_shape_through(owner, node.input[0])
+        if node.op_type == "Transpose":
+            inner = self._weight_shape_through(owner, node.input[0])
+            perm = _attrs(node).get("perm")
+            if inner is None:
+                return None
+            order = list(perm) if isinstance(perm, list) else list(reversed(range(len(inner))))
+            return tuple(inner[p] for p in order)
+        return None
+
+    def _norm_affine(
+        self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int, *, scale: bool
+    ) -> Finding | None:
+        """``Mul(x̂, scale)`` / ``Add(·, shift)`` after a decomposed normalization (§5)."""
+        if len(node.input) != 2:
+            return None
+        other = node.input[1 - index]
+        if scale and self.is_dynamic(scope, other) and self._normalized(scope, other):
+            return Finding("slot", Role.NORM_SCALE, f"Mul input {index} after a decomposed normalization")
+        if not scale and self.is_dynamic(scope, other):
+            found = self._skip_shape(scope, other)
+            if found is not None and found[1].op_type == "Mul" and len(found[1].input) == 2:
+                mul_owner, mul = found
+                for operand in mul.input:
+                    if not self.is_dynamic(mul_owner, operand):
+                        partner = mul.input[1] if operand == mul.input[0] else mul.input[0]
+                        if self._normalized(mul_owner, partner):
+                            reason = f"Add input {index} after a decomposed normalization's scale"
+                            return Finding("slot", Role.NORM_SHIFT, reason)
+            if self._normalized(scope, other):
+                return Finding("slot", Role.NORM_SHIFT, f"Add input {index} after a decomposed normalization")
+        return None
+
+    def _skip_shape(self, scope: Scope, value: str) -> tuple[Scope, onnx.NodeProto] | None:
+        found = self.producer(scope, value)
+        while found is not None and found[1].op_type in (
+            "Cast",
+            "Identity",
+            "Reshape",
+            "Unsqueeze",
+            "Squeeze",
+        ):
+            found = self.producer(found[0], found[1].input[0])
+        return found
+
+    def _normalized(self, scope: Scope, value: str) -> bool:
+        """Is ``value`` a normalized activation: Div/Mul by Reciprocal(Sqrt(ReduceMean(…)+eps)),
+        or the Reshape→InstanceNormalization→Reshape form of GroupNorm?"""
+        found = self.producer(scope, value)
+        while found is not None and found[1].op_type in ("Cast", "Identity", "Reshape"):
+            if found[1].op_type == "Reshape":
+                inner = self.producer(found[0], found[1].input[0])
+                if inner is not None and inner[1].op_type == "InstanceNormalization":
+                    return True
+            found = self.producer(found[0], found[1].input[0])
+        if found is None or found[1].op_type not in ("Div", "Mul"):
+            return False
+        seen_ops: set[str] = set()
+        frontier = [found]
+        for _ in range(6):
+            nxt = []
+            for owner, node in frontier:
+                seen_ops.add(node.op_type)
+                for operand in node.input:
+                    inner = self.producer(owner, operand) if operand else None
+                    if inner is not None:
+                        nxt.append(inner)
+            frontier = nxt
+        return "ReduceMean" in seen_ops and bool(seen_ops & {"Sqrt", "Reciprocal", "Rsqrt"})
+
+    def _gather(self, path: _Path, scope: Scope, node: onnx.NodeProto) -> Finding:
+        axis = _attrs(node).get("axis", 0)
+        rank = len(path.axes)
+        where = f"Gather input 0{_via(path)}"
+        if axis not in (0, -rank):
+            return Finding("unknown", Role.UNKNOWN, f"{where} along axis {axis}")
+        if len(node.input) < 2 or not self.is_dynamic(scope, node.input[1]):
+            return Finding(
+                "unknown", Role.UNKNOWN, f"{where} with constant indices (a lookup table or folding)"
+            )
+        if rank < 2 or path.shape is None:
+            return Finding("unknown", Role.UNKNOWN, f"{where} of rank {rank}")
+        layout = _map_layout(_embedding(SlotContext(node, 0, path.shape, {})), path.axes, bool(path.steps))
+        return Finding("slot", Role.EMBEDDING, f"{where} (embedding table)", layout)
+
+    def _einsum(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> Finding:
+        where = f"Einsum input {index}{_via(path)}"
+        equation = str(_attrs(node).get("equation", "")).replace(" ", "")
+        others = [v for i, v in enumerate(node.input) if i != index and v]
+        if not any(self.is_dynamic(scope, v) for v in others):
+            return Finding("unknown", Role.UNKNOWN, f"{where}, but no other operand is dynamic")
+        layout = _einsum_layout(equation, index, len(path.axes))
+        if layout is None or path.shape is None:
+            return Finding("unknown", Role.UNKNOWN, f"{where}: equation {equation!r} not understood")
+        mapped = _map_layout(layout, path.axes, bool(path.steps))
+        return Finding("slot", Role.WEIGHT, f"{where} ({equation})", mapped)
+
+
+def _via(path: _Path) -> str:
+    return f" via {' → '.join(path.steps)}" if path.steps else ""
+
+
+def _map_reshape(
+    axes: tuple[int | None, ...], shape: tuple[int, ...], target: tuple[int, ...]
+) -> tuple[int | None, ...] | None:
+    """Map axes across a reshape that only adds or removes size-1 axes (or keeps every
+    non-unit size in order); anything that merges or splits real axes is not followed."""
+    source = [(size, axis) for size, axis in zip(shape, axes, strict=True) if size != 1]
+    out: list[int | None] = []
+    cursor = 0
+    for size in target:
+        if size == 1:
+            out.append(None)
+            continue
+        if cursor >= len(source) or source[cursor][0] != size:
+            return None
+        out.append(source[cursor][1])
+        cursor += 1
+    return tuple(out) if cursor == len(source) else None
+
+
+def _map_layout(terminal: Layout, axes: tuple[int | None, ...], moved: bool) -> Layout:
+    """Express a layout found on the terminal value's axes on the stored tensor's axes."""
+    if not moved:
+        return terminal
+
+    def back(group: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(a for a in (axes[i] for i in group) if a is not None)
+
+    stored_rank = max((a for a in axes if a is not None), default=-1) + 1
+    in_axes, out_axes, batch_axes = back(terminal.in_axes), back(terminal.out_axes), back(terminal.batch_axes)
+    # torch orientation: the terminal's torch order of its non-batch axes, mapped back.
+    terminal_rest = [a for a in range(len(axes)) if a not in terminal.batch_axes]
+    torch_order = [terminal_rest[i] for i in terminal.torch_perm] if terminal.torch_perm else terminal_rest
+    stored_order = [a for a in (axes[i] for i in torch_order) if a is not None]
+    stored_rest = [a for a in range(stored_rank) if a not in batch_axes]
+    stored_order += [a for a in stored_rest if a not in stored_order]
+    perm = tuple(stored_rest.index(a) for a in stored_order)
+    names = []
+    for a in range(stored_rank):
+        names.append(
+            "in" if a in in_axes else "out" if a in out_axes else "batch" if a in batch_axes else "k"
+        )
+    return Layout(
+        in_axes,
+        out_axes,
+        batch_axes,
+        in_divisor=terminal.in_divisor,
+        out_divisor=terminal.out_divisor,
+        blocks=terminal.blocks,
+        torch_perm=None if perm == tuple(range(len(perm))) else perm,
+        label=f"[{', '.join(names)}]",
+    )
+
+
+def _broadcasts_as_bias(shape: tuple[int, ...], width: int | None, conv_rank: int | None) -> bool:
+    """§4: one value per output — along the last axis (matmul-like) or the channel axis (conv)."""
+    numel = math.prod(shape)
+    if width is not None and numel != width:
+        return False
+    if width is None and numel <= 1:
+        return False
+    wide = [i for i, d in enumerate(shape) if d != 1]
+    if conv_rank is None:
+        return all(i == len(shape) - 1 for i in wide)
+    spatial = conv_rank - 2
+    channel = len(shape) - spatial - 1
+    return channel >= 0 and all(i == channel for i in wide)
+
+
+def _einsum_layout(equation: str, index: int, rank: int) -> Layout | None:
+    """§8: contracted letters are inputs, letters kept in the output (only here) outputs,
+    letters shared with another operand and the output are batches."""
+    if "->" not in equation:
+        return None
+    lhs, output = equation.split("->")
+    operands = lhs.split(",")
+    if index >= len(operands) or "." in equation:
+        return None
+    mine = operands[index]
+    if len(mine) != rank or len(set(mine)) != len(mine):
+        return None
+    others = set("".join(o for i, o in enumerate(operands) if i != index))
+    in_axes, out_axes, batch_axes = [], [], []
+    for axis, letter in enumerate(mine):
+        in_other, in_output = letter in others, letter in output
+        if in_other and in_output:
+            batch_axes.append(axis)
+        elif in_output:
+            out_axes.append(axis)
+        else:
+            in_axes.append(axis)
+    return Layout(tuple(in_axes), tuple(out_axes), tuple(batch_axes), label=f"einsum {mine}")
+
+
+# --------------------------------------------------------------------------------------------
+# Merging the uses of one tensor
+# --------------------------------------------------------------------------------------------
+
+
+def _merge(stored: StoredTensor, findings: list[Finding]) -> tuple[Role, str, Layout | None, list[str]]:
+    notes: list[str] = []
+    floating = is_float(stored.dtype)
+    if any(f.kind == "quantized" for f in findings):
+        first = next(f for f in findings if f.kind == "quantized")
+        return Role.QUANTIZED, first.reason, None, notes
+    if not floating:
+        return Role.CONSTANT, f"{stored.dtype} tensor (never re-initialized)", None, notes
+    slots = [f for f in findings if f.kind == "slot"]
+    fixed = [f for f in findings if f.kind == "constant"]
+    unknown = [f for f in findings if f.kind == "unknown"]
+    if slots:
+        learnable = [f for f in slots if f.role.learnable]
+        roles = {f.role for f in slots}
+        if fixed and learnable:
+            return Role.CONFLICT, _list_reasons([*learnable, *fixed]), None, notes
+        if roles == {Role.EMBEDDING, Role.WEIGHT}:
+            embedding = next(f for f in slots if f.role is Role.EMBEDDING)
+            reason = f"{embedding.reason}; tied with " + "; ".join(
+                f.reason for f in slots if f.role is Role.WEIGHT
+            )
+            return Role.EMBEDDING, reason, embedding.layout, notes
+        if len(roles) > 1:
+            return Role.CONFLICT, _list_reasons(slots), None, notes
+        role = slots[0].role
+        layout = slots[0].layout
+        if stored.static and layout is not None:
+            fans = {f.layout.fans(stored.shape) for f in slots if f.layout is not None}
+            if len(fans) > 1:
+                return Role.CONFLICT, _list_reasons(slots) + " (different fans)", None, notes
+        reasons = list(dict.fromkeys(f.reason for f in slots))
+        reason = reasons[0] if len(reasons) == 1 else f"{reasons[0]} (shared by {len(slots)} uses)"
+        if unknown:
+            reason += f"; also {unknown[0].reason}"
+        if role.random and _BUFFER_NAME.search(stored.value):
+            notes.append(f"{stored.name}: classified {role.value} but its name suggests a fixed buffer")
+        return role, reason, layout, notes
+    if fixed:
+        return Role.CONSTANT, fixed[0].reason, None, notes
+    if math.prod(stored.shape) <= 1 and stored.static:
+        reason = unknown[0].reason if unknown else "unused"
+        return Role.SCALAR, f"float scalar in {reason}" if unknown else "unused float scalar", None, notes
+    if not unknown:
+        return Role.UNKNOWN, "unused float tensor", None, notes
+    return Role.UNKNOWN, "float tensor in " + "; ".join(dict.fromkeys(f.reason for f in unknown)), None, notes
+
+
+def _list_reasons(findings: Sequence[Finding]) -> str:
+    parts = list(dict.fromkeys(f"{f.role.value}: {f.reason}" for f in findings))
+    return "conflicting uses — " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def classify_model(model: onnx.ModelProto) -> tuple[list[Param], list[str]]:
+    """Every stored tensor of ``model`` as a classified :class:`Param`, and notes for the user."""
+    return classify_graphs(Graphs(model))
+
+
+def classify_graphs(graphs: Graphs) -> tuple[list[Param], list[str]]:
+    model = graphs.model
+    inputs = [s for s in graphs.stored if s.source == GRAPH_INPUT]
+    first_input = model.graph.input[0].name if model.graph.input else ""
+    # Graph inputs without data are parameters only if they are not the first input and are
+    # floats; all others are data.  Candidates that reach no parameter slot are data after all.
+    candidates = {s.value for s in inputs if s.value != first_input and is_float(s.dtype)}
+    data_inputs = {s.value for s in inputs} - candidates
+    while True:
+        classifier = Classifier(graphs, data_inputs)
+        results = {id(s): _merge(s, classifier.findings(s)) for s in graphs.stored}
+        rejected = {s.value for s in inputs if s.value in candidates and not results[id(s)][0].learnable}
+        if not rejected:
+            break
+        candidates -= rejected
+        data_inputs |= rejected
+
+    trainable = _training_bindings(model)
+    params: list[Param] = []
+    notes: list[str] = []
+    for stored in graphs.stored:
+        role, reason, layout, extra = results[id(stored)]
+        if stored.source == GRAPH_INPUT:
+            if stored.value not in candidates:
+                continue
+            if not stored.static:
+                raise InputError(
+                    f"graph input {stored.value!r} feeds a parameter slot ({reason}) but has no static "
+                    f"shape ({_dims_text(stored)}); export it with fixed dimensions"
+                )
+        if trainable is not None and role.learnable and stored.value not in trainable:
+            reason = f"not in training_info bindings (frozen); topology: {role.value}, {reason}"
+            role, layout = Role.CONSTANT, None
+        notes.extend(extra)
+        data = stored.source != GRAPH_INPUT and (stored.tensor is None or has_data(stored.tensor))
+        params.append(
+            Param(
+                name=stored.name,
+                shape=tuple(max(d, 0) for d in stored.shape),
+                dtype=stored.dtype,
+                has_data=data,
+                role=role,
+                layout=layout,
+                reason=reason,
+                source=stored.source,
+            )
+        )
+    if not any(p.role.learnable for p in params):
+        notes.append("no tensor of this model is a recognised parameter: nothing to re-initialize")
+    return params, notes
+
+
+def _training_bindings(model: onnx.ModelProto) -> set[str] | None:
+    if not model.training_info:
+        return None
+    names: set[str] = set()
+    for info in model.training_info:
+        names.update(b.key for b in info.initialization_binding)
+        names.update(b.key for b in info.update_binding)
+    return names
+
+
+def _dims_text(stored: StoredTensor) -> str:
+    return "[" + ", ".join("?" if d < 0 else str(d) for d in stored.shape) + "]"

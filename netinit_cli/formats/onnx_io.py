@@ -1,0 +1,550 @@
+"""Read and write ONNX models safely, at any size.
+
+Reading loads the graph only (``load_external_data=False``): weights stored as external data
+stay on disk until a kept tensor is copied or :meth:`OnnxModel.read_array` asks for it.  Every
+external-data reference is validated here, not by onnx or onnx-ir (reference onnx.md §15:
+both have had traversal, symlink and hard-link holes): a relative location without ``..``,
+inside the model's folder after resolving links, no symlink on the way, a regular file with one
+link, only the known keys, and ``offset + length`` within the file.
+
+Writing never calls ``onnx.save_model`` with external data (it serializes at ~0.3 GB/s and
+*appends* to an existing data file).  Instead:
+
+* every tensor of at least :data:`EXTERNAL_TENSOR_BYTES` (and every tensor that was external
+  in the input) is written as raw little-endian bytes by netinit into a NEW file
+  ``<output stem>.data`` beside the output, at :data:`ALIGNMENT`-aligned offsets; kept external
+  tensors are copied in chunks, so memory stays about one tensor;
+* if the tensors left inline would still make the protobuf larger than
+  :data:`MAX_INLINE_BYTES`, the threshold drops to :data:`SMALL_TENSOR_BYTES`;
+* small models (no tensor that large, no external input) stay a single file;
+* the data file and then the model go through :class:`AtomicFileSet` (model renamed last), and
+  the result is checked by path with ``onnx.checker.check_model``.
+
+Everything not filled keeps its bytes, and the graph keeps its opset, metadata (plus the
+provenance keys), doc strings, value_info and node order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from onnx import AttributeProto, TensorProto, numpy_helper
+
+from netinit_cli.classify_onnx import (
+    CONSTANT_NODE,
+    DATA_FIELDS,
+    FUNCTION_CONSTANT,
+    GRAPH_INPUT,
+    SPARSE_INITIALIZER,
+    Graphs,
+    StoredTensor,
+    classify_graphs,
+    has_data,
+)
+from netinit_cli.errors import InputError, OutputError, UnsafeInputError
+from netinit_cli.formats.base import AtomicFileSet, Produce, WriteResult, check_destination, with_init_suffix
+from netinit_cli.model import Action, Param, Planned
+
+EXTERNAL_TENSOR_BYTES = 1 << 20  # tensors this large go to the data file
+SMALL_TENSOR_BYTES = 1 << 10  # threshold used when the inline rest would not fit in a protobuf
+MAX_INLINE_BYTES = int(1.8 * (1 << 30))  # protobuf's hard limit is 2 GiB - 1
+ALIGNMENT = 4096  # page-aligned offsets let readers memory-map each tensor
+COPY_CHUNK = 16 << 20
+
+_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
+_PACKED_PER_BYTE: dict[int, int] = {
+    TensorProto.INT4: 2,
+    TensorProto.UINT4: 2,
+    TensorProto.FLOAT4E2M1: 2,
+    TensorProto.INT2: 4,
+    TensorProto.UINT2: 4,
+}
+
+
+@dataclass(frozen=True)
+class ExternalRef:
+    """A validated external-data reference: ``length`` bytes at ``offset`` of ``path``."""
+
+    path: Path  # resolved, inside the model's folder
+    offset: int
+    length: int
+    device: int
+    inode: int
+
+
+def tensor_nbytes(elem_type: int, dims: Sequence[int], name: str) -> int:
+    """Bytes of a tensor's raw data; refuses negative or absurd dimensions."""
+    if any(d < 0 for d in dims):
+        raise InputError(f"tensor {name!r}: negative dimension in {list(dims)}")
+    numel = math.prod(dims)
+    if numel > 1 << 50:
+        raise InputError(f"tensor {name!r}: {list(dims)} has more elements than any file can hold")
+    if elem_type in _PACKED_PER_BYTE:
+        return -(-numel // _PACKED_PER_BYTE[elem_type])
+    if elem_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        raise InputError(f"tensor {name!r}: element type {elem_type} cannot be stored as raw bytes")
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise InputError(f"tensor {name!r}: unknown ONNX element type {elem_type}") from None
+    return numel * itemsize
+
+
+def resolve_external(tensor: TensorProto, base: Path, label: str) -> ExternalRef | None:
+    """Validate ``tensor``'s external-data entry against ``base`` (the model's folder).
+
+    Returns ``None`` if the file does not exist (the tensor has no data), raises
+    :class:`UnsafeInputError` for anything that could read outside the folder and
+    :class:`InputError` for a malformed entry.
+    """
+    info: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if entry.key not in _EXTERNAL_KEYS:
+            raise UnsafeInputError(
+                f"tensor {label!r}: external-data key {entry.key!r} is not allowed "
+                f"(only {', '.join(sorted(_EXTERNAL_KEYS))}); the model is malformed or hostile"
+            )
+        if entry.key in info:
+            raise UnsafeInputError(f"tensor {label!r}: external-data key {entry.key!r} appears twice")
+        info[entry.key] = entry.value
+    location = info.get("location", "")
+    where = f"tensor {label!r}: external data location {location!r}"
+    if not location or "\x00" in location:
+        raise InputError(f"{where} is empty or invalid; the model is malformed")
+    parts = re.split(r"[/\\]", location)
+    if location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
+        raise UnsafeInputError(f"{where} is absolute; external data must be relative to the model's folder")
+    if ".." in parts:
+        raise UnsafeInputError(f"{where} contains '..'; external data must stay inside the model's folder")
+    real_base = Path(os.path.realpath(base))
+    candidate = real_base.joinpath(*[p for p in parts if p not in ("", ".")])
+    # No symbolic link anywhere below the model's folder (a parent link escapes just as well).
+    probe = real_base
+    for part in [p for p in parts if p not in ("", ".")]:
+        probe = probe / part
+        if probe.is_symlink():
+            raise UnsafeInputError(
+                f"{where} goes through the symbolic link {probe}; copy the data file into the folder"
+            )
+    real = Path(os.path.realpath(candidate))
+    if real != real_base and real_base not in real.parents:
+        raise UnsafeInputError(f"{where} resolves outside the model's folder {real_base}")
+    try:
+        info_stat = os.lstat(candidate)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"{where}: cannot stat: {exc.strerror}") from exc
+    if not stat.S_ISREG(info_stat.st_mode):
+        raise UnsafeInputError(f"{where} is not a regular file")
+    if info_stat.st_nlink > 1:
+        raise UnsafeInputError(
+            f"{where} has {info_stat.st_nlink} hard links; a hard link can point outside the folder "
+            "(copy the file to break the link)"
+        )
+    offset = _decimal(info.get("offset", "0"), where, "offset")
+    expected = tensor_nbytes(tensor.data_type, tensor.dims, label)
+    if "length" in info:
+        length = _decimal(info["length"], where, "length")
+        if length != expected:
+            raise InputError(
+                f"{where}: length {length} does not match the tensor's {list(tensor.dims)} "
+                f"({expected} bytes); the model is malformed"
+            )
+    if offset + expected > info_stat.st_size:
+        raise InputError(
+            f"{where}: bytes {offset}..{offset + expected} run past the end of the "
+            f"{info_stat.st_size}-byte file; the data file is truncated or the model is malformed"
+        )
+    return ExternalRef(candidate, offset, expected, info_stat.st_dev, info_stat.st_ino)
+
+
+def _decimal(text: str, where: str, key: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,19}", text):
+        raise InputError(f"{where}: {key} {text!r} is not a non-negative decimal integer")
+    return int(text)
+
+
+def _open_checked(ref: ExternalRef, label: str) -> BinaryIO:
+    """Open a validated data file without following links; refuse if it changed since."""
+    try:
+        fd = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise UnsafeInputError(
+            f"tensor {label!r}: cannot open external data {ref.path}: {exc.strerror}"
+        ) from exc
+    info = os.fstat(fd)
+    if (info.st_dev, info.st_ino) != (ref.device, ref.inode) or info.st_nlink > 1:
+        os.close(fd)
+        raise UnsafeInputError(f"tensor {label!r}: external data file {ref.path} changed while reading")
+    return os.fdopen(fd, "rb")
+
+
+def _numpy_dtype(elem_type: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+class OnnxModel:
+    """An opened ONNX model (implements :class:`netinit_cli.formats.base.ModelFile`)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.notes: list[str] = []
+        self._load()
+
+    def _load(self) -> None:
+        self.proto = _load_proto(self.path)
+        self.metadata = {p.key: p.value for p in self.proto.metadata_props}
+        self.graphs = Graphs(self.proto)
+        self.base = self.path.resolve().parent
+        self.external: dict[int, ExternalRef | None] = {}
+        for tensor in self.graphs.iter_tensors():
+            if tensor.data_location == TensorProto.EXTERNAL:
+                self.external[id(tensor)] = resolve_external(tensor, self.base, tensor.name)
+        params, notes = classify_graphs(self.graphs)
+        self._stored = {s.name: s for s in self.graphs.stored}
+        for param in params:
+            proto = self._stored[param.name].tensor
+            if proto is not None and id(proto) in self.external and self.external[id(proto)] is None:
+                param.has_data = False
+                notes.append(f"{param.name}: external data file {_location(proto)!r} is missing")
+        self.params: list[Param] = params
+        self.notes = notes
+        self._dirty = False
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read_array(self, name: str) -> np.ndarray:
+        """The stored values of tensor ``name`` (external data memory-mapped, read-only)."""
+        if self._dirty:
+            self._load()
+        stored = self._stored.get(name)
+        if stored is None:
+            raise InputError(f"{self.path}: no tensor named {name!r}")
+        if stored.source == GRAPH_INPUT:
+            raise InputError(f"{self.path}: {name!r} is a graph input and has no stored data")
+        attribute = stored.attribute
+        if attribute is not None and attribute.type == AttributeProto.FLOAT:
+            return np.array(attribute.f, dtype=np.float32)
+        if attribute is not None and attribute.type == AttributeProto.FLOATS:
+            return np.array(attribute.floats, dtype=np.float32)
+        if attribute is not None and attribute.type == AttributeProto.INT:
+            return np.array(attribute.i, dtype=np.int64)
+        if attribute is not None and attribute.type == AttributeProto.INTS:
+            return np.array(attribute.ints, dtype=np.int64)
+        if stored.sparse is not None:
+            return self._dense_from_sparse(stored.sparse, name)
+        assert stored.tensor is not None
+        return self._tensor_array(stored.tensor, name)
+
+    def _tensor_array(self, tensor: TensorProto, name: str) -> np.ndarray:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            if not has_data(tensor):
+                raise InputError(f"{self.path}: tensor {name!r} has no data")
+            return numpy_helper.to_array(tensor)
+        ref = self.external.get(id(tensor))
+        if ref is None:
+            raise InputError(
+                f"{self.path}: tensor {name!r}: external data file {_location(tensor)!r} is missing"
+            )
+        if tensor.data_type in _PACKED_PER_BYTE:
+            with _open_checked(ref, name) as handle:
+                handle.seek(ref.offset)
+                copy = TensorProto()
+                copy.CopyFrom(tensor)
+                copy.ClearField("external_data")
+                copy.data_location = TensorProto.DEFAULT
+                copy.raw_data = handle.read(ref.length)
+            return numpy_helper.to_array(copy)
+        _open_checked(ref, name).close()
+        dtype = _numpy_dtype(tensor.data_type)
+        shape = tuple(tensor.dims)
+        if ref.length == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(ref.path, dtype=dtype.newbyteorder("<"), mode="r", offset=ref.offset, shape=shape)
+
+    def _dense_from_sparse(self, sparse: onnx.SparseTensorProto, name: str) -> np.ndarray:
+        values = self._tensor_array(sparse.values, name).reshape(-1)
+        indices = self._tensor_array(sparse.indices, name).astype(np.int64)
+        dense = np.zeros(tuple(sparse.dims), values.dtype)
+        if indices.ndim == 1:
+            dense.reshape(-1)[indices] = values
+        else:
+            dense[tuple(indices.T)] = values
+        return dense
+
+    def default_output(self) -> Path:
+        return with_init_suffix(self.path, ".onnx")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(
+        self,
+        out: Path,
+        plan: Sequence[Planned],
+        produce: Produce,
+        provenance: dict[str, str],
+        *,
+        overwrite: bool,
+    ) -> WriteResult:
+        if self._dirty:
+            self._load()
+        out = Path(out)
+        data_path = out.with_name(out.stem + ".data") if out.suffix else out.with_name(out.name + ".data")
+        self._refuse_clobbering_inputs(out, data_path)
+        check_destination(out, overwrite=overwrite)
+        fills = {p.param.name: p for p in plan if p.action is Action.FILL}
+        unknown = set(fills) - set(self._stored)
+        if unknown:
+            raise InputError(
+                f"{self.path}: the plan names tensors this model does not have: {sorted(unknown)}"
+            )
+        # The proto is edited in place and reloaded from the input on the next use.
+        self._dirty = True
+        writer = _DataWriter(data_path, self._threshold(fills))
+        with AtomicFileSet(overwrite=overwrite) as files:
+            writer.files = files
+            for stored in self.graphs.stored:
+                planned = fills.get(stored.name)
+                if planned is not None:
+                    values = produce(planned)
+                    self._fill(stored, values, writer)
+                elif stored.tensor is not None:
+                    self._keep(stored.tensor, writer, stored.name)
+                    if stored.sparse is not None:
+                        self._keep(stored.sparse.indices, writer, stored.name)
+            for tensor in self._other_tensors():
+                self._keep(tensor, writer, tensor.name)
+            _set_metadata(self.proto, provenance)
+            try:
+                payload = self.proto.SerializeToString()
+            except ValueError as exc:
+                raise OutputError(f"{out}: the model graph does not fit in a protobuf: {exc}") from exc
+            files.open(out).write(payload)
+            del payload
+            paths = files.commit()
+        try:
+            onnx.checker.check_model(str(out))
+        except onnx.checker.ValidationError as exc:
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+            raise OutputError(
+                f"{out}: the written model failed onnx.checker ({message}); nothing was kept"
+            ) from exc
+        written = sum(p.stat().st_size for p in paths)
+        notes = [f"external data: {data_path.name} ({writer.position} bytes)"] if writer.handle else []
+        return WriteResult(paths=[out, *[p for p in paths if p != out]], bytes_written=written, notes=notes)
+
+    def _refuse_clobbering_inputs(self, out: Path, data_path: Path) -> None:
+        inputs = {os.path.realpath(self.path)}
+        inputs |= {os.path.realpath(ref.path) for ref in self.external.values() if ref is not None}
+        for target in (out, data_path):
+            if os.path.realpath(target) in inputs:
+                raise OutputError(f"{target} is part of the input model; choose another output with -o")
+
+    def _threshold(self, fills: dict[str, Planned]) -> int:
+        """The size from which tensors go to the data file (see the module docstring)."""
+        inline = 0
+        for stored in self.graphs.stored:
+            tensor = stored.tensor
+            if stored.name in fills:
+                size = tensor_nbytes(stored.elem_type, [max(d, 0) for d in stored.shape], stored.name)
+            elif tensor is not None and tensor.data_location != TensorProto.EXTERNAL:
+                size = len(tensor.raw_data)
+            else:
+                continue
+            if size < EXTERNAL_TENSOR_BYTES:
+                inline += size
+        return SMALL_TENSOR_BYTES if inline > MAX_INLINE_BYTES else EXTERNAL_TENSOR_BYTES
+
+    def _other_tensors(self) -> list[TensorProto]:
+        """Tensors that are not stored tensors of their own (attributes of non-Constant nodes)."""
+        mine = {id(s.tensor) for s in self.graphs.stored if s.tensor is not None}
+        mine |= {id(s.sparse.indices) for s in self.graphs.stored if s.sparse is not None}
+        return [t for t in self.graphs.iter_tensors() if id(t) not in mine]
+
+    def _keep(self, tensor: TensorProto, writer: _DataWriter, label: str) -> None:
+        """Keep a tensor's bytes; move it to the data file if it is external or large."""
+        if tensor.data_location == TensorProto.EXTERNAL:
+            ref = self.external.get(id(tensor))
+            if ref is None:
+                raise OutputError(
+                    f"tensor {label!r} has no data (external file {_location(tensor)!r} is missing) and is "
+                    "not filled; fill it (it must be a parameter) or restore the data file"
+                )
+            with _open_checked(ref, label) as source:
+                source.seek(ref.offset)
+                offset = writer.copy_from(source, ref.length)
+            _point_to(tensor, writer.location, offset, ref.length)
+        elif len(tensor.raw_data) >= writer.threshold:
+            data = tensor.raw_data
+            offset = writer.write_bytes(memoryview(data))
+            _point_to(tensor, writer.location, offset, len(data))
+
+    def _fill(self, stored: StoredTensor, values: np.ndarray, writer: _DataWriter) -> None:
+        expected = _numpy_dtype(stored.elem_type)
+        shape = tuple(stored.shape)
+        if values.dtype != expected or values.size != math.prod(shape):
+            raise OutputError(
+                f"tensor {stored.name!r}: generated {values.dtype}{list(values.shape)}, expected "
+                f"{expected}{list(shape)} (a netinit bug)"
+            )
+        values = np.ascontiguousarray(values).reshape(shape)
+        attribute = stored.attribute
+        if attribute is not None and attribute.type == AttributeProto.FLOAT:
+            attribute.f = float(values.reshape(-1)[0])
+            return
+        if attribute is not None and attribute.type == AttributeProto.FLOATS:
+            attribute.ClearField("floats")
+            attribute.floats.extend(float(v) for v in values.reshape(-1))
+            return
+        tensor = self._dense_target(stored)
+        tensor.data_location = TensorProto.DEFAULT
+        tensor.ClearField("external_data")
+        for name in DATA_FIELDS:
+            tensor.ClearField(name)
+        raw = values.reshape(-1).view(np.uint8)
+        if raw.nbytes >= writer.threshold or (
+            stored.tensor is not None and id(stored.tensor) in self.external
+        ):
+            offset = writer.write_bytes(raw.data)
+            tensor.ClearField("raw_data")
+            _point_to(tensor, writer.location, offset, raw.nbytes)
+        else:
+            tensor.raw_data = raw.tobytes()
+
+    def _dense_target(self, stored: StoredTensor) -> TensorProto:
+        """The TensorProto that will hold a filled tensor's values, created where needed."""
+        if stored.sparse is None and stored.tensor is not None:
+            return stored.tensor
+        dense = TensorProto(name=stored.value, data_type=stored.elem_type, dims=list(stored.shape))
+        graph = stored.scope.graph
+        if stored.source in (CONSTANT_NODE, FUNCTION_CONSTANT) and stored.attribute is not None:
+            # A sparse Constant becomes a dense one, in the same node.
+            attribute = stored.attribute
+            attribute.Clear()
+            attribute.name = "value"
+            attribute.type = AttributeProto.TENSOR
+            attribute.t.CopyFrom(dense)
+            return attribute.t
+        assert graph is not None
+        if stored.source == SPARSE_INITIALIZER:
+            for index, sparse in enumerate(graph.sparse_initializer):
+                if sparse is stored.sparse or sparse.values.name == stored.value:
+                    del graph.sparse_initializer[index]
+                    break
+        graph.initializer.append(dense)
+        if stored.source == GRAPH_INPUT and self.proto.ir_version >= 4:
+            # IR >= 4: an initializer need not be an input; dropping the input means
+            # onnxruntime no longer asks for it.
+            for index, value_info in enumerate(graph.input):
+                if value_info.name == stored.value:
+                    del graph.input[index]
+                    break
+        added: TensorProto = graph.initializer[len(graph.initializer) - 1]
+        return added
+
+
+class _DataWriter:
+    """Appends aligned raw tensors to the new data file, opened on first use."""
+
+    def __init__(self, path: Path, threshold: int) -> None:
+        self.path = path
+        self.location = path.name
+        self.threshold = threshold
+        self.files: AtomicFileSet | None = None
+        self.handle: BinaryIO | None = None
+        self.position = 0
+
+    def _start(self) -> BinaryIO:
+        if self.handle is None:
+            assert self.files is not None
+            self.handle = self.files.open(self.path)
+        pad = -self.position % ALIGNMENT
+        if pad:
+            self.handle.write(b"\0" * pad)
+            self.position += pad
+        return self.handle
+
+    def write_bytes(self, data: memoryview) -> int:
+        handle = self._start()
+        offset = self.position
+        handle.write(data)
+        self.position += data.nbytes
+        return offset
+
+    def copy_from(self, source: BinaryIO, length: int) -> int:
+        handle = self._start()
+        offset = self.position
+        remaining = length
+        while remaining:
+            chunk = source.read(min(COPY_CHUNK, remaining))
+            if not chunk:
+                raise InputError(f"external data ended {remaining} bytes early while copying")
+            handle.write(chunk)
+            remaining -= len(chunk)
+        self.position += length
+        return offset
+
+
+def _point_to(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+    tensor.ClearField("raw_data")
+    tensor.ClearField("external_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _location(tensor: TensorProto) -> str:
+    return next((e.value for e in tensor.external_data if e.key == "location"), "")
+
+
+def _set_metadata(model: onnx.ModelProto, provenance: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in provenance.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+
+
+def _load_proto(path: Path) -> onnx.ModelProto:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if size >= 1 << 31:
+        raise InputError(
+            f"{path}: {size} bytes is over protobuf's 2 GiB limit; an ONNX model this large must keep its "
+            "weights in external data"
+        )
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InputError(
+            f"{path}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else exc})"
+        ) from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def open_onnx(path: Path) -> OnnxModel:
+    """Open an ONNX model: graph loaded, external data validated (not read), tensors classified."""
+    return OnnxModel(Path(path))

@@ -1,0 +1,323 @@
+"""ONNX reading and writing: fills land where they should, everything else keeps its bytes,
+external data is written to a new file, and the output runs in onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from netinit_cli.dtypes import numpy_dtype
+from netinit_cli.errors import InputError, OutputError, OutputExistsError
+from netinit_cli.formats import onnx_io
+from netinit_cli.formats.onnx_io import open_onnx
+from netinit_cli.model import Action, Param, Planned
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def fake_produce(calls: list[str]) -> onnx_io.Produce:
+    """Deterministic values (never equal to any stored ones), recording each call."""
+
+    def produce(planned: Planned) -> np.ndarray:
+        calls.append(planned.param.name)
+        p = planned.param
+        values = np.arange(p.numel, dtype=np.float64).reshape(p.shape) * 1e-3 + 0.5
+        return np.ascontiguousarray(values.astype(numpy_dtype(p.dtype)))
+
+    return produce
+
+
+def plan_all(params: list[Param]) -> list[Planned]:
+    return [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in params]
+
+
+def run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return list(session.run(None, feeds))
+
+
+def mlp_model(hidden: int = 16, *, params: bool = True) -> onnx.ModelProto:
+    """x[N,8] → Gemm(transB=1) → Relu → MatMul([hidden,4]) → Add(bias)."""
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.standard_normal((hidden, 8)).astype(np.float32), "fc1.weight")
+    b1 = numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "fc1.bias")
+    w2 = numpy_helper.from_array(rng.standard_normal((hidden, 4)).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b2")
+    shape = numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")
+    nodes = [
+        helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["m"]),
+        helper.make_node("Add", ["m", "b2"], ["a"]),
+        helper.make_node("Reshape", ["a", "shape"], ["y"]),
+    ]
+    inits = [w1, b1, w2, b2, shape]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])]
+    if not params:
+        inputs += [
+            helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in (w1, b1, w2, b2)
+        ]
+        inits = [shape]
+    graph = helper.make_graph(
+        nodes, "mlp", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits
+    )
+    graph.doc_string = "graph doc"
+    graph.value_info.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", hidden]))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"author": "test"})
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path:
+    if external:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, location=path.name + ".bin", size_threshold=0
+        )
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def tensor_bytes(path: Path) -> dict[str, bytes]:
+    """Every initializer's bytes, with external data loaded (by onnx itself)."""
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+
+
+# -- fixtures of the lead ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_noparams", "mlp_noparams"])
+def test_fixture_full_fill_runs_in_onnxruntime(tmp_path: Path, name: str) -> None:
+    source = FIXTURES / f"{name}.onnx"
+    if not source.exists():
+        pytest.skip(f"{source} not generated yet")
+    model = open_onnx(source)
+    calls: list[str] = []
+    out = tmp_path / "out.onnx"
+    model.write(out, plan_all(model.params), fake_produce(calls), {"netinit.seed": "1"}, overwrite=False)
+    assert sorted(calls) == sorted(p.name for p in model.params if p.role.learnable)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    shape = [2 if isinstance(d, str) else d for d in session.get_inputs()[0].shape]
+    (result,) = session.run(None, {"input": np.ones(shape, np.float32)})
+    assert np.isfinite(result).all()
+
+
+# -- inline writes -----------------------------------------------------------------------------
+
+
+def test_fill_replaces_only_planned_tensors(tmp_path: Path) -> None:
+    source = save(mlp_model(), tmp_path / "m.onnx")
+    before = tensor_bytes(source)
+    model = open_onnx(source)
+    plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
+    out = tmp_path / "m.init.onnx"
+    result = model.write(out, plan, fake_produce([]), {"netinit.method": "kaiming"}, overwrite=False)
+    assert result.paths == [out]
+    after = tensor_bytes(out)
+    assert after["fc1.weight"] != before["fc1.weight"]
+    expected = fake_produce([])(Planned(model.params[0], Action.FILL))
+    assert after["fc1.weight"] == expected.tobytes()
+    for name in ("fc1.bias", "w2", "b2", "shape"):
+        assert after[name] == before[name], name
+
+
+def test_write_preserves_graph_metadata_and_adds_provenance(tmp_path: Path) -> None:
+    source = save(mlp_model(), tmp_path / "m.onnx")
+    model = open_onnx(source)
+    out = tmp_path / "o.onnx"
+    model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "7"}, overwrite=False)
+    original, written = onnx.load(str(source)), onnx.load(str(out))
+    assert written.opset_import == original.opset_import
+    assert written.ir_version == original.ir_version
+    assert written.graph.doc_string == "graph doc"
+    assert list(written.graph.value_info) == list(original.graph.value_info)
+    assert [n.SerializeToString() for n in written.graph.node] == [
+        n.SerializeToString() for n in original.graph.node
+    ]
+    props = {p.key: p.value for p in written.metadata_props}
+    assert props == {"author": "test", "netinit.seed": "7"}
+
+
+def test_input_file_is_not_modified(tmp_path: Path) -> None:
+    source = save(mlp_model(), tmp_path / "m.onnx")
+    original = source.read_bytes()
+    model = open_onnx(source)
+    model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    assert source.read_bytes() == original
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path: Path) -> None:
+    source = save(mlp_model(), tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"keep me")
+    model = open_onnx(source)
+    with pytest.raises(OutputExistsError):
+        model.write(out, plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    assert out.read_bytes() == b"keep me"
+    with pytest.raises(OutputError):
+        model.write(source, plan_all(model.params), fake_produce([]), {}, overwrite=True)
+
+
+def test_produce_is_called_once_per_filled_tensor_and_write_can_repeat(tmp_path: Path) -> None:
+    source = save(mlp_model(), tmp_path / "m.onnx")
+    model = open_onnx(source)
+    for attempt in range(2):
+        calls: list[str] = []
+        model.write(
+            tmp_path / f"o{attempt}.onnx", plan_all(model.params), fake_produce(calls), {}, overwrite=False
+        )
+        assert sorted(calls) == ["b2", "fc1.bias", "fc1.weight", "w2"]
+    assert (tmp_path / "o0.onnx").read_bytes() == (tmp_path / "o1.onnx").read_bytes()
+    assert model.read_array("w2").shape == (16, 4)  # the in-memory model was restored
+
+
+def test_graph_inputs_become_initializers(tmp_path: Path) -> None:
+    source = save(mlp_model(params=False), tmp_path / "m.onnx")
+    model = open_onnx(source)
+    missing = {p.name for p in model.params if not p.has_data}
+    assert missing == {"fc1.weight", "fc1.bias", "w2", "b2"}
+    assert all(p.source == "graph_input" for p in model.params if p.name in missing)
+    out = tmp_path / "o.onnx"
+    model.write(out, plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    written = onnx.load(str(out))
+    assert [i.name for i in written.graph.input] == ["x"]
+    (y,) = run(out, {"x": np.ones((3, 8), np.float32)})
+    assert y.shape == (3, 4) and np.isfinite(y).all()
+
+
+def test_graph_input_without_static_shape_in_a_parameter_slot_is_an_input_error(tmp_path: Path) -> None:
+    model = mlp_model(params=False)
+    model.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "H"
+    with pytest.raises(InputError, match=r"fc1\.weight"):
+        open_onnx(save(model, tmp_path / "m.onnx"))
+
+
+def test_empty_initializer_has_no_data_and_is_filled(tmp_path: Path) -> None:
+    model = mlp_model()
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    opened = open_onnx(save(model, tmp_path / "m.onnx"))
+    params = {p.name: p for p in opened.params}
+    assert not params["fc1.weight"].has_data and params["fc1.bias"].has_data
+    with pytest.raises(InputError, match="no data"):
+        opened.read_array("fc1.weight")
+
+
+def test_read_array_gives_stored_values(tmp_path: Path) -> None:
+    model = mlp_model()
+    opened = open_onnx(save(model, tmp_path / "m.onnx"))
+    for tensor in model.graph.initializer:
+        np.testing.assert_array_equal(opened.read_array(tensor.name), numpy_helper.to_array(tensor))
+
+
+def test_not_an_onnx_file_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(b"\x08\x07\x12garbage\xff\xff\xff")
+    with pytest.raises(InputError, match="not a valid ONNX model"):
+        open_onnx(path)
+
+
+def test_default_output_is_beside_the_input() -> None:
+    model = open_onnx(FIXTURES / "mlp.onnx") if (FIXTURES / "mlp.onnx").exists() else None
+    if model is None:
+        pytest.skip("fixtures not generated")
+    assert model.default_output() == FIXTURES / "mlp.init.onnx"
+
+
+# -- external data -----------------------------------------------------------------------------
+
+
+def test_large_tensors_go_to_a_new_aligned_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
+    before = tensor_bytes(source)
+    model = open_onnx(source)
+    plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
+    out = tmp_path / "m.init.onnx"
+    result = model.write(out, plan, fake_produce([]), {}, overwrite=False)
+    data = tmp_path / "m.init.data"
+    assert result.paths == [out, data]
+    written = onnx.load(str(out), load_external_data=False)
+    external = {t.name: {e.key: e.value for e in t.external_data} for t in written.graph.initializer}
+    # fc1.weight (32×8×4 = 1024 B) and w2 (512 B) are external; fc1.bias (128 B) stays inline.
+    assert set(k for k, v in external.items() if v) == {"fc1.weight", "w2"}
+    for info in (external["fc1.weight"], external["w2"]):
+        assert info["location"] == "m.init.data" and int(info["offset"]) % onnx_io.ALIGNMENT == 0
+    after = tensor_bytes(out)
+    assert after["w2"] == before["w2"] and after["fc1.bias"] == before["fc1.bias"]
+    assert after["fc1.weight"] != before["fc1.weight"]
+    (y,) = run(out, {"x": np.ones((2, 8), np.float32)})
+    assert np.isfinite(y).all()
+
+
+def test_external_input_is_copied_not_referenced(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = save(mlp_model(), folder / "m.onnx", external=True)
+    before = tensor_bytes(source)
+    model = open_onnx(source)
+    plan = [Planned(p, Action.FILL if p.name == "b2" else Action.KEEP) for p in model.params]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.onnx"
+    model.write(out, plan, fake_produce([]), {}, overwrite=False)
+    written = onnx.load(str(out), load_external_data=False)
+    locations = {e.value for t in written.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"o.data"}
+    after = tensor_bytes(out)
+    assert {k: v for k, v in after.items() if k != "b2"} == {k: v for k, v in before.items() if k != "b2"}
+    assert after["b2"] != before["b2"]
+    assert model.read_array("w2").tobytes() == before["w2"]
+
+
+def point_external(tensor: TensorProto, location: str, offset: int = 0, length: int | None = None) -> None:
+    """Make ``tensor`` refer to external data (its bytes are dropped)."""
+    size = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    entries = {"location": location, "offset": str(offset), "length": str(size if length is None else length)}
+    for key, value in entries.items():
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def test_missing_external_file_means_no_data(tmp_path: Path) -> None:
+    model = mlp_model()
+    point_external(model.graph.initializer[2], "gone.bin")  # w2
+    model = open_onnx(save(model, tmp_path / "m.onnx"))
+    assert {p.name for p in model.params if not p.has_data} == {"w2"}
+    assert any("gone.bin" in note for note in model.notes)
+    out = tmp_path / "o.onnx"
+    model.write(out, plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    (y,) = run(out, {"x": np.ones((2, 8), np.float32)})
+    assert np.isfinite(y).all()
+
+
+def test_missing_external_data_of_a_constant_cannot_be_written(tmp_path: Path) -> None:
+    source = save(mlp_model(), tmp_path / "m.onnx", external=True)
+    (tmp_path / "m.onnx.bin").unlink()
+    model = open_onnx(source)
+    assert {p.name for p in model.params if not p.has_data} == {"fc1.weight", "fc1.bias", "w2", "b2", "shape"}
+    with pytest.raises(OutputError, match="'shape' has no data"):
+        model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_existing_data_file_is_not_appended_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
+    (tmp_path / "o.data").write_bytes(b"stale" * 1000)
+    model = open_onnx(source)
+    with pytest.raises(OutputExistsError):
+        model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    assert not (tmp_path / "o.onnx").exists()
+    model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=True)
+    assert b"stale" not in (tmp_path / "o.data").read_bytes()
