@@ -1,0 +1,318 @@
+"""Name-rule classification, table-driven: real state-dict names of tiny transformers models of
+each family (built from config, no network), plus synthetic names for the conventions the tiny
+models do not cover (Flax, MLX, LoRA, MoE, RNN, quantized, buffers)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+import pytest
+
+from netinit_cli.classify_names import NAME_RULES, classify_params
+from netinit_cli.model import Param, Role
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TORCH_DTYPES = {"torch.float32": "F32", "torch.int64": "I64", "torch.bool": "BOOL"}
+
+
+def _tiny(family: str):  # type: ignore[no-untyped-def]
+    t = transformers
+    builders = {
+        "gpt2": lambda: t.GPT2LMHeadModel(
+            t.GPT2Config(
+                n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=64, bos_token_id=0, eos_token_id=0
+            )
+        ),
+        "llama": lambda: t.LlamaForCausalLM(
+            t.LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=64,
+                tie_word_embeddings=False,
+            )
+        ),
+        "bert": lambda: t.BertForMaskedLM(
+            t.BertConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=2,
+                vocab_size=64,
+                max_position_embeddings=32,
+            )
+        ),
+        "t5": lambda: t.T5ForConditionalGeneration(
+            t.T5Config(num_layers=2, d_model=32, d_ff=64, d_kv=8, num_heads=4, vocab_size=64)
+        ),
+        "vit": lambda: t.ViTForImageClassification(
+            t.ViTConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=8,
+                num_labels=3,
+            )
+        ),
+        "resnet": lambda: t.ResNetForImageClassification(
+            t.ResNetConfig(
+                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3
+            )
+        ),
+        "whisper": lambda: t.WhisperForConditionalGeneration(
+            t.WhisperConfig(
+                d_model=32,
+                encoder_layers=1,
+                decoder_layers=1,
+                encoder_attention_heads=2,
+                decoder_attention_heads=2,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                num_mel_bins=8,
+                max_source_positions=16,
+                max_target_positions=16,
+                vocab_size=64,
+                pad_token_id=1,
+                bos_token_id=2,
+                eos_token_id=2,
+                decoder_start_token_id=3,
+                suppress_tokens=[],
+                begin_suppress_tokens=[],
+            )
+        ),
+    }
+    return builders[family]()
+
+
+@cache
+def family_params(family: str) -> tuple[Param, ...]:
+    torch.manual_seed(0)
+    state = _tiny(family).state_dict()
+    params = [
+        Param(name, tuple(value.shape), TORCH_DTYPES[str(value.dtype)]) for name, value in state.items()
+    ]
+    return tuple(classify_params(params, "pt"))
+
+
+# For every family: ordered (regex on the name, expected role).  Every name must match one.
+EXPECTED: dict[str, list[tuple[str, Role]]] = {
+    "gpt2": [
+        (r"(wte|wpe)\.weight$", Role.EMBEDDING),
+        (r"ln_(1|2|f)\.weight$", Role.NORM_SCALE),
+        (r"ln_(1|2|f)\.bias$", Role.NORM_SHIFT),
+        (r"\.(c_attn|c_proj|c_fc)\.weight$", Role.WEIGHT),
+        (r"\.bias$", Role.BIAS),
+        (r"^lm_head\.weight$", Role.WEIGHT),
+    ],
+    "llama": [
+        (r"embed_tokens\.weight$", Role.EMBEDDING),
+        (r"(layernorm|norm)\.weight$", Role.NORM_SCALE),
+        (r"(proj|lm_head)\.weight$", Role.WEIGHT),
+    ],
+    "bert": [
+        (r"_embeddings\.weight$", Role.EMBEDDING),
+        (r"LayerNorm\.weight$", Role.NORM_SCALE),
+        (r"LayerNorm\.bias$", Role.NORM_SHIFT),
+        (r"\.weight$", Role.WEIGHT),
+        (r"\.bias$", Role.BIAS),
+        (r"position_ids$|token_type_ids$", Role.CONSTANT),
+    ],
+    "t5": [
+        (r"(shared|embed_tokens|relative_attention_bias)\.weight$", Role.EMBEDDING),
+        (r"layer_norm\.weight$", Role.NORM_SCALE),
+        (r"\.(q|k|v|o|wi|wo|wi_0|wi_1)\.weight$|^lm_head\.weight$", Role.WEIGHT),
+    ],
+    "vit": [
+        (r"(cls_token|position_embeddings)$", Role.TOKEN),
+        (r"layernorm\w*\.weight$", Role.NORM_SCALE),
+        (r"layernorm\w*\.bias$", Role.NORM_SHIFT),
+        (r"\.weight$", Role.WEIGHT),
+        (r"\.bias$", Role.BIAS),
+    ],
+    "resnet": [
+        (r"normalization\.weight$", Role.NORM_SCALE),
+        (r"normalization\.bias$", Role.NORM_SHIFT),
+        (r"running_mean$", Role.RUNNING_MEAN),
+        (r"running_var$", Role.RUNNING_VAR),
+        (r"num_batches_tracked$", Role.CONSTANT),
+        (r"\.weight$", Role.WEIGHT),
+        (r"\.bias$", Role.BIAS),
+    ],
+    "whisper": [
+        (r"encoder\.embed_positions\.weight$", Role.CONSTANT),
+        (r"(embed_tokens|embed_positions)\.weight$", Role.EMBEDDING),
+        (r"layer_norm\.weight$", Role.NORM_SCALE),
+        (r"layer_norm\.bias$", Role.NORM_SHIFT),
+        (r"\.weight$", Role.WEIGHT),
+        (r"\.bias$", Role.BIAS),
+    ],
+}
+
+
+@pytest.mark.parametrize("family", sorted(EXPECTED))
+def test_every_name_of_a_real_family_gets_its_role(family: str) -> None:
+    params = family_params(family)
+    assert len(params) > 10
+    wrong = []
+    for param in params:
+        expected = next((role for pattern, role in EXPECTED[family] if re.search(pattern, param.name)), None)
+        assert expected is not None, f"{param.name} has no expectation in the test table"
+        if param.role != expected:
+            wrong.append(f"{param.name}: {param.role} ({param.reason}), expected {expected}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_gpt2_conv1d_fan_in_is_dim_0() -> None:
+    conv1d = [p for p in family_params("gpt2") if re.search(r"\.(c_attn|c_proj|c_fc)\.weight$", p.name)]
+    assert len(conv1d) == 8
+    for param in conv1d:
+        assert param.layout is not None
+        assert param.layout.fans(param.shape) == (param.shape[0], param.shape[1]), param.name
+        assert param.layout.torch_fans(param.shape) == (param.shape[0], param.shape[1])
+    c_fc = next(p for p in conv1d if p.name.endswith("h.0.mlp.c_fc.weight"))
+    assert c_fc.shape == (32, 128) and c_fc.layout is not None and c_fc.layout.fans(c_fc.shape) == (32, 128)
+    assert c_fc.reason == "GPT-2 Conv1D [in, out] (c_fc)"
+
+
+def test_linear_and_conv_fans_of_real_models() -> None:
+    llama_down = next(p for p in family_params("llama") if p.name.endswith("layers.0.mlp.down_proj.weight"))
+    assert llama_down.shape == (32, 64)
+    assert llama_down.layout is not None and llama_down.layout.fans(llama_down.shape) == (64, 32)
+    conv = next(p for p in family_params("whisper") if p.name.endswith("encoder.conv1.weight"))
+    assert conv.shape == (32, 8, 3) and conv.reason == "Conv1d [out, in/g, k…]"
+    assert conv.layout is not None and conv.layout.fans(conv.shape) == (8 * 3, 32 * 3)
+
+
+def _one(
+    name: str, shape: tuple[int, ...], dtype: str = "F32", hint: str | None = None, *others: Param
+) -> Param:
+    return classify_params([Param(name, shape, dtype), *others], hint)[0]
+
+
+# name, shape, dtype, format hint, expected role, expected (fan_in, fan_out) or None, reason fragment
+SYNTHETIC = [
+    ("features.3.weight", (64, 1, 3, 3), "F32", "pt", Role.WEIGHT, (9, 9), "depthwise: groups = 64"),
+    ("up.0.conv_transpose.weight", (16, 8, 4, 4), "F32", "pt", Role.WEIGHT, (256, 128), "ConvTranspose2d"),
+    ("Dense_0.kernel", (16, 8), "F32", "flax", Role.WEIGHT, (16, 8), "Dense kernel [in, out]"),
+    ("Conv_0.kernel", (3, 3, 4, 8), "F32", "flax", Role.WEIGHT, (36, 72), "HWIO"),
+    ("layers.0.conv.weight", (8, 3, 3, 4), "F32", "mlx", Role.WEIGHT, (36, 72), "MLX conv"),
+    ("dense.weight", (16, 8), "F32", "tf", Role.WEIGHT, (16, 8), "[in, out]"),
+    ("q_proj.lora_A.default.weight", (4, 32), "F32", "pt", Role.WEIGHT, (32, 4), "LoRA A"),
+    ("q_proj.lora_B.default.weight", (32, 4), "F32", "pt", Role.ZERO, None, "LoRA B is zero"),
+    ("unet.lora_up.weight", (32, 4), "F32", "pt", Role.ZERO, None, "LoRA B"),
+    (
+        "model.layers.0.mlp.experts.gate_up_proj",
+        (4, 32, 128),
+        "BF16",
+        "pt",
+        Role.WEIGHT,
+        (32, 128),
+        "[experts, in, out]",
+    ),
+    ("model.layers.0.mlp.experts.gate_up_proj_bias", (4, 128), "BF16", "pt", Role.BIAS, None, "_bias"),
+    ("lstm.weight_hh_l0", (64, 16), "F32", "pt", Role.RECURRENT, (16, 16), "LSTM gates"),
+    ("attn.in_proj_weight", (96, 32), "F32", "pt", Role.WEIGHT, (32, 32), "packed q, k, v"),
+    ("attn.in_proj_bias", (96,), "F32", "pt", Role.BIAS, None, "_bias"),
+    ("h.0.attn.bias", (1, 1, 16, 16), "BOOL", "pt", Role.CONSTANT, None, "BOOL tensor"),
+    ("h.0.attn.bias", (1, 1, 16, 16), "F32", "pt", Role.CONSTANT, None, "causal mask"),
+    ("h.0.attn.masked_bias", (), "F32", "pt", Role.CONSTANT, None, "masked_bias"),
+    ("model.layers.0.self_attn.rotary_emb.inv_freq", (8,), "F32", "pt", Role.CONSTANT, None, "inv_freq"),
+    ("bert.embeddings.position_ids", (1, 512), "I64", "pt", Role.CONSTANT, None, "I64 tensor"),
+    ("bn1.num_batches_tracked", (), "I64", "pt", Role.CONSTANT, None, "step counter"),
+    ("stages.0.blocks.0.gamma", (64,), "F32", "pt", Role.LAYER_SCALE, None, "layer scale (gamma)"),
+    ("encoder.layer.0.layer_scale_parameter", (64,), "F32", "pt", Role.LAYER_SCALE, None, "layer scale"),
+    ("blocks.0.ls1.gamma", (64,), "F32", "pt", Role.LAYER_SCALE, None, "layer scale"),
+    ("bert.embeddings.LayerNorm.gamma", (64,), "F32", "pt", Role.NORM_SCALE, None, "norm layer"),
+    ("bert.embeddings.LayerNorm.beta", (64,), "F32", "pt", Role.NORM_SHIFT, None, "norm layer"),
+    ("cls_token", (1, 1, 32), "F32", "pt", Role.TOKEN, None, "cls_token"),
+    ("pos_embed", (1, 17, 32), "F32", "pt", Role.TOKEN, None, "pos_embed"),
+    (
+        "model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
+        (32,),
+        "F16",
+        "pt",
+        Role.NORM_SCALE,
+        None,
+        "norm",
+    ),
+    ("model.layers.0.mlp.down_proj.weight_packed", (8, 4), "I32", "pt", Role.QUANTIZED, None, "quantized"),
+    ("layers.0.qweight", (8, 32), "I32", "pt", Role.QUANTIZED, None, "qweight"),
+    ("layers.0.mlp.weight_scale_inv", (1, 1), "F32", "pt", Role.QUANTIZED, None, "weight_scale_inv"),
+    ("blocks.0.mx_scales", (4, 2), "F8_E8M0", "pt", Role.QUANTIZED, None, "F8_E8M0"),
+    ("logit_scale", (), "F32", "pt", Role.SCALAR, None, "scalar"),
+    ("mystery", (7,), "F32", "pt", Role.UNKNOWN, None, "no name rule matched"),
+    ("model.layers.0.self_attn.sinks", (4,), "BF16", "pt", Role.TOKEN, None, "sinks"),
+]
+
+
+@pytest.mark.parametrize(("name", "shape", "dtype", "hint", "role", "fans", "reason"), SYNTHETIC)
+def test_synthetic_names(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: str,
+    hint: str | None,
+    role: Role,
+    fans: tuple[int, int] | None,
+    reason: str,
+) -> None:
+    param = _one(name, shape, dtype, hint)
+    assert param.role == role, param.reason
+    assert reason in param.reason
+    if fans is not None:
+        assert param.layout is not None
+        assert param.layout.fans(shape) == fans
+
+
+def test_context_rules_see_the_other_names() -> None:
+    # timm BatchNorm under a name without "norm": recognised by its running_mean sibling.
+    siblings = [Param("layer1.0.downsample.1.running_mean", (8,), "F32")]
+    assert _one("layer1.0.downsample.1.weight", (8,), "F32", "pt", *siblings).role == Role.NORM_SCALE
+    assert _one("layer1.0.downsample.1.weight", (8,), "F32", "pt").role == Role.UNKNOWN
+    # FP8 block-scaled weights are quantized only when their scale tensor is present.
+    scale = Param("mlp.down_proj.weight_scale_inv", (2, 2), "F32")
+    assert _one("mlp.down_proj.weight", (256, 256), "F8_E4M3", "pt", scale).role == Role.QUANTIZED
+    assert _one("mlp.down_proj.weight", (256, 256), "F8_E4M3", "pt").role == Role.WEIGHT
+    # MLX quantized: float scales/biases beside a U32 packed weight.
+    packed = Param("q_proj.weight", (32, 4), "U32")
+    assert _one("q_proj.scales", (32, 1), "F16", "mlx", packed).role == Role.QUANTIZED
+    assert _one("q_proj.biases", (32, 1), "F16", "mlx", packed).role == Role.QUANTIZED
+    # GRU: 3 gates, read from weight_hh.
+    hh = Param("gru.weight_hh_l0", (48, 16), "F32")
+    ih = _one("gru.weight_ih_l0", (48, 10), "F32", "pt", hh)
+    assert ih.layout is not None and ih.layout.blocks == 3 and ih.layout.fans(ih.shape) == (10, 16)
+    # Whisper's fixed encoder positions: only in a Whisper-like bundle; BART's are learned.
+    conv2 = Param("model.encoder.conv2.weight", (8, 8, 3), "F32")
+    assert _one("model.encoder.embed_positions.weight", (16, 8), "F32", "pt", conv2).role == Role.CONSTANT
+    assert _one("model.encoder.embed_positions.weight", (16, 8), "F32", "pt").role == Role.EMBEDDING
+
+
+def test_openclip_c_fc_is_linear_not_gpt2_conv1d() -> None:
+    param = _one("transformer.resblocks.0.mlp.c_fc.weight", (128, 32))
+    assert param.reason == "Linear [out, in] (2-D .weight)"
+    assert param.layout is not None and param.layout.fans(param.shape) == (32, 128)
+
+
+def test_integers_and_bools_are_never_learnable() -> None:
+    for dtype in ("I64", "I32", "I8", "U8", "BOOL", "U32", "I16"):
+        for name in ("h.0.mlp.c_fc.weight", "encoder.weight", "x.bias", "norm.weight"):
+            param = _one(name, (4, 4) if "weight" in name else (4,), dtype)
+            assert not param.role.learnable, (name, dtype, param.role)
+
+
+def test_last_rule_matches_everything_and_rules_are_data() -> None:
+    assert NAME_RULES[-1].role == Role.UNKNOWN and NAME_RULES[-1].pattern == ""
+    assert all(rule.reason for rule in NAME_RULES)
+
+
+def test_classification_is_pure_and_keeps_order() -> None:
+    params = [Param("b.weight", (4, 4), "F32"), Param("a.bias", (4,), "F32")]
+    result = classify_params(params, None)
+    assert [p.name for p in result] == ["b.weight", "a.bias"]
+    assert params[0].role == Role.UNKNOWN  # inputs untouched
