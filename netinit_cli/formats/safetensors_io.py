@@ -191,6 +191,12 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _quote(name: str) -> str:
+    """A tensor name in single quotes, with control characters and quotes escaped (one line)."""
+    inner = json.dumps(name, ensure_ascii=not _encodable(name))[1:-1].replace('\\"', '"')
+    return "'" + inner.replace("'", "\\'") + "'"
+
+
 def _shape_text(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(dim) for dim in shape) + "]"
 
@@ -283,7 +289,7 @@ def read_header(path: Path) -> Header:
     entries.sort(key=lambda entry: (entry.begin, entry.end))
     expected = 0
     for entry in entries:
-        where = f"tensor {_show(entry.name)}: data_offsets [{entry.begin}, {entry.end}]"
+        where = f"tensor {_quote(entry.name)}: data_offsets [{entry.begin}, {entry.end}]"
         if entry.end < entry.begin:
             raise fail(f"{where} end before they begin")
         if entry.begin != expected:
@@ -333,7 +339,7 @@ def _header_metadata(value: Any, fail: Any) -> dict[str, str]:
 
 
 def _header_entry(name: str, value: Any, fail: Any, warnings: list[str], label: str) -> TensorEntry:
-    what = f"tensor {_show(name)}"
+    what = f"tensor {_quote(name)}"
     if not _encodable(name):
         raise fail(f"{what}: the name contains a lone UTF-16 surrogate")
     if not isinstance(value, dict):
@@ -366,7 +372,7 @@ def _header_entry(name: str, value: Any, fail: Any, warnings: list[str], label: 
             f"{what}: shape {_shape_text(shape)} x {dtype} is {bits} bits, not a whole number of bytes"
         )
     if name == "" or "\x00" in name:
-        warnings.append(f"{label}: tensor {_show(name)} has an empty name or a NUL character in its name")
+        warnings.append(f"{label}: tensor {_quote(name)} has an empty name or a NUL character in its name")
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
 
 
@@ -494,7 +500,7 @@ class SafetensorsModel:
         try:
             shard, entry = self._entry[name]
         except KeyError:
-            raise InputError(f"{self.path.name}: tensor {_show(name)} has no stored data") from None
+            raise InputError(f"{self.path.name}: tensor {_quote(name)} has no stored data") from None
         dtype = np.dtype(np.uint8) if entry.dtype in _SUB_BYTE else numpy_dtype(entry.dtype)
         if entry.nbytes == 0:
             empty = np.zeros(entry.shape if entry.dtype not in _SUB_BYTE else (0,), dtype)
@@ -567,7 +573,7 @@ class SafetensorsModel:
         for name in planned:
             if name not in known:
                 raise NetinitError(
-                    f"internal error: the plan names tensor {_show(name)}, which the model lacks"
+                    f"internal error: the plan names tensor {_quote(name)}, which the model lacks"
                 )
         for key, value in provenance.items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -591,7 +597,7 @@ class SafetensorsModel:
             fill = entry is not None and entry.action == Action.FILL
             if not param.has_data and not fill:
                 notes.append(
-                    f"tensor {_show(param.name)} was not written: it has no data and the plan does not fill it"
+                    f"tensor {_quote(param.name)} was not written: it has no data and the plan does not fill it"
                 )
                 continue
             shard_name = self._placement.get(param.name, self._shards[-1].file_name)
@@ -709,13 +715,13 @@ def _encode_header(metadata: dict[str, str], items: list[_Item]) -> bytes:
 def _checked_output(array: np.ndarray, item: _Item) -> np.ndarray:
     if item.dtype in _SUB_BYTE:
         raise NetinitError(
-            f"internal error: cannot fill tensor {_show(item.name)} of packed dtype {item.dtype}"
+            f"internal error: cannot fill tensor {_quote(item.name)} of packed dtype {item.dtype}"
         )
     expected = numpy_dtype(item.dtype)
     if not isinstance(array, np.ndarray) or array.shape != item.shape or array.dtype.name != expected.name:
         got = f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}"
         raise NetinitError(
-            f"internal error: produce() gave {got} for tensor {_show(item.name)}, "
+            f"internal error: produce() gave {got} for tensor {_quote(item.name)}, "
             f"expected {expected.name} {_shape_text(item.shape)}"
         )
     array = np.ascontiguousarray(array)
@@ -838,7 +844,7 @@ def open_safetensors(path: Path) -> SafetensorsModel:
             for entry in header.tensors:
                 if entry.name in seen:
                     raise InputError(
-                        f"{target.name}: tensor {_show(entry.name)} is stored in both {seen[entry.name]} and {file_name}"
+                        f"{target.name}: tensor {_quote(entry.name)} is stored in both {seen[entry.name]} and {file_name}"
                     )
                 seen[entry.name] = file_name
             shards.append(_Shard(file_name, shard_path, header, header.metadata, header.by_name()))
@@ -923,7 +929,7 @@ def _manifest_params(path: Path, document: dict[str, Any]) -> list[Param]:
         raise InputError(f'{label}: "__metadata__" must be an object of strings')
     params: list[Param] = []
     for name, spec in document.items():
-        what = f"{label}: tensor {_show(name)}"
+        what = f"{label}: tensor {_quote(name)}"
         if not name or not _encodable(name) or "\x00" in name:
             raise InputError(f"{what}: names must be non-empty text without NUL characters")
         if not isinstance(spec, dict) or "shape" not in spec:
@@ -967,11 +973,11 @@ def _storable(params: list[Param], notes: list[str]) -> list[Param]:
     for param in params:
         if param.dtype not in DTYPE_BITS:
             notes.append(
-                f"template tensor {_show(param.name)} has dtype {param.dtype}, which safetensors cannot store"
+                f"template tensor {_quote(param.name)} has dtype {param.dtype}, which safetensors cannot store"
             )
             continue
         if param.name == "__metadata__" or not _encodable(param.name):
-            notes.append(f"template tensor {_show(param.name)} has a name safetensors cannot store")
+            notes.append(f"template tensor {_quote(param.name)} has a name safetensors cannot store")
             continue
         kept.append(param)
     return kept
@@ -994,7 +1000,7 @@ def merge_template(model: SafetensorsModel, template: list[Param]) -> None:
         if stored is not None:
             if (stored.shape, stored.dtype) != (param.shape, param.dtype):
                 model.notes.append(
-                    f"tensor {_show(param.name)}: the template has {_shape_text(param.shape)} {param.dtype} but the "
+                    f"tensor {_quote(param.name)}: the template has {_shape_text(param.shape)} {param.dtype} but the "
                     f"bundle stores {_shape_text(stored.shape)} {stored.dtype}; kept as stored"
                 )
             continue
