@@ -1,0 +1,535 @@
+"""``make bench``: netinit against the hand-written torch script and the machine's floor (issue 7),
+plus the bounded-memory figures of issues 5 (2 GB sharded bundle) and 3 (``--big``: 3 GB ONNX).
+
+One run measures every case side by side: the cases alternate within each repetition, each run is a
+fresh subprocess, and its wall time (perf_counter around spawn and wait) and peak RSS (``ru_maxrss``
+from ``os.wait4``) are recorded.  The report gives medians, ratios and the acceptance checks, prints
+a Markdown table and saves it to ``bench/results.md``.
+
+    .venv/bin/python bench/run.py [--reps 3] [--quick] [--big] [--only CASE[,CASE…]]
+
+Inputs are built once under ``bench/data/`` (git-ignored) and reused; outputs go to
+``bench/data/out/`` and are deleted after each run (before the next one is timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_data
+from make_data import Dataset
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+OUT_ROOT = make_data.DATA_ROOT / "out"
+LOG_ROOT = make_data.DATA_ROOT / "logs"
+RESULTS = BENCH / "results.md"  # a full run's table, for the README
+SCRATCH_RESULTS = make_data.DATA_ROOT / "results-last.md"  # --quick and --only runs
+PYTHON = sys.executable
+# The console script users run; ``python -m netinit_cli`` where it is not installed.
+_SCRIPT = Path(PYTHON).parent / "netinit"
+NETINIT = [str(_SCRIPT)] if _SCRIPT.exists() else [PYTHON, "-m", "netinit_cli"]
+# Older OpenBLAS builds need these on some processors; they slow a current numpy, so the benchmark's
+# children run without them (tests and CI keep them).
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+MB = 1e6
+
+# netinit --method spec and the torch script's --init for each initializer.
+METHODS = {
+    "kaiming-normal": ("kaiming", "kaiming_normal"),
+    "kaiming-uniform": ("kaiming(distribution=uniform)", "kaiming_uniform"),
+    "xavier": ("xavier", "xavier_normal"),
+    "orthogonal": ("orthogonal", "orthogonal"),
+}
+# Byte-identity with NETINIT_THREADS=1 is checked for these methods.
+DETERMINISM_METHODS = ("kaiming-normal", "kaiming-uniform", "orthogonal")
+
+
+@dataclass
+class Case:
+    name: str
+    what: str  # one line for the table
+    argv: Callable[[Path], list[str]]  # output folder -> command
+    data: Dataset
+    env: dict[str, str] = field(default_factory=dict)
+    torch_peer: str | None = None  # the torch case this one is compared with
+    hash_output: bool = False
+    repeated: bool = True  # False: run once, after the repetitions
+
+
+@dataclass
+class Run:
+    wall: float
+    user: float
+    system: float
+    max_rss: float  # bytes
+    minor_faults: int
+    returncode: int
+    others_cpu: float  # CPU seconds other processes used during the run (a shared machine's noise)
+    error: str = ""  # last line of stderr when the run failed
+    digest: str = ""
+
+
+@dataclass
+class Measured:
+    case: Case
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def ok_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.returncode == 0]
+
+    @property
+    def wall(self) -> float | None:
+        ok = self.ok_runs
+        return statistics.median(r.wall for r in ok) if ok else None
+
+    @property
+    def peak_rss(self) -> float | None:
+        ok = self.ok_runs
+        return max(r.max_rss for r in ok) if ok else None
+
+
+def netinit_case(name: str, method: str, data: Dataset, out_name: str, **kw: object) -> Case:
+    spec, _ = METHODS[method]
+    return Case(
+        name=name,
+        what=f"netinit --all --method '{spec}' ({data.key})",
+        argv=lambda out: [
+            *NETINIT,
+            str(data.model),
+            "--all",
+            "--method",
+            spec,
+            "-o",
+            str(out / out_name),
+            "--force",
+            "-q",
+        ],
+        data=data,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def build_cases(quick: bool, big: bool) -> list[Case]:
+    """Every case, in the order they alternate within a repetition."""
+    bundle = make_data.bundle(quick)
+    shards = make_data.sharded(quick)
+    onnx = make_data.onnx_model(quick)
+    cases = [
+        Case(
+            name="floor",
+            what=f"numpy random(float32) on {os.cpu_count()} threads + pwrite, {bundle.float_values:,} values",
+            argv=lambda out: [
+                PYTHON,
+                str(BENCH / "floor.py"),
+                str(out / "floor.bin"),
+                str(bundle.float_values),
+            ],
+            data=bundle,
+        )
+    ]
+    for method, (_, torch_init) in METHODS.items():
+        cases.append(
+            netinit_case(
+                f"netinit-{method}",
+                method,
+                bundle,
+                "model.safetensors",
+                torch_peer=f"torch-{method}",
+                hash_output=method in DETERMINISM_METHODS,
+            )
+        )
+        cases.append(
+            Case(
+                name=f"torch-{method}",
+                what=f"torch script: load_file, nn.init.{torch_init}_, save_file",
+                argv=lambda out, init=torch_init: [
+                    PYTHON,
+                    str(BENCH / "torch_script.py"),
+                    str(bundle.model),
+                    str(out / "model.safetensors"),
+                    "--init",
+                    init,
+                ],
+                data=bundle,
+            )
+        )
+    cases.append(netinit_case("netinit-onnx", "kaiming-normal", onnx, "model.onnx"))
+    cases.append(netinit_case("netinit-sharded", "kaiming-normal", shards, "model.safetensors.index.json"))
+    if big:
+        cases.append(
+            netinit_case(
+                "netinit-onnx-big", "kaiming-normal", make_data.onnx_model(quick, big=True), "model.onnx"
+            )
+        )
+    for method in DETERMINISM_METHODS:
+        cases.append(
+            netinit_case(
+                f"netinit-{method}@1thread",
+                method,
+                bundle,
+                "model.safetensors",
+                env={"NETINIT_THREADS": "1"},
+                hash_output=True,
+                repeated=False,
+            )
+        )
+    return cases
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_OVERRIDES}
+    env.update(extra)
+    return env
+
+
+def digest_folder(folder: Path) -> str:
+    """SHA-256 over every output file's name and bytes, in name order."""
+    total = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        total.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                total.update(block)
+    return total.hexdigest()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent not idle since boot (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(case: Case, timeout: float, log: Path) -> Run:
+    """Run the case in a fresh subprocess into an empty output folder; measure it; clean up."""
+    out = OUT_ROOT / case.name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    argv = case.argv(out)
+    with open(log, "wb") as err:
+        busy = busy_cpu_seconds()
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=err, env=child_env(case.env), cwd=REPO
+        )
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        killer.cancel()
+        busy = busy_cpu_seconds() - busy
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    run = Run(
+        wall=wall,
+        user=usage.ru_utime,
+        system=usage.ru_stime,
+        max_rss=usage.ru_maxrss * 1024.0,  # KiB on Linux
+        minor_faults=usage.ru_minflt,
+        returncode=proc.returncode,
+        others_cpu=max(0.0, busy - usage.ru_utime - usage.ru_stime),
+    )
+    if proc.returncode != 0:
+        lines = log.read_text(errors="replace").strip().splitlines()
+        reason = f"killed after {timeout:.0f} s" if proc.returncode == -9 else (lines[-1] if lines else "")
+        run.error = f"exit {proc.returncode}: {reason}"[:300]
+    elif case.hash_output:
+        run.digest = digest_folder(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return run
+
+
+def measure(cases: list[Case], reps: int, timeout: float) -> dict[str, Measured]:
+    results = {c.name: Measured(c) for c in cases}
+    LOG_ROOT.mkdir(parents=True, exist_ok=True)
+    schedule = [(rep, c) for rep in range(reps) for c in cases if c.repeated]
+    schedule += [(0, c) for c in cases if not c.repeated]
+    for k, (rep, case) in enumerate(schedule, start=1):
+        run = run_once(case, timeout, LOG_ROOT / f"{case.name}.rep{rep}.log")
+        results[case.name].runs.append(run)
+        state = "ok" if run.returncode == 0 else run.error
+        print(
+            f"[{k:3}/{len(schedule)}] rep {rep + 1} {case.name:28} {run.wall:7.2f} s "
+            f"{run.max_rss / MB:7.0f} MB  others {100 * load_share(run):3.0f}%  {state}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return results
+
+
+# ---------------------------------------------------------------- report
+
+
+def load_share(run: Run) -> float:
+    """The share of the machine's CPU time that other processes took during the run."""
+    return run.others_cpu / (run.wall * (os.cpu_count() or 1))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _fmt(x: float | None, pattern: str = "{:.2f}") -> str:
+    return "–" if x is None else pattern.format(x)
+
+
+def results_table(results: dict[str, Measured]) -> list[str]:
+    floor = results["floor"].wall if "floor" in results else None
+    lines = [
+        "| case | median wall s | min–max s | CPU s (user+sys) | × floor | × torch | peak RSS MB | minor faults | others' CPU | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in results.values():
+        ok = m.ok_runs
+        peer = results.get(m.case.torch_peer or "")
+        span = f"{min(r.wall for r in ok):.2f}–{max(r.wall for r in ok):.2f}" if ok else "–"
+        cpu = statistics.median(r.user + r.system for r in ok) if ok else None
+        faults = statistics.median(r.minor_faults for r in ok) if ok else None
+        others = statistics.median(load_share(r) for r in m.runs) if m.runs else None
+        failed = [r for r in m.runs if r.returncode != 0]
+        status = f"{len(failed)}/{len(m.runs)} FAILED: {failed[0].error}" if failed else f"{len(m.runs)} ok"
+        lines.append(
+            f"| `{m.case.name}` | {_fmt(m.wall)} | {span} | {_fmt(cpu)} | {_fmt(_ratio(m.wall, floor))} "
+            f"| {_fmt(_ratio(m.wall, peer.wall if peer else None), '{:.3f}')} "
+            f"| {_fmt(None if m.peak_rss is None else m.peak_rss / MB, '{:.0f}')} "
+            f"| {_fmt(faults, '{:,.0f}')} | {_fmt(None if others is None else 100 * others, '{:.0f}%')} "
+            f"| {status.replace('|', '/')} |"
+        )
+    return lines
+
+
+@dataclass
+class Check:
+    name: str
+    target: str
+    measured: str
+    status: str  # PASS, FAIL or SKIP (a case did not run or failed)
+
+
+def _ratio_check(results: dict[str, Measured], name: str, a: str, b: str, limit: float) -> Check:
+    target = f"{a} ≤ {limit}× {b}"
+    wa = results[a].wall if a in results else None
+    wb = results[b].wall if b in results else None
+    r = _ratio(wa, wb)
+    if r is None:
+        return Check(name, target, "not measured", "SKIP")
+    return Check(name, target, f"{wa:.2f} s / {wb:.2f} s = {r:.3f}×", "PASS" if r <= limit else "FAIL")
+
+
+def checks(results: dict[str, Measured], largest: int) -> list[Check]:
+    out = [
+        _ratio_check(results, "kaiming uniform near the floor", "netinit-kaiming-uniform", "floor", 1.5),
+        _ratio_check(
+            results, "kaiming uniform vs torch", "netinit-kaiming-uniform", "torch-kaiming-uniform", 0.12
+        ),
+        _ratio_check(
+            results, "kaiming normal vs torch", "netinit-kaiming-normal", "torch-kaiming-normal", 0.15
+        ),
+        _ratio_check(results, "orthogonal vs torch", "netinit-orthogonal", "torch-orthogonal", 0.8),
+    ]
+    limit = 2 * largest + 200 * MB
+    bundle_cases = [
+        m for n, m in results.items() if n.startswith("netinit-") and m.case.data.key.endswith("bundle")
+    ]
+    peaks = [(m.case.name, m.peak_rss) for m in bundle_cases if m.peak_rss is not None]
+    target = f"peak RSS ≤ 2×largest tensor ({largest / MB:.1f} MB) + 200 MB = {limit / MB:.0f} MB, every netinit bundle case"
+    if not peaks:
+        out.append(Check("bounded memory", target, "not measured", "SKIP"))
+    else:
+        worst = max(peaks, key=lambda p: p[1])
+        out.append(
+            Check(
+                "bounded memory",
+                target,
+                f"max {worst[1] / MB:.0f} MB ({worst[0]})",
+                "PASS" if worst[1] <= limit else "FAIL",
+            )
+        )
+    for key, label, source in (
+        ("netinit-sharded", "2 GB sharded bundle", "issue 5"),
+        ("netinit-onnx-big", "3 GB ONNX", "issue 3"),
+    ):
+        m = results.get(key)
+        if m is None:
+            continue
+        size = m.case.data.total_bytes
+        target = f"{label}: peak RSS < 25% of {size / 1e9:.2f} GB = {0.25 * size / MB:.0f} MB ({source})"
+        if m.peak_rss is None:
+            out.append(Check(f"{label} memory", target, "failed", "FAIL" if m.runs else "SKIP"))
+        else:
+            share = m.peak_rss / size
+            out.append(
+                Check(
+                    f"{label} memory",
+                    target,
+                    f"{m.peak_rss / MB:.0f} MB = {100 * share:.1f}%",
+                    "PASS" if share < 0.25 else "FAIL",
+                )
+            )
+    for method in DETERMINISM_METHODS:
+        default, single = results.get(f"netinit-{method}"), results.get(f"netinit-{method}@1thread")
+        target = f"{method}: SHA-256 of the output with NETINIT_THREADS=1 = with all threads (every rep)"
+        if default is None or single is None:
+            continue
+        digests = {r.digest for r in default.ok_runs}
+        one = {r.digest for r in single.ok_runs}
+        if not digests or not one:
+            out.append(Check(f"byte-identical {method}", target, "a run failed", "FAIL"))
+            continue
+        same = digests == one
+        measured = f"{sorted(one)[0][:16]}… " + (
+            "identical" if same else f"differ: all-threads {sorted(d[:12] for d in digests)}"
+        )
+        out.append(Check(f"byte-identical {method}", target, measured, "PASS" if same else "FAIL"))
+    return out
+
+
+def blas_core() -> str:
+    """The OpenBLAS kernel numpy runs in a child with the benchmark's environment."""
+    probe = (
+        "import ctypes, glob, os, numpy\n"
+        "libs = glob.glob(os.path.join(os.path.dirname(numpy.__file__), '..', 'numpy.libs', '*openblas*'))\n"
+        "lib = ctypes.CDLL(libs[0])\n"
+        "f = next(getattr(lib, n) for n in ('scipy_openblas_get_corename64_', 'openblas_get_corename64_', 'openblas_get_corename') if hasattr(lib, n))\n"
+        "f.restype = ctypes.c_char_p\n"
+        "print(f().decode())\n"
+    )
+    done = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, env=child_env({}))
+    return done.stdout.strip() or "unknown"
+
+
+def environment_lines() -> list[str]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "netinit_cli"], capture_output=True, text=True, cwd=REPO
+    ).stdout
+    versions = ", ".join(
+        f"{p} {importlib.metadata.version(p)}" for p in ("numpy", "torch", "safetensors", "onnx")
+    )
+    unset = [k for k in OPENBLAS_OVERRIDES if k in os.environ]
+    return [
+        f"- machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; Python {platform.python_version()}, {versions}",
+        f"- netinit: commit {commit}{' + uncommitted changes in netinit_cli/' if dirty else ''}",
+        f"- OpenBLAS kernel in the children: {blas_core()}; "
+        + (
+            f"unset in the children: {', '.join(unset)} (set in this shell)"
+            if unset
+            else "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE were not set"
+        ),
+        "- wall = spawn to exit of a fresh process (interpreter start and imports included); peak RSS = ru_maxrss "
+        "of that process; outputs go to the page cache of the data disk and are deleted between runs (not timed).",
+    ]
+
+
+def report(results: dict[str, Measured], datasets: list[Dataset], reps: int, command: str) -> str:
+    bundle = next(d for d in datasets if d.key.endswith("bundle"))
+    found = checks(results, bundle.largest_tensor_bytes)
+    lines = [
+        "# netinit benchmark",
+        "",
+        f"Reproduce: `{command}`  ({reps} repetition{'s' if reps != 1 else ''}, cases alternating; "
+        f"medians; ratios from this one run)",
+        "",
+        "Inputs (float32):",
+        *(
+            f"- `{d.key}`: {d.total_bytes / 1e9:.2f} GB, {d.float_values:,} values, largest tensor "
+            f"{d.largest_tensor_bytes / MB:.1f} MB (`{d.model.relative_to(REPO)}`)"
+            for d in datasets
+        ),
+        "",
+        *results_table(results),
+        "",
+        "| check | target | measured | result |",
+        "|---|---|---|---|",
+        *(f"| {c.name} | {c.target} | {c.measured} | **{c.status}** |" for c in found),
+        "",
+        *environment_lines(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="small inputs, 1 repetition: a smoke run")
+    parser.add_argument("--big", action="store_true", help="add the ~3 GB ONNX model (issue 3's figure)")
+    parser.add_argument(
+        "--only", metavar="CASE[,CASE…]", help="run only these cases (shell patterns allowed)"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is killed")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help=f"where the Markdown goes (default {RESULTS.relative_to(REPO)}; {SCRATCH_RESULTS.relative_to(REPO)} "
+        "with --quick or --only)",
+    )
+    args = parser.parse_args(argv)
+    reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+
+    cases = build_cases(args.quick, args.big)
+    if args.list:
+        for c in cases:
+            print(f"{c.name:28} {c.what}")
+        return 0
+    if args.only:
+        patterns = [p.strip() for p in args.only.split(",") if p.strip()]
+        cases = [c for c in cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+        if not cases:
+            parser.error(f"--only {args.only!r} matches no case; see --list")
+    os.sync()  # freshly built inputs reach the disk before anything is timed
+    datasets = list({c.data.key: c.data for c in cases}.values())
+    if not any(d.key.endswith("bundle") for d in datasets):
+        datasets.insert(0, make_data.bundle(args.quick))
+
+    command = shlex.join([".venv/bin/python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+    started = time.perf_counter()
+    results = measure(cases, reps, args.timeout)
+    text = report(results, datasets, reps, command)
+    noisy = [r for m in results.values() for r in m.runs if load_share(r) > 0.10]
+    if noisy:
+        text += (
+            f"\n**Warning:** other processes took more than 10% of the CPU during {len(noisy)} of "
+            f"{sum(len(m.runs) for m in results.values())} runs (column others' CPU); their times are inflated.\n"
+        )
+    text += f"\nTotal benchmark time {time.perf_counter() - started:.0f} s.\n"
+    print(text)
+    args.results.write_text(text)
+    print(
+        f"(saved to {args.results.relative_to(REPO) if args.results.is_relative_to(REPO) else args.results})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
