@@ -763,10 +763,8 @@ class Classifier:
                 return [replace(path, scope=function, value=inner, steps=(*path.steps, step))]
             return Finding("unknown", Role.UNKNOWN, f"{where} (no such function input)")
         if domain == "" and (op in _PASS_THROUGH or op in _GATE_REORDER):
-            if op in _PASS_THROUGH and index != 0 and op not in ("CastLike",):
+            if index != 0 and op != "Concat":  # shapes, axes, starts…: not the data operand
                 return self._fixed_input(path, scope, node, index)
-            if op == "CastLike" and index != 0:
-                return []
             moved = self._pass(path, scope, node, index)
             if moved is not None:
                 return moved
@@ -818,6 +816,12 @@ class Classifier:
             new_shape = tuple(shape[p] for p in order) if shape is not None else None
             step = f"Transpose(perm={order})"
             return [_Path(scope, node.output[0], new_axes, new_shape, (*path.steps, step), path.reorder)]
+        if op in ("Squeeze", "Unsqueeze") and shape is None:
+            # After a gate reorder only the rank is known; explicit axes still map.
+            ranked = self._rank_only(scope, node, attrs, axes)
+            if ranked is None:
+                return None
+            return [replace(path, scope=scope, value=node.output[0], axes=ranked, steps=(*path.steps, op))]
         if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten"):
             target = self._reshaped(scope, node, attrs, shape)
             if target is None:
@@ -833,6 +837,30 @@ class Classifier:
             outputs = [o for o in node.output if o]
             return [_Path(scope, out, axes, None, (*path.steps, op), reorder=True) for out in outputs]
         return None
+
+    def _axes_operand(self, scope: Scope, node: onnx.NodeProto, attrs: dict[str, object]) -> list[int] | None:
+        """Squeeze/Unsqueeze axes: an attribute before opset 13, input 1 since."""
+        axes_attr = attrs.get("axes")
+        if isinstance(axes_attr, list):
+            return [int(a) for a in axes_attr]
+        if len(node.input) > 1 and node.input[1]:
+            return self.constant_ints(scope, node.input[1])
+        return None
+
+    def _rank_only(
+        self, scope: Scope, node: onnx.NodeProto, attrs: dict[str, object], axes: tuple[int | None, ...]
+    ) -> tuple[int | None, ...] | None:
+        explicit = self._axes_operand(scope, node, attrs)
+        if explicit is None:
+            return None
+        if node.op_type == "Squeeze":
+            drop = {a + len(axes) if a < 0 else a for a in explicit}
+            return tuple(a for i, a in enumerate(axes) if i not in drop)
+        rank = len(axes) + len(explicit)
+        out: list[int | None] = list(axes)
+        for a in sorted(a + rank if a < 0 else a for a in explicit):
+            out.insert(a, None)
+        return tuple(out)
 
     def _reshaped(
         self, scope: Scope, node: onnx.NodeProto, attrs: dict[str, object], shape: tuple[int, ...] | None
@@ -862,12 +890,9 @@ class Classifier:
             if any(d < 0 for d in dims) or math.prod(dims) != math.prod(shape):
                 return None
             return tuple(dims)
-        axes_attr = attrs.get("axes")
-        axes = list(axes_attr) if isinstance(axes_attr, list) else None
+        axes = self._axes_operand(scope, node, attrs)
         if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = self.constant_ints(scope, node.input[1])
-            if axes is None:
-                return None
+            return None  # axes computed at run time
         if op == "Squeeze":
             rank = len(shape)
             drop = (
@@ -1216,8 +1241,7 @@ def _merge(stored: StoredTensor, findings: list[Finding]) -> tuple[Role, str, La
             fans = {f.layout.fans(stored.shape) for f in slots if f.layout is not None}
             if len(fans) > 1:
                 return Role.CONFLICT, _list_reasons(slots) + " (different fans)", None, notes
-        reasons = list(dict.fromkeys(f.reason for f in slots))
-        reason = reasons[0] if len(reasons) == 1 else f"{reasons[0]} (shared by {len(slots)} uses)"
+        reason = slots[0].reason if len(slots) == 1 else f"{slots[0].reason} (shared by {len(slots)} uses)"
         if unknown:
             reason += f"; also {unknown[0].reason}"
         if role.random and _BUFFER_NAME.search(stored.value):
