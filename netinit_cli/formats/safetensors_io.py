@@ -177,17 +177,19 @@ def _load_strict_json(text: str) -> Any:
     )
 
 
-def _show(value: Any) -> str:
-    """A value as it would look in JSON, shortened for one-line messages."""
+def _json_text(value: Any) -> str:
     if isinstance(value, _BadNumber):
-        text = value.text
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=True)
-    else:
-        try:
-            text = json.dumps(value, default=repr, ensure_ascii=True)
-        except (TypeError, ValueError):
-            text = repr(value)
+        return value.text
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_text(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_json_text(k)}: {_json_text(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value, ensure_ascii=True)
+
+
+def _show(value: Any) -> str:
+    """A value as it looks in JSON (bad numbers as written), shortened for one-line messages."""
+    text = _json_text(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
