@@ -608,20 +608,38 @@ def _cholesky_qr2(a: np.ndarray) -> np.ndarray:
             gram = q.T @ q  # NumPy runs x.T @ x as one SYRK
             if step == 1 and np.max(np.abs(gram - np.eye(n, dtype=gram.dtype))) > 1e-2:
                 passes = 3
-        upper = np.linalg.cholesky(gram.astype(np.float64)).T
-        _right_solve_upper(q, upper)
+        _right_solve_upper(q, _cholesky_upper(gram).astype(q.dtype))
     return q
+
+
+def _cholesky_upper(gram: np.ndarray) -> np.ndarray:
+    """Upper R with RᵀR = gram and positive diagonal, recursively in ``gram``'s dtype.
+
+    NumPy's own cholesky always computes in float64; splitting into halves keeps the bulk of
+    the work in matrix products of the array's dtype (R12 = R11⁻ᵀ·G12, S = G22 − R12ᵀ·R12).
+    """
+    n = gram.shape[0]
+    if n <= 256:
+        return np.linalg.cholesky(gram.astype(np.float64)).T.astype(gram.dtype)
+    k = n // 2
+    upper = np.zeros_like(gram)
+    upper[:k, :k] = _cholesky_upper(gram[:k, :k])
+    coupling = np.ascontiguousarray(gram[:k, k:].T)  # R12ᵀ = G12ᵀ·R11⁻¹
+    _right_solve_upper(coupling, upper[:k, :k])
+    upper[:k, k:] = coupling.T
+    upper[k:, k:] = _cholesky_upper(gram[k:, k:] - coupling @ coupling.T)
+    return upper
 
 
 def _right_solve_upper(a: np.ndarray, upper: np.ndarray) -> None:
     """a ← a·upper⁻¹ in place (recursive blocked triangular solve: matrix products only)."""
     n = upper.shape[0]
     if n <= 128:
-        a[...] = a @ np.linalg.inv(upper).astype(a.dtype)
+        a[...] = a @ np.linalg.inv(upper.astype(np.float64)).astype(a.dtype)
         return
     k = n // 2
     _right_solve_upper(a[:, :k], upper[:k, :k])
-    a[:, k:] -= a[:, :k] @ upper[:k, k:].astype(a.dtype)
+    a[:, k:] -= a[:, :k] @ upper[:k, k:]
     _right_solve_upper(a[:, k:], upper[k:, k:])
 
 
