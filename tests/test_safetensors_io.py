@@ -388,3 +388,22 @@ def test_streaming_writer_peak_memory_is_about_one_tensor(tmp_path: Path) -> Non
         copied.read_array("layers.0.dense.weight").tobytes()
         == model.read_array("layers.0.dense.weight").tobytes()
     )
+
+
+def test_folder_resolution(tmp_path: Path) -> None:
+    from netinit_cli.errors import InputError
+
+    tensors = {"dense.weight": np.zeros((2, 2), np.float32)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    assert open_safetensors(tmp_path).path.name == "model.safetensors"
+    save_file(tensors, str(tmp_path / "model.init.safetensors"))  # a previous netinit output beside it
+    model = open_safetensors(tmp_path)
+    assert model.path.name == "model.safetensors"
+    assert model.notes == [f"{tmp_path} holds 2 .safetensors files; using model.safetensors"]
+    (tmp_path / "model.safetensors").unlink()
+    save_file(tensors, str(tmp_path / "other.safetensors"))
+    with pytest.raises(InputError) as raised:
+        open_safetensors(tmp_path)
+    assert str(raised.value) == (
+        f"{tmp_path}: the folder holds 2 .safetensors files (model.init.safetensors, other.safetensors); give one of them"
+    )

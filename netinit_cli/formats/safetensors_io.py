@@ -798,25 +798,35 @@ def _params_of(header: Header, source: str) -> list[Param]:
     return [Param(entry.name, entry.shape, entry.dtype, source=source) for entry in header.tensors]
 
 
-def _resolve(path: Path) -> tuple[Path, bool]:
-    """(file, is_index) for a file, an index or a folder holding one index or one file."""
-    if path.is_dir():
-        indexes = sorted(p for p in path.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file())
-        if len(indexes) == 1:
-            return indexes[0], True
-        if len(indexes) > 1:
-            names = ", ".join(p.name for p in indexes)
-            raise InputError(f"{path}: the folder holds several indexes ({names}); give one of them")
-        files = sorted(p for p in path.iterdir() if p.name.endswith(FILE_SUFFIX) and p.is_file())
-        if len(files) == 1:
-            return files[0], False
-        if not files:
-            raise InputError(f"{path}: the folder holds no .safetensors file and no {INDEX_SUFFIX}")
-        names = ", ".join(p.name for p in files[:5])
-        raise InputError(
-            f"{path}: the folder holds {len(files)} .safetensors files and no index ({names}); give one"
-        )
-    return path, path.name.endswith(".json")
+# The names transformers, diffusers and PEFT save under: in a folder that also holds other
+# bundles (e.g. a previous netinit output), these are the model.
+CANONICAL_NAMES = (
+    "model.safetensors.index.json",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "model.safetensors",
+    "diffusion_pytorch_model.safetensors",
+    "adapter_model.safetensors",
+)
+
+
+def _resolve(path: Path, notes: list[str]) -> tuple[Path, bool]:
+    """(file, is_index) for a file, an index, or a folder holding one index or one file (when a
+    folder holds several, the one with the transformers/diffusers/PEFT name is used, with a note)."""
+    if not path.is_dir():
+        return path, path.name.endswith(".json")
+    indexes = sorted(p for p in path.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file())
+    files = sorted(p for p in path.iterdir() if p.name.endswith(FILE_SUFFIX) and p.is_file())
+    for candidates, is_index, kind in ((indexes, True, "indexes"), (files, False, ".safetensors files")):
+        if len(candidates) == 1:
+            return candidates[0], is_index
+        if len(candidates) > 1:
+            canonical = [p for p in candidates if p.name in CANONICAL_NAMES]
+            if len(canonical) == 1:
+                notes.append(f"{path} holds {len(candidates)} {kind}; using {canonical[0].name}")
+                return canonical[0], is_index
+            names = ", ".join(p.name for p in candidates[:5])
+            raise InputError(f"{path}: the folder holds {len(candidates)} {kind} ({names}); give one of them")
+    raise InputError(f"{path}: the folder holds no .safetensors file and no {INDEX_SUFFIX}")
 
 
 def open_safetensors(path: Path) -> SafetensorsModel:
@@ -825,8 +835,8 @@ def open_safetensors(path: Path) -> SafetensorsModel:
     Only headers are read.  Params come in shard order, then file order, classified by
     :func:`netinit_cli.classify_names.classify_params` with the ``__metadata__["format"]`` hint.
     """
-    target, is_index = _resolve(Path(path))
     notes: list[str] = []
+    target, is_index = _resolve(Path(path), notes)
     if not is_index:
         header = read_header(target)
         shard = _Shard(target.name, target, header, header.metadata, header.by_name())
