@@ -14,11 +14,12 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from netinit_cli import __version__
+from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import InputError, UsageError
 from netinit_cli.fill import Filler
 from netinit_cli.formats import open_model
@@ -29,6 +30,14 @@ from netinit_cli.plan import Options, Rule, counts, make_plan, make_rule, parse_
 from netinit_cli.seeding import Seed, parse_seed
 
 FAN_MODES = ("semantic", "torch")
+
+
+class ProgressSink(Protocol):
+    """Told the total bytes to generate, then each tensor as it is produced (the CLI's bar)."""
+
+    def start(self, total_bytes: int) -> None: ...
+
+    def advance(self, planned: Planned, nbytes: int) -> None: ...
 
 
 @dataclass
@@ -202,7 +211,7 @@ def initialize(
     in_place: bool = False,
     dry_run: bool = False,
     options: Options | None = None,
-    progress: Any = None,
+    progress: ProgressSink | None = None,
     **kwargs: Any,
 ) -> Report:
     """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
@@ -243,11 +252,13 @@ def initialize(
         report.elapsed = time.perf_counter() - started
         return report
     filler = Filler(options.seed)
+    if progress is not None:
+        progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
 
     def produce(planned: Planned) -> np.ndarray:
         values = filler.produce(planned)
         if progress is not None:
-            progress(planned, values.nbytes)
+            progress.advance(planned, values.nbytes)
         return values
 
     result = opened.write(out_path, plan, produce, provenance(options), overwrite=force)

@@ -6,6 +6,7 @@ Errors become one line on stderr and an exit code here, and only here.
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -203,7 +204,7 @@ def init_command(
             in_place=in_place,
             dry_run=dry_run,
             options=options,
-            progress=progress.advance if progress else None,
+            progress=progress,
         )
     finally:
         if progress:
@@ -253,15 +254,24 @@ def _options(kw: dict[str, Any]) -> Any:
     )
 
 
+# Width for pipes and logs (no terminal to measure): wide enough that tensor names stay on one
+# line and stay greppable.  COLUMNS, when set, wins (Rich reads it).
+PIPE_WIDTH = 160
+
+
 def _consoles(kw: dict[str, Any]) -> tuple[Console, Console]:
     quiet = kw["quiet"]
     console = Console(quiet=quiet, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(quiet=quiet, highlight=False, width=PIPE_WIDTH)
     err = Console(stderr=True, quiet=quiet, highlight=False)
     return console, err
 
 
 class _Progress:
-    def __init__(self, console: Console, total: int | None = None) -> None:
+    """A transient Rich bar by bytes generated; only ever created on a terminal."""
+
+    def __init__(self, console: Console) -> None:
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -270,7 +280,10 @@ class _Progress:
             console=console,
             transient=True,
         )
-        self.task = self.bar.add_task("generating", total=total)
+        self.task = self.bar.add_task("generating", total=None)
+
+    def start(self, total_bytes: int) -> None:
+        self.bar.update(self.task, total=total_bytes)
         self.bar.start()
 
     def advance(self, planned: Planned, nbytes: int) -> None:

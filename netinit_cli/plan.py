@@ -91,6 +91,19 @@ def make_plan(params: Sequence[Param], options: Options) -> list[Planned]:
 
 
 def plan_one(param: Param, options: Options) -> Planned:
+    planned = _decide(param, options)
+    if planned.fan_in is None and param.layout is not None and len(param.shape) >= 2:
+        # Kept tensors show their fans too (inspect, --dry-run): the layout decides them.
+        fans = (
+            param.layout.torch_fans(param.shape)
+            if options.fan_mode == "torch"
+            else param.layout.fans(param.shape)
+        )
+        planned.fan_in, planned.fan_out = fans
+    return planned
+
+
+def _decide(param: Param, options: Options) -> Planned:
     rule = options.rule_for(param)
     rule_text = rule.describe() if rule else ""
     if param.role in NEVER_ROLES or not dtypes.is_float(param.dtype):

@@ -87,9 +87,9 @@ def render(report: Report, console: Console, mode: str = "auto") -> None:
     elif mode == "summary":
         console.print(summary_table(report))
     if mode != "none":
-        console.print(footer(report))
+        console.print(footer(report), soft_wrap=True)
         for note in report.notes:
-            console.print(Text(f"note: {note}", style="yellow"))
+            console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
 
 
 def _title(report: Report) -> str:
@@ -98,29 +98,17 @@ def _title(report: Report) -> str:
 
 
 def full_table(report: Report) -> Table:
-    table = Table(title=_title(report), box=box.SIMPLE_HEAD, header_style="bold")
-    for column, justify in (
-        ("tensor", "left"),
-        ("role", "left"),
-        ("shape", "left"),
-        ("dtype", "left"),
-        ("fan in/out", "right"),
-        ("action", "left"),
-        ("init", "left"),
-        ("mean", "right"),
-        ("std (target)", "right"),
-        ("values", "left"),
-    ):
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    """A row per tensor.  A plan (dry run, inspect) shows layout and reason instead of values."""
+    table = Table(title=Text(_title(report)), box=box.SIMPLE_HEAD, header_style="bold")
+    columns = ["tensor", "role", "shape", "dtype", "fan in/out", "action", "init"]
+    columns += ["layout", "reason"] if report.dry_run else ["mean", "std (target)", "values"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in RIGHT_COLUMNS else "left", overflow="fold")
     for entry in report.entries:
-        flagged = std_off_target(entry)
-        std = _num(entry.std)
-        if entry.expected_std is not None:
-            std = f"{std} ({_num(entry.expected_std)})" if std else f"({_num(entry.expected_std)})"
         init = entry.init or entry.why
         if entry.rule:
             init = f"{init} [rule {entry.rule}]"
-        table.add_row(
+        cells: list[str | Text] = [
             entry.param.name,
             entry.param.role.value,
             _shape(entry.param.shape),
@@ -128,11 +116,30 @@ def full_table(report: Report) -> Table:
             _fans(entry),
             Text(entry.action.value, style=ACTION_STYLE[entry.action]),
             init,
-            _num(entry.mean),
-            Text(std + (" !" if flagged else ""), style="bold red" if flagged else ""),
-            sparkline(entry.histogram),
-        )
+        ]
+        if report.dry_run:
+            layout = entry.param.layout.describe() if entry.param.layout else ""
+            cells += [layout, entry.param.reason]
+        else:
+            cells += [_num(entry.mean), _std_cell(entry), sparkline(entry.histogram)]
+        table.add_row(*_plain(cells))
     return table
+
+
+RIGHT_COLUMNS = {"fan in/out", "mean", "std (target)", "tensors", "elements"}
+
+
+def _plain(cells: list[str | Text]) -> list[Text]:
+    """Cells as Text, so names like 'layer[0]' or layouts like '[out, in]' are never read as markup."""
+    return [cell if isinstance(cell, Text) else Text(cell) for cell in cells]
+
+
+def _std_cell(entry: Planned) -> Text:
+    std = _num(entry.std)
+    if entry.expected_std is not None:
+        std = f"{std} ({_num(entry.expected_std)})" if std else f"({_num(entry.expected_std)})"
+    flagged = std_off_target(entry)
+    return Text(std + (" !" if flagged else ""), style="bold red" if flagged else "")
 
 
 def group_key(name: str) -> str:
@@ -141,7 +148,7 @@ def group_key(name: str) -> str:
 
 
 def summary_table(report: Report) -> Table:
-    table = Table(title=_title(report) + " — grouped", box=box.SIMPLE_HEAD, header_style="bold")
+    table = Table(title=Text(_title(report) + " — grouped"), box=box.SIMPLE_HEAD, header_style="bold")
     for column, justify in (
         ("pattern", "left"),
         ("role", "left"),
@@ -164,13 +171,17 @@ def summary_table(report: Report) -> Table:
             std = f"{std} ({_num(targets.pop())})"
         flagged = any(std_off_target(e) for e in entries)
         table.add_row(
-            pattern,
-            role,
-            Text(action.value, style=ACTION_STYLE[action]),
-            str(len(entries)),
-            f"{sum(e.param.numel for e in entries):,}",
-            init,
-            Text(std + (" !" if flagged else ""), style="bold red" if flagged else ""),
+            *_plain(
+                [
+                    pattern,
+                    role,
+                    Text(action.value, style=ACTION_STYLE[action]),
+                    str(len(entries)),
+                    f"{sum(e.param.numel for e in entries):,}",
+                    init,
+                    Text(std + (" !" if flagged else ""), style="bold red" if flagged else ""),
+                ]
+            )
         )
     return table
 
@@ -196,7 +207,7 @@ def footer(report: Report) -> Text:
             "\nnothing was uninitialized: every learnable tensor has data; use --all to re-initialize them",
             style="yellow",
         )
-    flagged = [e.param.name for e in report.entries if std_off_target(e)]
+    flagged = iter_flagged(report.entries)
     if flagged:
         text.append(
             f"\n{len(flagged)} tensor(s) with std far from target (!): {', '.join(flagged[:5])}", style="red"
