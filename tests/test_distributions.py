@@ -172,7 +172,7 @@ def test_samples_fill_every_element_in_place(dtype: type, shape: tuple[int, ...]
         assert out.dtype == dtype and out.shape == shape
         assert np.isfinite(out).all()
         if out.size > 1:  # every element was drawn (float32 allows a few birthday collisions)
-            assert len(np.unique(out)) >= out.size * (0.999 if dtype == np.float32 else 1.0)
+            assert len(np.unique(out)) >= out.size * (0.98 if dtype == np.float32 else 1.0)
 
 
 def test_bounds_are_respected() -> None:
