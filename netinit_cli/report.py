@@ -86,8 +86,8 @@ def render(report: Report, console: Console, mode: str = "auto") -> None:
         console.print(full_table(report))
     elif mode == "summary":
         console.print(summary_table(report))
+    console.print(footer(report), soft_wrap=True)
     if mode != "none":
-        console.print(footer(report), soft_wrap=True)
         for note in report.notes:
             console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
 
