@@ -364,8 +364,14 @@ def _matmul_right(ctx: SlotContext) -> Layout | None:
     if rank < 2:
         return Layout((0,), (), label="[in]") if rank == 1 else None
     if _int_attr(ctx, "transB", 0):  # FusedMatMul
-        return Layout((rank - 1,), (rank - 2,), tuple(range(rank - 2)), label="[…, out, in]")
-    return Layout((rank - 2,), (rank - 1,), tuple(range(rank - 2)), torch_perm=(1, 0), label="[…, in, out]")
+        return Layout((rank - 1,), (rank - 2,), tuple(range(rank - 2)), label=_batched("[out, in]", rank))
+    return Layout(
+        (rank - 2,), (rank - 1,), tuple(range(rank - 2)), torch_perm=(1, 0), label=_batched("[in, out]", rank)
+    )
+
+
+def _batched(label: str, rank: int) -> str:
+    return label if rank == 2 else "[…, " + label[1:]
 
 
 def _matmul_left(ctx: SlotContext) -> Layout | None:
@@ -373,7 +379,7 @@ def _matmul_left(ctx: SlotContext) -> Layout | None:
     rank = len(ctx.shape)
     if rank < 2:
         return Layout((0,), (), label="[in]") if rank == 1 else None
-    return Layout((rank - 1,), (rank - 2,), tuple(range(rank - 2)), label="[…, out, in]")
+    return Layout((rank - 1,), (rank - 2,), tuple(range(rank - 2)), label=_batched("[out, in]", rank))
 
 
 def _rnn_layout(gates: int, recurrent: bool) -> LayoutRule:
@@ -769,6 +775,16 @@ class Classifier:
             if moved is not None:
                 return moved
             return Finding("unknown", Role.UNKNOWN, f"{where} (cannot follow its axes)")
+        if (
+            op == "InstanceNormalization"
+            and domain == ""
+            and index in (1, 2)
+            and self._inside_groupnorm(scope, node)
+        ):
+            reason = (
+                f"{where} inside a decomposed GroupNorm (its learnable scale/shift are the Mul/Add after it)"
+            )
+            return Finding("constant", Role.CONSTANT, reason)
         slots = SLOTS.get((domain, op))
         if slots is not None and index in slots:
             return self._slot(path, scope, node, index, slots[index])
@@ -791,6 +807,17 @@ class Classifier:
         if domain == "" and op == "Einsum":
             return self._einsum(path, scope, node, index)
         return self._fixed_input(path, scope, node, index)
+
+    def _inside_groupnorm(self, scope: Scope, node: onnx.NodeProto) -> bool:
+        """GroupNorm below opset 18: Reshape([0, G, -1]) → InstanceNormalization → Reshape."""
+        before = self.producer(scope, node.input[0])
+        after = self.uses.get((id(scope), node.output[0]), [])
+        return (
+            before is not None
+            and before[1].op_type == "Reshape"
+            and bool(after)
+            and all(use.op_type == "Reshape" for _, use, _ in after)
+        )
 
     def _fixed_input(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> Finding:
         where = f"{node.op_type} input {index}"

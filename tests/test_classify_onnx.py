@@ -444,7 +444,7 @@ def test_groupnorm_below_opset_18() -> None:
     inits += [w("gw", 8, 1, 1), w("gb", 8, 1, 1)]
     params = classify(nodes, inits, {"x": [1, 8, 4, 4]})
     assert params["gw"].role is Role.NORM_SCALE and params["gb"].role is Role.NORM_SHIFT
-    assert params["ones"].role is Role.NORM_SCALE  # resetting to 1/0 is harmless
+    assert params["ones"].role is Role.CONSTANT and params["zeros"].role is Role.CONSTANT
 
 
 # -- sharing -----------------------------------------------------------------------------------
