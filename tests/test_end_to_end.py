@@ -185,3 +185,38 @@ def test_format_recognized_by_content_not_suffix(work: Path) -> None:
     odd = work / "graph.model"
     shutil.copy(work / "mlp.onnx", odd)
     assert initialize(odd, work / "out.onnx", all=True).kind == "onnx"
+
+
+def test_missing_only_and_all_agree_on_the_tensors_both_fill(work: Path) -> None:
+    initialize(work / "cnn_noparams.onnx", work / "missing.onnx", method="xavier", seed="run-7")
+    initialize(work / "cnn.onnx", work / "all.onnx", method="xavier", seed="run-7", all=True)
+    missing, full = initializers(work / "missing.onnx"), initializers(work / "all.onnx")
+    assert missing.keys() == full.keys()
+    for name in full:
+        assert missing[name].tobytes() == full[name].tobytes(), name
+
+
+def test_provenance_is_recorded_in_both_formats(work: Path) -> None:
+    initialize(work / "mlp.onnx", work / "o.onnx", method="orthogonal", seed="abc", all=True)
+    props = {p.key: p.value for p in onnx.load(str(work / "o.onnx")).metadata_props}
+    assert props["netinit.seed"] == "abc"
+    assert props["netinit.method"] == "orthogonal(gain=1)"
+    assert props["netinit.scope"] == "all" and props["netinit.version"]
+    initialize(work / "mlp.safetensors", work / "o.safetensors", seed=5, all=True)
+    from safetensors import safe_open
+
+    with safe_open(str(work / "o.safetensors"), "np") as handle:
+        metadata = handle.metadata()
+    assert metadata["format"] == "pt", "the original metadata is kept"
+    assert metadata["netinit.seed"] == "5" and metadata["netinit.method"].startswith("kaiming(")
+
+
+def test_in_place_replaces_atomically(work: Path) -> None:
+    target = work / "mlp.safetensors"
+    before = load_file(target)
+    report = initialize(target, in_place=True, all=True, seed=3)
+    assert report.output == target
+    after = load_file(target)
+    assert after.keys() == before.keys()
+    assert not np.array_equal(after["fc1.weight"], before["fc1.weight"])
+    assert not [p for p in work.iterdir() if p.name.endswith(".tmp")]
