@@ -780,15 +780,16 @@ def _copy_range(src_fd: int, offset: int, count: int, dst_fd: int, target: Path)
             )
         offset += done
         count -= done
+    buffer = memoryview(bytearray(min(count, COPY_CHUNK))) if count > 0 else memoryview(b"")
     while count > 0:
-        chunk = os.pread(src_fd, min(count, COPY_CHUNK), offset)
-        if not chunk:
+        got = os.preadv(src_fd, [buffer[: min(count, len(buffer))]], offset)
+        if got == 0:
             raise InputError(
                 f"{target}: the input ended early at byte {offset}; was it changed while reading?"
             )
-        _write_all(dst_fd, chunk, target)
-        offset += len(chunk)
-        count -= len(chunk)
+        _write_all(dst_fd, buffer[:got], target)
+        offset += got
+        count -= got
 
 
 # =============================================================================================
