@@ -321,3 +321,106 @@ def test_existing_data_file_is_not_appended_to(tmp_path: Path, monkeypatch: pyte
     assert not (tmp_path / "o.onnx").exists()
     model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=True)
     assert b"stale" not in (tmp_path / "o.data").read_bytes()
+
+
+# -- other stored-tensor sources are written where they live ------------------------------------
+
+
+def _gemm_graph(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], **extra: object
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    for key, value in extra.items():
+        getattr(graph, key).extend(value)  # type: ignore[arg-type]
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _fill_all_and_run(model: onnx.ModelProto, tmp_path: Path) -> tuple[onnx.ModelProto, np.ndarray]:
+    opened = open_onnx(save(model, tmp_path / "m.onnx"))
+    out = tmp_path / "o.onnx"
+    opened.write(out, plan_all(opened.params), fake_produce([]), {}, overwrite=False)
+    (y,) = run(out, {"x": np.ones((2, 8), np.float32)})
+    assert y.shape == (2, 4) and np.isfinite(y).all()
+    return onnx.load(str(out)), y
+
+
+def test_constant_node_weight_is_filled_in_place(tmp_path: Path) -> None:
+    weight = numpy_helper.from_array(np.zeros((4, 8), np.float32), "ignored")
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=weight),
+        helper.make_node("Constant", [], ["k"], value_float=2.0),
+        helper.make_node("Gemm", ["x", "W"], ["g"], transB=1),
+        helper.make_node("Mul", ["g", "k"], ["y"]),
+    ]
+    written, y = _fill_all_and_run(_gemm_graph(nodes, []), tmp_path)
+    constant = numpy_helper.to_array(written.graph.node[0].attribute[0].t)
+    assert constant.any() and not written.graph.initializer  # still a Constant node, now filled
+    assert written.graph.node[1].attribute[0].f == 2.0  # a scalar is not a parameter
+    np.testing.assert_allclose(y, 2.0 * np.ones((2, 8), np.float32) @ constant.T, rtol=1e-6)
+
+
+def test_subgraph_initializer_is_filled_in_place(tmp_path: Path) -> None:
+    def branch(name: str, value: float) -> onnx.GraphProto:
+        weight = numpy_helper.from_array(np.full((4, 8), value, np.float32), "W")
+        return helper.make_graph(
+            [helper.make_node("Gemm", ["x", "W"], [name], transB=1)],
+            name,
+            [],
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 4])],
+            [weight],
+        )
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"]),
+        helper.make_node(
+            "If", ["cond"], ["y"], then_branch=branch("t", 0.0), else_branch=branch("e", 0.0), name="If_0"
+        ),
+    ]
+    model = _gemm_graph(nodes, [numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    opened = open_onnx(save(model, tmp_path / "in.onnx"))
+    assert {p.name for p in opened.params if p.role.learnable} == {
+        "If_0/then_branch::W",
+        "If_0/else_branch::W",
+    }
+    written, y = _fill_all_and_run(model, tmp_path)
+    assert y.any()  # was all zeros
+    then_weight = numpy_helper.to_array(written.graph.node[2].attribute[0].g.initializer[0])
+    np.testing.assert_allclose(y, np.ones((2, 8), np.float32) @ then_weight.T, rtol=1e-6)
+
+
+def test_sparse_initializer_becomes_a_dense_initializer(tmp_path: Path) -> None:
+    values = numpy_helper.from_array(np.ones(2, np.float32), "W")
+    indices = numpy_helper.from_array(np.array([0, 9], np.int64), "W_idx")
+    sparse = helper.make_sparse_tensor(values, indices, [4, 8])
+    model = _gemm_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [], sparse_initializer=[sparse]
+    )
+    opened = open_onnx(save(model, tmp_path / "in.onnx"))
+    dense = opened.read_array("W")
+    assert dense.shape == (4, 8) and dense.reshape(-1)[[0, 9]].tolist() == [1.0, 1.0] and dense.sum() == 2
+    written, _ = _fill_all_and_run(model, tmp_path)
+    assert not written.graph.sparse_initializer
+    assert [t.name for t in written.graph.initializer] == ["W"]
+
+
+def test_function_constant_is_filled_in_the_function_body(tmp_path: Path) -> None:
+    body = [
+        helper.make_node("Constant", [], ["Wf"], value=numpy_helper.from_array(np.zeros((4, 8), np.float32))),
+        helper.make_node("Gemm", ["inp", "Wf"], ["out"], transB=1),
+    ]
+    function = helper.make_function("local", "Lin", ["inp"], ["out"], body, [helper.make_opsetid("", 17)])
+    model = _gemm_graph([helper.make_node("Lin", ["x"], ["y"], domain="local")], [])
+    model.functions.append(function)
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    opened = open_onnx(save(model, tmp_path / "in.onnx"))
+    (param,) = [p for p in opened.params if p.role.learnable]
+    assert param.name == "local.Lin()::Wf" and param.source == "function_constant"
+    written, y = _fill_all_and_run(model, tmp_path)
+    assert numpy_helper.to_array(written.functions[0].node[0].attribute[0].t).any() and y.any()

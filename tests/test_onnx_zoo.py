@@ -108,3 +108,51 @@ def test_full_reinit_keeps_constants_and_runs(file_name: str, tmp_path: Path) ->
     results = session.run(None, feeds)
     assert [list(r.shape) for r in results[:1]] == case["outputs"]
     assert all(np.isfinite(r).all() for r in results)
+
+
+# -- the onnx wheel's own backend test models (IR 3: initializers are also listed as inputs) -----
+
+WHEEL = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-converted"
+WHEEL_CASES = {
+    # model: {tensor: (role, semantic fans, torch fans)}
+    "test_Conv2d_groups": {"1": ("weight", (12, 18), (12, 36)), "2": ("bias", None, None)},
+    "test_Conv2d_depthwise_with_multiplier": {"1": ("weight", (9, 18), (9, 72))},
+    "test_Conv3d_groups": {"1": ("weight", (54, 81), (54, 162))},
+    "test_ConvTranspose2d": {"1": ("weight", (27, 36), (36, 27)), "2": ("bias", None, None)},
+    "test_Linear": {"1": ("weight", (10, 8), (10, 8)), "2": ("bias", None, None)},
+    "test_Linear_no_bias": {"1": ("weight", (10, 8), (10, 8))},
+    "test_Embedding": {"1": ("embedding", (3, 4), (3, 4))},
+    "test_BatchNorm2d_eval": {"1": ("norm_scale",) + (None,) * 2, "3": ("running_mean", None, None)},
+    "test_PReLU_2d_multiparam": {"1": ("prelu_slope", None, None)},
+    "test_Softsign": {"2": ("scalar", None, None)},
+}
+
+
+@pytest.mark.skipif(not WHEEL.is_dir(), reason="onnx wheel without backend test data")
+@pytest.mark.parametrize("name", sorted(WHEEL_CASES))
+def test_onnx_wheel_models(name: str, tmp_path: Path) -> None:
+    folder = WHEEL / name
+    model = open_onnx(folder / "model.onnx")
+    params = {p.name: p for p in model.params}
+    for tensor, (role, semantic, torch_fans) in WHEEL_CASES[name].items():
+        param = params[tensor]
+        assert param.role.value == role, param.reason
+        if semantic is not None:
+            assert param.layout is not None
+            assert (param.layout.fans(param.shape), param.layout.torch_fans(param.shape)) == (
+                semantic,
+                torch_fans,
+            )
+    out = tmp_path / "out.onnx"
+    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in model.params]
+    model.write(out, plan, produce, {}, overwrite=False)
+    data = folder / "test_data_set_0"
+    feed = numpy_helper.to_array(onnx.load_tensor(str(data / "input_0.pb")))
+    expected = numpy_helper.to_array(onnx.load_tensor(str(data / "output_0.pb")))
+    try:
+        ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime dropped some opset-6 kernels; the writer's checker still ran
+        return
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (result,) = session.run(None, {session.get_inputs()[0].name: feed})
+    assert result.shape == expected.shape and np.isfinite(result).all()

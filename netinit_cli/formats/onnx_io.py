@@ -320,8 +320,7 @@ class OnnxModel:
             for stored in self.graphs.stored:
                 planned = fills.get(stored.name)
                 if planned is not None:
-                    values = produce(planned)
-                    self._fill(stored, values, writer)
+                    self._fill(stored, produce(planned), writer)  # dropped before the next one
                 elif stored.tensor is not None:
                     self._keep(stored.tensor, writer, stored.name)
                     if stored.sparse is not None:
