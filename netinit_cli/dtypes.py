@@ -111,7 +111,7 @@ def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
     if values.dtype == target:
         return np.ascontiguousarray(values)
     if values.size:
-        limit = float(ml_dtypes.finfo(target).max) if dtype != "F64" else float("inf")
+        limit = float(ml_dtypes.finfo(target).max) if dtype != "F64" else float("inf")  # type: ignore[no-untyped-call]
         peak = float(np.max(np.abs(values)))
         if not np.isfinite(peak) or peak > limit:
             raise UsageError(
