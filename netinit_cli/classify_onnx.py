@@ -794,6 +794,8 @@ class Classifier:
             bias = self._bias(path, scope, node, index)
             if bias is not None:
                 return bias
+        if domain == "" and op == "Mul" and self._dequant_scale(scope, node):
+            return Finding("quantized", Role.QUANTIZED, f"Mul input {index} (dynamic-quantization scale)")
         if domain == "" and op == "Mul":
             norm = self._norm_affine(path, scope, node, index, scale=True)
             if norm is not None:
@@ -807,6 +809,24 @@ class Classifier:
         if domain == "" and op == "Einsum":
             return self._einsum(path, scope, node, index)
         return self._fixed_input(path, scope, node, index)
+
+    def _dequant_scale(self, scope: Scope, mul: onnx.NodeProto) -> bool:
+        """Is this Mul part of dynamic dequantization (``Cast(MatMulInteger) * (x_scale * w_scale)``)?
+        Its float operands are quantization scales, not learnable."""
+        quant_sources = _LINEAR_QUANT_OPS | {"DynamicQuantizeLinear"}
+
+        def from_quant(owner: Scope, value: str) -> bool:
+            found = self.producer(owner, value)
+            while found is not None and found[1].op_type == "Cast":
+                found = self.producer(found[0], found[1].input[0])
+            return found is not None and found[1].op_type in quant_sources
+
+        if any(from_quant(scope, v) for v in mul.input if v):
+            return True
+        for owner, user, _ in self.uses.get((id(scope), mul.output[0]), []):
+            if user.op_type == "Mul" and any(from_quant(owner, v) for v in user.input if v):
+                return True
+        return False
 
     def _inside_groupnorm(self, scope: Scope, node: onnx.NodeProto) -> bool:
         """GroupNorm below opset 18: Reshape([0, G, -1]) → InstanceNormalization → Reshape."""

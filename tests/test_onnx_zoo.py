@@ -156,3 +156,58 @@ def test_onnx_wheel_models(name: str, tmp_path: Path) -> None:
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (result,) = session.run(None, {session.get_inputs()[0].name: feed})
     assert result.shape == expected.shape and np.isfinite(result).all()
+
+
+# -- quantized variants, made here with onnxruntime's own quantizer -----------------------------
+
+
+def _quantized(kind: str, tmp_path: Path) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    out = tmp_path / f"{kind}.onnx"
+    if kind == "dynamic":
+        quantize_dynamic(str(ZOO / "mlp3d.torchscript.onnx"), str(out), weight_type=QuantType.QInt8)
+        return out
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.items = iter(
+                [{"input.1": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantize_static(str(ZOO / "cnn.torchscript.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "qdq"])
+def test_quantized_models_keep_every_quantized_tensor(kind: str, tmp_path: Path) -> None:
+    path = _quantized(kind, tmp_path)
+    model = open_onnx(path)
+    roles = {p.name: p.role.value for p in model.params}
+    quantized = {name for name, role in roles.items() if role == "quantized"}
+    integer = {p.name for p in model.params if not p.dtype.startswith(("F", "BF"))}
+    assert integer <= quantized | {n for n, r in roles.items() if r == "constant"}
+    assert any(name.endswith("_scale") for name in quantized)
+    assert all(not p.role.learnable for p in model.params if p.name.endswith(("_scale", "_zero_point")))
+    if kind == "dynamic":  # the float biases after the dequantizing Mul stay biases
+        assert roles["fc1.bias"] == "bias" and roles["fc2.bias"] == "bias"
+    out = tmp_path / "out.onnx"
+    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in model.params]
+    model.write(out, plan, produce, {}, overwrite=False)
+    before, after = _stored_bytes(onnx.load(str(path))), _stored_bytes(onnx.load(str(out)))
+    assert all(before[name] == after[name] for name in quantized)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_inputs()[0]
+    shape = [2, 5, 8] if kind == "dynamic" else [2, 3, 8, 8]
+    (result,) = session.run(None, {meta.name: np.ones(shape, np.float32)})
+    assert np.isfinite(result).all()
