@@ -38,7 +38,7 @@ from typing import BinaryIO
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
 
 from netinit_cli.classify_onnx import (
