@@ -519,18 +519,19 @@ def identity_indices(plan: MatrixPlan) -> np.ndarray:
     if len(shape) <= 1:
         return np.arange(math.prod(shape))
     groups = max(plan.row_blocks, plan.col_blocks)
-    block_rows, block_cols = plan.block_shape
-    diagonal = np.arange(min(block_rows, block_cols))
-    group = np.arange(groups)[:, None]
-    row = (group * block_rows * (plan.row_blocks > 1) + diagonal).reshape(-1)
-    col_in = (group * block_cols * (plan.col_blocks > 1) + diagonal).reshape(-1)
-    batch = np.arange(plan.batch)
     permuted = [shape[a] for a in plan.perm]
     nb, nr = plan.batch_axes, plan.row_axes
     batch_dims, row_dims = permuted[:nb], permuted[nb : nb + nr]
     col_dims = permuted[nb + nr :]
-    # Column index = in-axes index × field size + centre of the field.
-    field_dims = col_dims[plan.in_axes :]
+    in_dims, field_dims = col_dims[: plan.in_axes], col_dims[plan.in_axes :]
+    block_rows = plan.rows // plan.row_blocks
+    block_inputs = math.prod(in_dims) // plan.col_blocks
+    diagonal = np.arange(min(block_rows, block_inputs))
+    group = np.arange(groups)[:, None]
+    row = (group * block_rows * (plan.row_blocks > 1) + diagonal).reshape(-1)
+    col_in = (group * block_inputs * (plan.col_blocks > 1) + diagonal).reshape(-1)
+    batch = np.arange(plan.batch)
+    # Column index = input index × field size + the field's centre tap.
     field_size = math.prod(field_dims)
     centre = np.ravel_multi_index(tuple(d // 2 for d in field_dims), field_dims) if field_dims else 0
     col = col_in * field_size + centre
