@@ -32,7 +32,9 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy --strict netinit_cli
 
 fixtures: $(VENV)/.dev
+	$(BIN)/python -m pip install -q -e '.[fixtures]'
 	$(BIN)/python fixtures/generate.py
+	$(BIN)/python fixtures/generate_onnx_zoo.py
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py
