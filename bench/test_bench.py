@@ -134,7 +134,7 @@ def test_checks_use_medians_and_limits() -> None:
     assert found["kaiming normal vs torch"] == "FAIL"  # 0.2
     assert found["orthogonal vs torch"] == "SKIP"
     assert found["bounded memory"] == "FAIL"  # 400 MB > 2 × 50 + 200 MB
-    assert found["2 GB sharded bundle memory"] == "PASS"  # 200 MB < 25% of 1 GB
+    assert found["sharded bundle memory"] == "PASS"  # 200 MB < 25% of 1 GB
     assert found["byte-identical kaiming-normal"] == "PASS"
     assert found["byte-identical kaiming-uniform"] == "FAIL"
 
@@ -151,3 +151,16 @@ def test_torch_script_fills_norms_biases_and_matrices() -> None:
     assert torch.equal(tensors["bert.encoder.layer.0.intermediate.dense.bias"], torch.zeros(48))
     up = tensors["model.layers.0.mlp.up_proj.weight"]  # [48, 64]: fan_in 64, std sqrt(2/64)
     assert abs(float(up.std()) - (2 / 64) ** 0.5) < 5 * (2 / 64) ** 0.5 / (2 * up.numel()) ** 0.5
+
+
+def test_a_case_killed_at_the_timeout_is_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "OUT_ROOT", tmp_path / "out")
+    monkeypatch.setattr(run, "LOG_ROOT", tmp_path / "logs")
+    slow = _case("import time; time.sleep(30)", tmp_path)
+    twin = _case("print('fast')", tmp_path)
+    twin.name, twin.repeated = "probe@1thread", False
+    results = run.measure([slow, twin], reps=3, timeout=0.3)
+    assert len(results["probe"].runs) == 1 and results["probe"].timed_out
+    assert results["probe@1thread"].runs == []
