@@ -44,6 +44,7 @@ from netinit_cli.model import (
 )
 
 MS = "com.microsoft"
+ML = "ai.onnx.ml"
 
 # Param.source values
 INITIALIZER = "initializer"
@@ -1367,8 +1368,23 @@ def classify_graphs(graphs: Graphs) -> tuple[list[Param], list[str]]:
             )
         )
     if not any(p.role.learnable for p in params):
-        notes.append("no tensor of this model is a recognised parameter: nothing to re-initialize")
+        notes.append(_nothing_to_initialize(graphs))
     return params, notes
+
+
+def _nothing_to_initialize(graphs: Graphs) -> str:
+    """The note for a model without parameters; names the ops that hold them in attributes
+    (skl2onnx tree and linear models: ai.onnx.ml TreeEnsemble*, Linear*, SVM*)."""
+    attribute_ops = sorted(
+        {node.op_type for scope in graphs.scopes for node in scope.nodes if _domain(node.domain) == ML}
+    )
+    text = "no tensor of this model is a recognised parameter: nothing to re-initialize"
+    if attribute_ops:
+        text += (
+            f" (its parameters are attributes of {', '.join(attribute_ops)} ({ML}), which netinit "
+            "does not change; the output is the same graph)"
+        )
+    return text
 
 
 def _training_bindings(model: onnx.ModelProto) -> set[str] | None:
