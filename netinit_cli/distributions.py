@@ -402,7 +402,7 @@ def _normal_block(bits: np.random.BitGenerator, out: np.ndarray, mean: float, st
     np.multiply(
         words[half:].view(signed), ftype(_TWO_PI * 2.0**-width), out=angle, casting="unsafe", dtype=out.dtype
     )
-    sine = np.sin(angle)
+    sine = np.sin(angle, out=words[:half].view(out.dtype))  # the spent words hold sin θ
     np.cos(angle, out=angle)
     np.multiply(angle, radius, out=angle)
     np.multiply(radius, sine, out=radius)
@@ -482,7 +482,9 @@ def _truncated_block(bits: np.random.BitGenerator, out: np.ndarray, dist: Distri
     filled = 0
     while filled < out.size:
         need = out.size - filled
-        draws = min(int(need / rate * 1.05) + 64, 4 * BLOCK_ELEMENTS)
+        draws = (
+            min(int(need / rate * 1.05) + 64, 4 * BLOCK_ELEMENTS) // 2 * 2
+        )  # even: no Box–Muller tail copy
         kept = _truncated_candidates(bits, draws, out.dtype, proposal, alpha, beta)[:need]
         out[filled : filled + kept.size] = kept
         filled += kept.size
