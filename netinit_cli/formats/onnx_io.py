@@ -51,6 +51,7 @@ from netinit_cli.classify_onnx import (
     StoredTensor,
     classify_graphs,
     has_data,
+    structured_value_note,
 )
 from netinit_cli.errors import InputError, OutputError, UnsafeInputError
 from netinit_cli.formats.base import AtomicFileSet, Produce, WriteResult, check_destination, with_init_suffix
@@ -223,7 +224,26 @@ class OnnxModel:
                 notes.append(f"{param.name}: external data file {_location(proto)!r} is missing")
         self.params: list[Param] = params
         self.notes = notes
+        self._check_values()
         self._dirty = False
+
+    def _check_values(self) -> None:
+        """Warn about weight-slot tensors whose stored values look like a fixed buffer (a sample
+        of each: see :func:`structured_value_note`)."""
+        for param in self.params:
+            stored = self._stored[param.name]
+            if not (param.role.random and param.has_data) or stored.sparse is not None:
+                continue
+            if stored.tensor is None:  # value_floats of a Constant node: read_array's own path
+                continue
+            try:
+                values = self._tensor_array(stored.tensor, param.name)
+            except InputError:
+                continue
+            note = structured_value_note(param.name, param.role, values)
+            if note:
+                param.notes.append(note)
+                self.notes.append(note)
 
     # -- reading ------------------------------------------------------------------------------
 
