@@ -326,9 +326,12 @@ class SlotContext:
     index: int
     shape: tuple[int, ...]
     attrs: dict[str, object]
+    # Static shape of another input of the node (stored tensors and declared graph values).
+    shape_of: Callable[[int], tuple[int, ...] | None] = lambda index: None
 
 
-LayoutRule = Callable[[SlotContext], Layout | None]
+# A layout, None for an unexpected rank, or the reason the layout cannot be decided.
+LayoutRule = Callable[[SlotContext], Layout | str | None]
 
 
 @dataclass(frozen=True)
@@ -417,6 +420,46 @@ def _attention_weight(ctx: SlotContext) -> Layout:
 
 def _no_layout(ctx: SlotContext) -> None:
     return None
+
+
+# com.microsoft MoE: fc1 (input 2), fc2 (4), fc3 (6).  ORT ≥ 1.22 stores per-expert [out, in]
+# (fc1 [E, fusion·inter, hidden], fc2 [E, hidden, inter]); older releases stored [E, in, out].
+_MOE_FC1, _MOE_FC2 = 2, 4
+
+
+def _moe_weight(fc: int) -> LayoutRule:
+    def rule(ctx: SlotContext) -> Layout | str | None:
+        if len(ctx.shape) != 3:
+            return None
+        fc1, fc2 = ctx.shape_of(_MOE_FC1), ctx.shape_of(_MOE_FC2)
+        if fc1 is None or fc2 is None or len(fc1) != 3 or len(fc2) != 3 or min(*fc1, *fc2) <= 0:
+            return "MoE fc1/fc2 weights without static [experts, ·, ·] shapes"
+        data = ctx.shape_of(0)
+        hidden = data[-1] if data and data[-1] > 0 else None
+        # fusion = fc1's inter axis over fc2's (2 for a fused SwiGLU gate+up).
+        orientations = {
+            "[experts, out, in]": fc1[2] == fc2[1] and fc2[2] > 0 and fc1[1] % fc2[2] == 0,
+            "[experts, in, out]": fc1[1] == fc2[2] and fc2[1] > 0 and fc1[2] % fc2[1] == 0,
+        }
+        if hidden is not None:
+            orientations["[experts, out, in]"] &= fc1[2] == hidden
+            orientations["[experts, in, out]"] &= fc1[1] == hidden
+        found = [label for label, ok in orientations.items() if ok]
+        if len(found) != 1:
+            return (
+                f"fc1 {list(fc1)} and fc2 {list(fc2)} fit "
+                f"{'both' if found else 'neither'} [experts, out, in] and [experts, in, out]"
+                + ("" if hidden is not None else " (hidden size unknown)")
+            )
+        out_in = found[0] == "[experts, out, in]"
+        fusion = 1
+        if fc == _MOE_FC1:
+            fusion = fc1[1] // fc2[2] if out_in else fc1[2] // fc2[1]
+        if out_in:
+            return Layout((2,), (1,), (0,), out_divisor=fusion, blocks=fusion, label=found[0])
+        return Layout((1,), (2,), (0,), out_divisor=fusion, blocks=fusion, torch_perm=(1, 0), label=found[0])
+
+    return rule
 
 
 def _rnn_slots(gates: int, peephole: bool) -> dict[int, Slot]:
@@ -551,12 +594,29 @@ SLOTS: dict[tuple[str, str], dict[int, Slot]] = {
         0: Slot(Role.WEIGHT, _matmul_left, partner=1, what="A"),
         1: Slot(Role.WEIGHT, _matmul_right, partner=0, what="B"),
     },
+    (MS, "MoE"): {
+        2: Slot(Role.WEIGHT, _moe_weight(_MOE_FC1), what="fc1_experts_weights"),
+        3: Slot(Role.BIAS, what="fc1_experts_bias"),
+        4: Slot(Role.WEIGHT, _moe_weight(_MOE_FC2), what="fc2_experts_weights"),
+        5: Slot(Role.BIAS, what="fc2_experts_bias"),
+        6: Slot(Role.WEIGHT, _moe_weight(6), what="fc3_experts_weights"),
+        7: Slot(Role.BIAS, what="fc3_experts_bias"),
+    },
+    # QMoE: weights, scales and zero points are quantized (every other stored input); the
+    # float biases stay biases.
+    (MS, "QMoE"): {
+        4: Slot(Role.BIAS, what="fc1_experts_bias"),
+        7: Slot(Role.BIAS, what="fc2_experts_bias"),
+        10: Slot(Role.BIAS, what="fc3_experts_bias"),
+    },
     (MS, "BiasGelu"): {1: Slot(Role.BIAS, what="bias")},
     (MS, "FastGelu"): {1: Slot(Role.BIAS, what="bias")},
     (MS, "BiasAdd"): {1: Slot(Role.BIAS, what="bias")},
     (MS, "BiasSplitGelu"): {1: Slot(Role.BIAS, what="bias")},
 }
 
+# Ops whose stored inputs are quantized except those in their SLOTS row.
+_PARTLY_QUANTIZED_OPS = frozenset({(MS, "QMoE")})
 # Ops a parameter passes through unchanged in meaning; the walk records what they do to its axes.
 _PASS_THROUGH = frozenset(
     {"Identity", "Cast", "CastLike", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
@@ -628,13 +688,19 @@ class Finding:
     fans: tuple[int, int] | None = None
 
 
+Axes = tuple[tuple[int, ...], ...]
+
+
 @dataclass(frozen=True)
 class _Path:
     scope: Scope
     value: str
-    axes: tuple[int | None, ...]  # for each axis of the value: the stored axis it came from
+    # For each axis of the value: the stored axes it came from (several after a merge, none
+    # for an inserted unit axis).
+    axes: Axes
     shape: tuple[int, ...] | None
     steps: tuple[str, ...]
+    rank: int  # the stored tensor's rank
     reorder: bool = False
 
 
@@ -734,9 +800,10 @@ class Classifier:
         start = _Path(
             stored.scope,
             stored.value,
-            tuple(range(len(stored.shape))),
+            tuple((axis,) for axis in range(len(stored.shape))),
             stored.shape if stored.ranked else None,
             (),
+            len(stored.shape),
         )
         out: list[Finding] = []
         seen: set[tuple[int, str]] = set()
@@ -759,7 +826,9 @@ class Classifier:
     def _step(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> Finding | list[_Path]:
         op, domain = node.op_type, _domain(node.domain)
         where = f"{op} input {index}"
-        if (domain, op) in _QUANTIZED_OPS:
+        if (domain, op) in _QUANTIZED_OPS or (
+            (domain, op) in _PARTLY_QUANTIZED_OPS and index not in SLOTS.get((domain, op), {})
+        ):
             return Finding("quantized", Role.QUANTIZED, f"{where} (quantized)")
         if op in _SHAPE_ONLY:
             return []
@@ -864,7 +933,16 @@ class Classifier:
             new_axes = tuple(axes[p] for p in order)
             new_shape = tuple(shape[p] for p in order) if shape is not None else None
             step = f"Transpose(perm={order})"
-            return [_Path(scope, node.output[0], new_axes, new_shape, (*path.steps, step), path.reorder)]
+            return [
+                replace(
+                    path,
+                    scope=scope,
+                    value=node.output[0],
+                    axes=new_axes,
+                    shape=new_shape,
+                    steps=(*path.steps, step),
+                )
+            ]
         if op in ("Squeeze", "Unsqueeze") and shape is None:
             # After a gate reorder only the rank is known; explicit axes still map.
             ranked = self._rank_only(scope, node, attrs, axes)
@@ -879,12 +957,24 @@ class Classifier:
             if mapped is None:
                 return None
             step = f"{op}({list(shape or ())}→{list(target)})"
-            return [_Path(scope, node.output[0], mapped, target, (*path.steps, step), path.reorder)]
+            return [
+                replace(
+                    path,
+                    scope=scope,
+                    value=node.output[0],
+                    axes=mapped,
+                    shape=target,
+                    steps=(*path.steps, step),
+                )
+            ]
         if op in _GATE_REORDER:
             # Slices and concatenations keep the rank and the meaning of every axis; the sizes
             # they change are the gate blocks the RNN slot splits anyway.
             outputs = [o for o in node.output if o]
-            return [_Path(scope, out, axes, None, (*path.steps, op), reorder=True) for out in outputs]
+            return [
+                replace(path, scope=scope, value=out, shape=None, steps=(*path.steps, op), reorder=True)
+                for out in outputs
+            ]
         return None
 
     def _axes_operand(self, scope: Scope, node: onnx.NodeProto, attrs: dict[str, object]) -> list[int] | None:
@@ -897,8 +987,8 @@ class Classifier:
         return None
 
     def _rank_only(
-        self, scope: Scope, node: onnx.NodeProto, attrs: dict[str, object], axes: tuple[int | None, ...]
-    ) -> tuple[int | None, ...] | None:
+        self, scope: Scope, node: onnx.NodeProto, attrs: dict[str, object], axes: Axes
+    ) -> Axes | None:
         explicit = self._axes_operand(scope, node, attrs)
         if explicit is None:
             return None
@@ -906,9 +996,9 @@ class Classifier:
             drop = {a + len(axes) if a < 0 else a for a in explicit}
             return tuple(a for i, a in enumerate(axes) if i not in drop)
         rank = len(axes) + len(explicit)
-        out: list[int | None] = list(axes)
+        out: list[tuple[int, ...]] = list(axes)
         for a in sorted(a + rank if a < 0 else a for a in explicit):
-            out.insert(a, None)
+            out.insert(a, ())
         return tuple(out)
 
     def _reshaped(
@@ -975,11 +1065,43 @@ class Classifier:
         if path.shape is None and not path.reorder:
             return Finding("unknown", Role.UNKNOWN, f"{where}, with a shape netinit cannot follow")
         shape = path.shape if path.shape is not None else tuple(1 for _ in path.axes)
-        terminal = slot.layout(SlotContext(node, index, shape, _attrs(node)))
+
+        def shape_of(other: int) -> tuple[int, ...] | None:
+            if other >= len(node.input) or not node.input[other]:
+                return None
+            return self._weight_shape_through(scope, node.input[other]) or self.declared_shape(
+                scope, node.input[other]
+            )
+
+        terminal = slot.layout(SlotContext(node, index, shape, _attrs(node), shape_of))
         if terminal is None:
             return Finding("unknown", Role.UNKNOWN, f"{where}, with an unexpected rank {len(shape)}")
-        layout = _map_layout(terminal, path.axes, bool(path.steps))
-        return Finding("slot", slot.role, where, layout)
+        if isinstance(terminal, str):
+            return Finding("unknown", Role.UNKNOWN, f"{where}: {terminal}")
+        return self._mapped(path, slot.role, where, terminal)
+
+    def _mapped(self, path: _Path, role: Role, where: str, terminal: Layout) -> Finding:
+        """A slot finding with the terminal layout carried back to the stored axes, or UNKNOWN
+        when a reshape on the way makes that ambiguous."""
+        layout = _map_layout(terminal, path.axes, path.rank, bool(path.steps))
+        if isinstance(layout, str):
+            return Finding("unknown", Role.UNKNOWN, f"{where}: {layout}")
+        return Finding("slot", role, where, layout)
+
+    def declared_shape(self, scope: Scope, value: str) -> tuple[int, ...] | None:
+        """The shape declared for ``value`` (graph input, output or value_info), -1 for a
+        dimension without a static size."""
+        owner = scope.resolve(value)
+        graph = owner.graph if owner is not None else None
+        if graph is None:
+            return None
+        for info in (*graph.input, *graph.value_info, *graph.output):
+            if info.name == value and info.type.HasField("tensor_type"):
+                if not info.type.tensor_type.HasField("shape"):
+                    return None
+                dims = info.type.tensor_type.shape.dim
+                return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        return None
 
     def _linear_producer(self, scope: Scope, value: str) -> tuple[Scope, onnx.NodeProto] | None:
         """The linear op that computes ``value``, looking through reshapes, casts and the
@@ -1142,8 +1264,12 @@ class Classifier:
             )
         if rank < 2 or path.shape is None:
             return Finding("unknown", Role.UNKNOWN, f"{where} of rank {rank}")
-        layout = _map_layout(_embedding(SlotContext(node, 0, path.shape, {})), path.axes, bool(path.steps))
-        return Finding("slot", Role.EMBEDDING, f"{where} (embedding table)", layout)
+        return self._mapped(
+            path,
+            Role.EMBEDDING,
+            f"{where} (embedding table)",
+            _embedding(SlotContext(node, 0, path.shape, {})),
+        )
 
     def _einsum(self, path: _Path, scope: Scope, node: onnx.NodeProto, index: int) -> Finding:
         where = f"Einsum input {index}{_via(path)}"
@@ -1151,58 +1277,90 @@ class Classifier:
         others = [v for i, v in enumerate(node.input) if i != index and v]
         if not any(self.is_dynamic(scope, v) for v in others):
             return Finding("unknown", Role.UNKNOWN, f"{where}, but no other operand is dynamic")
+        if path.shape is None:
+            return Finding("unknown", Role.UNKNOWN, f"{where}, with a shape netinit cannot follow")
         layout = _einsum_layout(equation, index, len(path.axes))
-        if layout is None or path.shape is None:
-            return Finding("unknown", Role.UNKNOWN, f"{where}: equation {equation!r} not understood")
-        mapped = _map_layout(layout, path.axes, bool(path.steps))
-        return Finding("slot", Role.WEIGHT, f"{where} ({equation})", mapped)
+        if isinstance(layout, str):
+            return Finding("unknown", Role.UNKNOWN, f"{where}: equation {equation!r}: {layout}")
+        return self._mapped(path, Role.WEIGHT, f"{where} ({equation})", layout)
 
 
 def _via(path: _Path) -> str:
     return f" via {' → '.join(path.steps)}" if path.steps else ""
 
 
-def _map_reshape(
-    axes: tuple[int | None, ...], shape: tuple[int, ...], target: tuple[int, ...]
-) -> tuple[int | None, ...] | None:
-    """Map axes across a reshape that only adds or removes size-1 axes (or keeps every
-    non-unit size in order); anything that merges or splits real axes is not followed."""
+def _map_reshape(axes: Axes, shape: tuple[int, ...], target: tuple[int, ...]) -> Axes | None:
+    """Map axes across a reshape.  Unit axes come and go; otherwise the source and target sizes
+    are cut into the smallest groups with equal products, and every target axis of a group
+    comes from all the stored axes of that group: a merge ``[C, k] → [C·k]`` gives one axis
+    from two, a split ``[h·d] → [h, d]`` two from one.  Whether that is still unambiguous is
+    decided by :func:`_map_layout`, once the terminal says what each axis means."""
+    if 0 in shape or 0 in target:
+        return None
     source = [(size, axis) for size, axis in zip(shape, axes, strict=True) if size != 1]
-    out: list[int | None] = []
-    cursor = 0
-    for size in target:
-        if size == 1:
-            out.append(None)
-            continue
-        if cursor >= len(source) or source[cursor][0] != size:
+    wide = [k for k, size in enumerate(target) if size != 1]
+    out: list[tuple[int, ...]] = [() for _ in target]
+    i = j = 0
+    while i < len(source) or j < len(wide):
+        if i >= len(source) or j >= len(wide):
             return None
-        out.append(source[cursor][1])
-        cursor += 1
-    return tuple(out) if cursor == len(source) else None
+        group_source, group_target = [i], [j]
+        have, want = source[i][0], target[wide[j]]
+        i, j = i + 1, j + 1
+        while have != want:
+            if have < want:
+                if i >= len(source):
+                    return None
+                have *= source[i][0]
+                group_source.append(i)
+                i += 1
+            else:
+                if j >= len(wide):
+                    return None
+                want *= target[wide[j]]
+                group_target.append(j)
+                j += 1
+        stored = tuple(axis for k in group_source for axis in source[k][1])
+        for k in group_target:
+            out[wide[k]] = stored
+    return tuple(out)
 
 
-def _map_layout(terminal: Layout, axes: tuple[int | None, ...], moved: bool) -> Layout:
-    """Express a layout found on the terminal value's axes on the stored tensor's axes."""
+def _map_layout(terminal: Layout, axes: Axes, rank: int, moved: bool) -> Layout | str:
+    """Express a layout found on the terminal value's axes on the stored tensor's axes, or say
+    why it cannot be: a stored axis that a reshape spread over axes of different kinds."""
     if not moved:
         return terminal
 
-    def back(group: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(a for a in (axes[i] for i in group) if a is not None)
+    def kind_of(axis: int) -> str:
+        if axis in terminal.in_axes:
+            return "in"
+        if axis in terminal.out_axes:
+            return "out"
+        return "batch" if axis in terminal.batch_axes else "k"
 
-    stored_rank = max((a for a in axes if a is not None), default=-1) + 1
+    kinds: dict[int, str] = {}
+    for axis, stored_axes in enumerate(axes):
+        kind = kind_of(axis)
+        for stored in stored_axes:
+            if kinds.setdefault(stored, kind) != kind:
+                return (
+                    f"a reshape spreads stored axis {stored} over {_KIND_NAMES[kinds[stored]]} and "
+                    f"{_KIND_NAMES[kind]} axes (fans ambiguous)"
+                )
+
+    def back(group: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(a for i in group for a in axes[i]))
+
     in_axes, out_axes, batch_axes = back(terminal.in_axes), back(terminal.out_axes), back(terminal.batch_axes)
     # torch orientation: the terminal's torch order of its non-batch axes, mapped back.
     terminal_rest = [a for a in range(len(axes)) if a not in terminal.batch_axes]
     torch_order = [terminal_rest[i] for i in terminal.torch_perm] if terminal.torch_perm else terminal_rest
-    stored_order = [a for a in (axes[i] for i in torch_order) if a is not None]
-    stored_rest = [a for a in range(stored_rank) if a not in batch_axes]
+    stored_rest = [a for a in range(rank) if a not in batch_axes]
+    stored_order = [a for a in back(tuple(torch_order)) if a in stored_rest]
     stored_order += [a for a in stored_rest if a not in stored_order]
     perm = tuple(stored_rest.index(a) for a in stored_order)
-    names = []
-    for a in range(stored_rank):
-        names.append(
-            "in" if a in in_axes else "out" if a in out_axes else "batch" if a in batch_axes else "k"
-        )
+    names = [kinds.get(a, "k") for a in range(rank)]
     return Layout(
         in_axes,
         out_axes,
@@ -1213,6 +1371,9 @@ def _map_layout(terminal: Layout, axes: tuple[int | None, ...], moved: bool) -> 
         torch_perm=None if perm == tuple(range(len(perm))) else perm,
         label=f"[{', '.join(names)}]",
     )
+
+
+_KIND_NAMES = {"in": "input", "out": "output", "batch": "batch", "k": "receptive-field"}
 
 
 def _broadcasts_as_bias(shape: tuple[int, ...], width: int | None, conv_rank: int | None) -> bool:
@@ -1230,23 +1391,47 @@ def _broadcasts_as_bias(shape: tuple[int, ...], width: int | None, conv_rank: in
     return channel >= 0 and all(i == channel for i in wide)
 
 
-def _einsum_layout(equation: str, index: int, rank: int) -> Layout | None:
+_ELLIPSIS = "..."
+
+
+def _einsum_layout(equation: str, index: int, rank: int) -> Layout | str:
     """§8: contracted letters are inputs, letters kept in the output (only here) outputs,
-    letters shared with another operand and the output are batches."""
-    if "->" not in equation:
-        return None
-    lhs, output = equation.split("->")
+    letters shared with another operand and the output are batches.
+
+    ``...`` stands for the axes not named by letters; in the weight they are batches when the
+    output keeps ``...`` (like MatMul's leading axes), inputs when it sums them away.  Implicit
+    mode (no ``->``) keeps ``...`` and the letters used once, in alphabetical order.  A letter
+    repeated inside the weight reads its diagonal: not a weight layout (a reason is returned).
+    """
+    lhs, arrow, output = equation.partition("->")
     operands = lhs.split(",")
-    if index >= len(operands) or "." in equation:
-        return None
+    if index >= len(operands):
+        return f"no operand {index}"
+    if not arrow:
+        letters = "".join(o.replace(_ELLIPSIS, "") for o in operands)
+        once = sorted(c for c in set(letters) if letters.count(c) == 1)
+        output = (_ELLIPSIS if any(_ELLIPSIS in o for o in operands) else "") + "".join(once)
     mine = operands[index]
-    if len(mine) != rank or len(set(mine)) != len(mine):
-        return None
-    others = set("".join(o for i, o in enumerate(operands) if i != index))
-    in_axes, out_axes, batch_axes = [], [], []
-    for axis, letter in enumerate(mine):
+    named = mine.replace(_ELLIPSIS, "", 1)
+    if mine.count(_ELLIPSIS) > 1 or not all(c.isalpha() for c in named):
+        return f"operand {mine!r} is not a list of letters"
+    spread = rank - len(named) if _ELLIPSIS in mine else 0
+    if spread < 0 or (_ELLIPSIS not in mine and len(named) != rank):
+        return f"operand {mine!r} does not match the tensor's rank {rank}"
+    repeated = sorted(c for c in set(named) if named.count(c) > 1)
+    if repeated:
+        return f"letter {repeated[0]!r} repeats in operand {mine!r} (only its diagonal is used)"
+    before, _, after = mine.partition(_ELLIPSIS) if _ELLIPSIS in mine else (named, "", "")
+    expanded = [*before, *([_ELLIPSIS] * spread), *after]
+    others = set("".join(o.replace(_ELLIPSIS, "") for i, o in enumerate(operands) if i != index))
+    in_axes: list[int] = []
+    out_axes: list[int] = []
+    batch_axes: list[int] = []
+    for axis, letter in enumerate(expanded):
         in_other, in_output = letter in others, letter in output
-        if in_other and in_output:
+        if letter == _ELLIPSIS:
+            (batch_axes if _ELLIPSIS in output else in_axes).append(axis)
+        elif in_other and in_output:
             batch_axes.append(axis)
         elif in_output:
             out_axes.append(axis)

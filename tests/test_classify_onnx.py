@@ -633,3 +633,129 @@ def test_no_parameters_is_noted() -> None:
     )
     params, notes = classify_model(helper.make_model(graph))
     assert params == [] and any("nothing to re-initialize" in n for n in notes)
+
+
+# -- Einsum '...' and repeated letters, MoE/QMoE, reshapes that merge or split axes ----------
+
+EINSUM_CASES = {
+    # equation, weight shape, role, semantic fans (None: UNKNOWN), words in the reason
+    "weight without '...'": ("...d,de->...e", (8, 16), Role.WEIGHT, (8, 16), "Einsum input 1"),
+    "'...' in the weight is batch": ("...ij,...jk->...ik", (4, 8, 16), Role.WEIGHT, (8, 16), "Einsum"),
+    "'...' summed away is input": ("bd,...de->be", (3, 8, 16), Role.WEIGHT, (24, 16), "Einsum"),
+    "implicit output": ("bd,de", (8, 16), Role.WEIGHT, (8, 16), "Einsum"),
+    "repeated letter elsewhere is fine": ("bii,ij->bj", (8, 16), Role.WEIGHT, (8, 16), "Einsum"),
+    "repeated letter in the weight": ("bi,jj->bj", (8, 8), Role.UNKNOWN, None, "letter 'j' repeats"),
+    "rank mismatch": ("bd,de->be", (2, 8, 16), Role.UNKNOWN, None, "does not match the tensor's rank 3"),
+}
+
+
+@pytest.mark.parametrize("case", list(EINSUM_CASES), ids=list(EINSUM_CASES))
+def test_einsum_ellipsis_and_repeated_letters(case: str) -> None:
+    equation, shape, role, semantic, words = EINSUM_CASES[case]
+    params = classify([node("Einsum", ["x", "W"], "y", equation=equation)], [w("W", *shape)])
+    param = params["W"]
+    assert param.role is role and words in param.reason, param.reason
+    if semantic is not None:
+        assert fans(param)[0] == semantic
+
+
+def moe(fc1: tuple[int, ...], fc2: tuple[int, ...], hidden: int | None, **attrs: object) -> dict[str, Param]:
+    return classify(
+        [
+            node(
+                "MoE",
+                ["x", "router", "fc1", "b1", "fc2", "b2"],
+                "y",
+                domain="com.microsoft",
+                k=1,
+                **attrs,
+            )
+        ],
+        [w("fc1", *fc1), w("b1", fc1[0], 4), w("fc2", *fc2), w("b2", fc2[0], 4)],  # biases: no layout
+        {"x": ["N", hidden if hidden is not None else "H"], "router": ["N", fc1[0]]},
+        ms=True,
+    )
+
+
+def test_moe_experts_are_batched_out_in_matrices() -> None:
+    # ORT >= 1.22: fc1 [E, inter, hidden], fc2 [E, hidden, inter]; hidden 8, inter 32, E 4.
+    params = moe((4, 32, 8), (4, 8, 32), 8)
+    assert params["fc1"].role is Role.WEIGHT and fans(params["fc1"]) == ((8, 32), (8, 32))
+    assert params["fc2"].role is Role.WEIGHT and fans(params["fc2"]) == ((32, 8), (32, 8))
+    assert params["fc1"].layout is not None and params["fc1"].layout.batch_axes == (0,)
+    assert params["b1"].role is Role.BIAS and params["b2"].role is Role.BIAS
+
+
+def test_moe_fused_swiglu_fc1_is_two_blocks() -> None:
+    params = moe((4, 64, 8), (4, 8, 32), 8, activation_type="swiglu")
+    layout = params["fc1"].layout
+    assert layout is not None and (layout.out_divisor, layout.blocks) == (2, 2)
+    assert fans(params["fc1"])[0] == (8, 32)
+
+
+def test_moe_older_in_out_layout_is_recognised_by_shapes() -> None:
+    params = moe((4, 8, 32), (4, 32, 8), 8)
+    assert fans(params["fc1"]) == ((8, 32), (8, 32)) and fans(params["fc2"]) == ((32, 8), (32, 8))
+    assert params["fc1"].layout is not None and params["fc1"].layout.label == "[experts, in, out]"
+
+
+def test_moe_ambiguous_orientation_is_unknown() -> None:
+    params = moe((4, 32, 8), (4, 8, 32), None)  # hidden size not declared: fits both
+    assert params["fc1"].role is Role.UNKNOWN and "fit both" in params["fc1"].reason
+
+
+def test_qmoe_weights_and_scales_are_quantized_biases_are_biases() -> None:
+    inits = [
+        numpy_helper.from_array(np.zeros((4, 32, 4), np.uint8), "q1"),
+        w("s1", 4, 32),
+        w("b1", 4, 32),
+        numpy_helper.from_array(np.zeros((4, 8, 16), np.uint8), "q2"),
+        w("s2", 4, 8),
+        w("b2", 4, 8),
+    ]
+    params = classify(
+        [node("QMoE", ["x", "router", "q1", "s1", "b1", "q2", "s2", "b2"], "y", domain="com.microsoft")],
+        inits,
+        {"x": ["N", 8], "router": ["N", 4]},
+        ms=True,
+    )
+    assert {k: params[k].role for k in ("q1", "s1", "q2", "s2")} == dict.fromkeys(
+        ("q1", "s1", "q2", "s2"), Role.QUANTIZED
+    )
+    assert params["b1"].role is Role.BIAS and params["b2"].role is Role.BIAS
+
+
+def test_reshape_merging_axes_before_a_slot_keeps_the_fans() -> None:
+    # A conv-shaped weight [out, in, k] flattened to [out, in·k] for Gemm(transB=1).
+    params = classify(
+        [node("Reshape", ["W", "shape"], "Wf"), node("Gemm", ["x", "Wf"], "y", transB=1)],
+        [w("W", 16, 2, 4), i64("shape", [16, 8])],
+    )
+    param = params["W"]
+    assert param.role is Role.WEIGHT and "Reshape([16, 2, 4]→[16, 8])" in param.reason
+    assert param.layout is not None and param.layout.label == "[out, in, in]"
+    # torch parity is computed on the stored [16, 2, 4] as torch would (a Conv1d-shaped tensor).
+    assert fans(param) == ((8, 16), (8, 64))
+
+
+def test_reshape_splitting_an_axis_before_einsum() -> None:
+    # [in, heads·dim] split to [in, heads, dim]: both parts are outputs of 'bsd,dhe->bshe'.
+    params = classify(
+        [
+            node("Reshape", ["W", "shape"], "W3"),
+            node("Einsum", ["x", "W3"], "y", equation="bsd,dhe->bshe"),
+        ],
+        [w("W", 8, 12), i64("shape", [8, 3, 4])],
+        {"x": ["B", "S", 8]},
+    )
+    assert params["W"].role is Role.WEIGHT and fans(params["W"])[0] == (8, 12)
+
+
+def test_reshape_spreading_an_axis_over_input_and_output_is_unknown() -> None:
+    # [in·out] → [in, out] for MatMul: one stored axis becomes both kinds: fans undecidable.
+    params = classify(
+        [node("Reshape", ["W", "shape"], "W2"), node("MatMul", ["x", "W2"], "y")],
+        [w("W", 64), i64("shape", [8, 8])],
+    )
+    assert params["W"].role is Role.UNKNOWN
+    assert "spreads stored axis 0 over input and output axes" in params["W"].reason
