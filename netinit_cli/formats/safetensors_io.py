@@ -898,7 +898,9 @@ def _detect_ties(model: SafetensorsModel) -> None:
                     model.read_array(name).view(np.uint8), model.read_array(alias).view(np.uint8)
                 ):
                     continue
-                by_name[name] = replace(param, aliases=(*param.aliases, alias))
+                # The alias may already carry names folded into it (T5 v1.0 saves lm_head,
+                # encoder/decoder.embed_tokens and shared): they move with it, or are lost.
+                by_name[name] = replace(param, aliases=(*param.aliases, alias, *other.aliases))
                 folded.add(alias)
                 model.notes.append(
                     f"{alias} holds the same bytes as {name}: treated as tied (filled once, written under both names)"
