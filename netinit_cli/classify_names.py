@@ -103,6 +103,20 @@ def _rnn(param: Param, ctx: NameContext) -> tuple[Layout, str]:
 
 _MOE_IN_OUT = Layout((1,), (2,), batch_axes=(0,), torch_perm=(1, 0), label="[experts, in, out]")
 _MOE_OUT_IN = Layout((2,), (1,), batch_axes=(0,), label="[experts, out, in]")
+_MOE_DOWN = frozenset({"down_proj", "w2"})
+
+
+def _moe_stack(param: Param, ctx: NameContext) -> tuple[Layout, str]:
+    """Fused expert stacks come both ways: gpt-oss stores ``[E, in, out]`` (``gate_up_proj``
+    ``[E, d, 2I]``, ``down_proj`` ``[E, I, d]``), a transformers-5 ``state_dict()`` of Mixtral or
+    Qwen-MoE ``[E, out, in]`` (``[E, 2I, d]``, ``[E, d, I]``).  The model width d (from the token
+    table) says which axis is the input; without it, or when I = d, gpt-oss's order is assumed."""
+    hidden = _hidden_size(ctx)
+    projection = param.name.rsplit(".", 1)[-1]
+    d_axis = 2 if projection in _MOE_DOWN else 1  # where d sits in [E, in, out]
+    if hidden is not None and param.shape[d_axis] != hidden and param.shape[3 - d_axis] == hidden:
+        return _MOE_OUT_IN, f" {_MOE_OUT_IN.label} (d = {hidden} on dim {3 - d_axis})"
+    return _MOE_IN_OUT, f" {_MOE_IN_OUT.label}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +158,50 @@ def _int_quantized_sibling(param: Param, ctx: NameContext, match: re.Match[str])
 
 def _norm_parent(param: Param, ctx: NameContext, match: re.Match[str]) -> bool:
     """1-D weight/bias under a norm-like module, or beside BatchNorm running statistics."""
-    return bool(_NORM_PARENT.search(param.name)) or _sibling("running_mean")(param, ctx, match)
+    return (
+        bool(_NORM_PARENT.search(param.name))
+        or _sibling("running_mean")(param, ctx, match)
+        or _affine_pair(param, ctx, match)
+    )
+
+
+def _hidden_size(ctx: NameContext) -> int | None:
+    """The model width d, from the token embedding table ``[vocab, d]`` when there is one."""
+    for name, shape in ctx.shapes.items():
+        if len(shape) == 2 and _TOKEN_TABLE.search(name):
+            return shape[1]
+    return None
+
+
+_TOKEN_TABLE = re.compile(
+    r"(?:^|\.)(?:wte|embed_tokens|embed_in|word_embeddings|shared|tok_embeddings)\.weight$"
+)
+
+
+def _gpt2_conv1d(param: Param, ctx: NameContext, match: re.Match[str]) -> bool:
+    """GPT-2's ``h.N.{attn,mlp}.c_*`` are Conv1D ``[in, out]``; GPTBigCode (StarCoder) uses the
+    same names for nn.Linear ``[out, in]``.  The block's ``mlp.c_fc`` ``[d, 4d]`` vs ``[4d, d]``
+    tells them apart (d from the token table; without one, Conv1D widens along dim 1)."""
+    block = param.name[: match.start("m")].rsplit(".", 2)[0]
+    c_fc = ctx.shapes.get(f"{block}.mlp.c_fc.weight")
+    if c_fc is None or len(c_fc) != 2 or c_fc[0] == c_fc[1]:
+        return True  # nothing to tell by: GPT-2's own convention
+    hidden = _hidden_size(ctx)
+    if hidden is not None and hidden in c_fc:
+        return c_fc[0] == hidden
+    return c_fc[0] < c_fc[1]
+
+
+def _affine_pair(param: Param, ctx: NameContext, match: re.Match[str]) -> bool:
+    """A 1-D ``weight`` and ``bias`` of one shape and nothing else in the module: an affine norm
+    whose name lacks "norm" (ConvNeXt ``downsampling_layer.0``, timm ``stem.1``).  PReLU and
+    layer scales have no bias; Linear and Conv weights are never 1-D."""
+    module, _, leaf = param.name.rpartition(".")
+    other = f"{module}.{'bias' if leaf == 'weight' else 'weight'}" if module else ""
+    if len(param.shape) != 1 or ctx.shapes.get(other) != param.shape:
+        return False
+    prefix = module + "."
+    return sum(1 for name in ctx.shapes if name.startswith(prefix) and "." not in name[len(prefix) :]) == 2
 
 
 _NORM_PARENT = re.compile(
@@ -281,14 +338,15 @@ NAME_RULES: tuple[NameRule, ...] = (
     ),
     # --- special learnables ------------------------------------------------------------------
     NameRule(
-        r"(?:^|\.)(?P<m>layer_scale\w*|ls\d\.gamma|gamma_?\d*)(?:\.(?:weight|gamma|scale))?$",
+        r"(?:^|\.)(?P<m>layer_scale\w*|ls\d\.gamma|gamma_?\d*)(?:\.(?:weight|gamma|scale|lambda1))?$",
         Role.LAYER_SCALE,
         "layer scale ({m})",
         ranks=_ranks(1, 3, 4),
     ),
     NameRule(
         r"(?:^|\.)(?P<m>cls_token|dist_token|reg_token|register_tokens|mask_token|pos_embed|"
-        r"absolute_pos_embed|pos_embedding|position_embeddings|class_embedding)$",
+        r"absolute_pos_embed|pos_embedding|position_embeddings|class_embedding|distillation_token|"
+        r"relative_position_bias_table|masked_spec_embed)$",
         Role.TOKEN,
         "learned token/position parameter ({m})",
     ),
@@ -296,7 +354,7 @@ NAME_RULES: tuple[NameRule, ...] = (
     # --- embeddings --------------------------------------------------------------------------
     NameRule(
         r"(?:^|\.)(?P<m>\w*embed_tokens|\w*embed_positions|tok_embeddings|\w*_embeddings?|embeddings?|"
-        r"wte|wpe|shared|relative_attention_bias|embed|word_emb)\.weight$",
+        r"wte|wpe|shared|relative_attention_bias|embed|embed_in|word_emb)\.weight$",
         Role.EMBEDDING,
         "embedding table {m} [vocab, dim]",
         ranks=_ranks(2),
@@ -341,15 +399,16 @@ NAME_RULES: tuple[NameRule, ...] = (
         Role.WEIGHT,
         "GPT-2 Conv1D [in, out] ({m})",
         ranks=_ranks(2),
+        when=(_gpt2_conv1d,),
         layout=_fixed(MATRIX_IN_OUT),
     ),
     # --- mixture-of-experts stacks -----------------------------------------------------------
     NameRule(
         r"(?:^|\.)experts\.(?P<m>gate_up_proj|down_proj|up_proj|gate_proj|w1|w2|w3)$",
         Role.WEIGHT,
-        "MoE expert stack {m} [experts, in, out]",
+        "MoE expert stack {m}",
         ranks=_ranks(3),
-        layout=_fixed(_MOE_IN_OUT),
+        layout=_moe_stack,
     ),
     NameRule(
         r"(?:^|\.)experts\.(?P<m>\w+)\.weight$",

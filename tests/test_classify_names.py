@@ -316,3 +316,144 @@ def test_classification_is_pure_and_keeps_order() -> None:
     result = classify_params(params, None)
     assert [p.name for p in result] == ["b.weight", "a.bias"]
     assert params[0].role == Role.UNKNOWN  # inputs untouched
+
+
+# Names the family tests and a scan of more transformers models revealed.  name, shape, the other
+# tensors of the bundle (name, shape), expected role, (fan_in, fan_out) or None, reason fragment.
+CONTEXT_CASES = [
+    # GPTBigCode (StarCoder) reuses GPT-2's c_attn/c_fc/c_proj names for nn.Linear [out, in].
+    (
+        "transformer.h.0.attn.c_attn.weight",
+        (64, 32),
+        [("transformer.h.0.mlp.c_fc.weight", (128, 32)), ("transformer.wte.weight", (64, 32))],
+        Role.WEIGHT,
+        (32, 64),
+        "Linear [out, in]",
+    ),
+    (
+        "transformer.h.0.mlp.c_proj.weight",
+        (32, 128),
+        [("transformer.h.0.mlp.c_fc.weight", (128, 32))],
+        Role.WEIGHT,
+        (128, 32),
+        "Linear [out, in]",
+    ),
+    (
+        "transformer.h.0.attn.c_attn.weight",
+        (32, 96),
+        [("transformer.h.0.mlp.c_fc.weight", (32, 128)), ("transformer.wte.weight", (64, 32))],
+        Role.WEIGHT,
+        (32, 96),
+        "GPT-2 Conv1D [in, out] (c_attn)",
+    ),
+    ("h.0.attn.c_proj.weight", (32, 32), [], Role.WEIGHT, (32, 32), "GPT-2 Conv1D"),
+    # GPT-NeoX / Pythia token table.
+    ("gpt_neox.embed_in.weight", (64, 32), [], Role.EMBEDDING, None, "embed_in"),
+    # ConvNeXt's LayerNorm without "norm" in its name: a 1-D weight + bias pair, nothing else.
+    (
+        "encoder.stages.1.downsampling_layer.0.weight",
+        (8,),
+        [("encoder.stages.1.downsampling_layer.0.bias", (8,))],
+        Role.NORM_SCALE,
+        None,
+        "norm layer",
+    ),
+    (
+        "encoder.stages.1.downsampling_layer.0.bias",
+        (8,),
+        [("encoder.stages.1.downsampling_layer.0.weight", (8,))],
+        Role.NORM_SHIFT,
+        None,
+        "norm layer",
+    ),
+    (
+        "block.1.weight",
+        (8,),
+        [("block.1.bias", (8,)), ("block.1.scale", (8,))],
+        Role.UNKNOWN,
+        None,
+        "no name",
+    ),
+    ("block.1.weight", (8,), [("block.1.bias", (4,))], Role.UNKNOWN, None, "no name rule"),
+    # Special learnables of Swin, DeiT, Wav2Vec2, DINOv2.
+    (
+        "encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table",
+        (9, 2),
+        [],
+        Role.TOKEN,
+        None,
+        "relative_position_bias_table",
+    ),
+    ("deit.embeddings.distillation_token", (1, 1, 32), [], Role.TOKEN, None, "distillation_token"),
+    ("masked_spec_embed", (32,), [], Role.TOKEN, None, "masked_spec_embed"),
+    ("encoder.layer.0.layer_scale1.lambda1", (32,), [], Role.LAYER_SCALE, None, "layer_scale1"),
+    # Fused expert stacks both ways, told apart by the model width d of the token table.
+    (
+        "model.layers.0.mlp.experts.gate_up_proj",
+        (4, 128, 32),
+        [("model.embed_tokens.weight", (64, 32))],
+        Role.WEIGHT,
+        (32, 128),
+        "[experts, out, in] (d = 32 on dim 2)",
+    ),
+    (
+        "model.layers.0.mlp.experts.down_proj",
+        (4, 32, 64),
+        [("model.embed_tokens.weight", (64, 32))],
+        Role.WEIGHT,
+        (64, 32),
+        "[experts, out, in] (d = 32 on dim 1)",
+    ),
+    (
+        "model.layers.0.mlp.experts.gate_up_proj",
+        (4, 32, 128),
+        [("model.embed_tokens.weight", (64, 32))],
+        Role.WEIGHT,
+        (32, 128),
+        "[experts, in, out]",
+    ),
+    (
+        "model.layers.0.mlp.experts.down_proj",
+        (4, 64, 32),
+        [("model.embed_tokens.weight", (64, 32))],
+        Role.WEIGHT,
+        (64, 32),
+        "[experts, in, out]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "shape", "others", "role", "fans", "reason"), CONTEXT_CASES)
+def test_names_read_with_their_bundle(
+    name: str,
+    shape: tuple[int, ...],
+    others: list[tuple[str, tuple[int, ...]]],
+    role: Role,
+    fans: tuple[int, int] | None,
+    reason: str,
+) -> None:
+    param = _one(
+        name, shape, "F32", "pt", *(Param(other, other_shape, "F32") for other, other_shape in others)
+    )
+    assert param.role == role, param.reason
+    assert reason in param.reason, param.reason
+    if fans is not None:
+        assert param.layout is not None
+        assert param.layout.fans(shape) == fans
+
+
+def test_gpt_bigcode_linear_fans_from_a_real_model() -> None:
+    """StarCoder's ``c_attn`` is nn.Linear ``[d + 2·head_dim, d]``: fan_in is dim 1, unlike GPT-2."""
+    model = transformers.GPTBigCodeForCausalLM(
+        transformers.GPTBigCodeConfig(n_layer=1, n_embd=32, n_head=2, n_positions=16, vocab_size=64)
+    )
+    state = model.state_dict()
+    params = classify_params(
+        [Param(name, tuple(value.shape), TORCH_DTYPES[str(value.dtype)]) for name, value in state.items()],
+        "pt",
+    )
+    for param in params:
+        module = model.get_submodule(param.name.rsplit(".", 1)[0])
+        if isinstance(module, torch.nn.Linear) and param.name.endswith(".weight"):
+            assert param.layout is not None, param.name
+            assert param.layout.fans(param.shape) == (param.shape[1], param.shape[0]), param.reason
