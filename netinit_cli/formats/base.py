@@ -8,12 +8,14 @@ writes a new file in which each planned tensor is produced on demand, one at a t
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import numpy as np
 
@@ -91,34 +93,118 @@ def check_destination(out: Path, *, overwrite: bool, follow_symlinks: bool = Fal
         raise OutputError(f"{out}: the folder {parent} does not exist; create it first")
 
 
+# Temporary files are named ``.<output name>.netinit-<pid>-<random>.tmp`` in the output's folder:
+# hidden, clearly ours, and tied to the process that wrote them.  A kill -9 (or power loss)
+# leaves one behind; the next write to the same output removes those whose process is gone.
+TEMP_TAG = ".netinit-"
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(out: Path) -> str:
+    return f".{out.name}{TEMP_TAG}{os.getpid()}-"
+
+
+def _folder(out: Path) -> Path:
+    return out.parent if str(out.parent) else Path(".")
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete temporary files left for ``out`` by netinit processes that no longer run
+    (killed mid-write).  Only files named by :func:`temp_prefix` whose process id is not alive
+    on this machine are touched.  (On a folder shared between machines, a live writer on another
+    host looks dead from here: do not run two netinits on one output across hosts.)"""
+    removed: list[Path] = []
+    head = f".{out.name}{TEMP_TAG}"
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(_folder(out)):
+            if not (entry.name.startswith(head) and entry.name.endswith(TEMP_SUFFIX)):
+                continue
+            pid_text = entry.name[len(head) :].split("-", 1)[0]
+            if not pid_text.isdigit() or _alive(int(pid_text)):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def _make_temp(out: Path) -> tuple[int, Path]:
+    parent = _folder(out)
+    remove_stale_temps(out)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=TEMP_SUFFIX, dir=parent)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create a file in {parent}: {exc.strerror or exc}") from exc
+    return fd, Path(tmp_name)
+
+
+def _write_failed(out: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason += " (free some space or choose another -o)"
+    return OutputError(f"{out}: write failed: {reason}")
+
+
+class _OutputFile(io.BufferedRandom):
+    """A temporary output file whose write errors (disk full, file too large, I/O error) are
+    :class:`OutputError` naming the destination, not a bare ``OSError`` (which the CLI would
+    report as an internal error)."""
+
+    def __init__(self, fd: int, target: Path) -> None:
+        super().__init__(io.FileIO(fd, "r+"))
+        self.target = target
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise _write_failed(self.target, exc) from exc
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            raise _write_failed(self.target, exc) from exc
+
+
 @contextlib.contextmanager
 def atomic_output(out: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
     """Yield a temporary file in ``out``'s folder; on success fsync it and rename it onto ``out``.
 
     On any exception the temporary file is removed and ``out`` is left as it was, so a reader
-    sees either no/old output or the complete new file, never a partial one.
+    sees either no/old output or the complete new file, never a partial one.  A kill -9 leaves
+    at most the temporary file (see :func:`remove_stale_temps`).
     """
     check_destination(out, overwrite=overwrite)
-    parent = out.parent if str(out.parent) else Path(".")
+    fd, tmp = _make_temp(out)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create a file in {parent}: {exc.strerror}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
+        with _OutputFile(fd, out) as handle:
+            yield cast(BinaryIO, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        # Re-check right before the rename: the destination may have appeared meanwhile.
+        # Re-check right before the rename: the destination may have appeared meanwhile.  A
+        # symlink planted after this check is replaced, not followed: rename() acts on the
+        # folder entry, never on the link's target.
         check_destination(out, overwrite=overwrite)
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, out)
-        _fsync_dir(parent)
+        _fsync_dir(_folder(out))
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise OutputError(f"{out}: write failed: {exc.strerror or exc}") from exc
+        raise _write_failed(out, exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -147,6 +233,13 @@ class AtomicFileSet:
     renames them into place, the files in ``open`` order with the *last opened* renamed last
     (open the model or index last, so it never points at data that is not there yet).
     ``abort()`` (or leaving a ``with`` block by an exception) removes every temporary file.
+
+    If a rename fails part-way (an exception, not a kill), the files already renamed are rolled
+    back: an overwritten destination gets its previous content again (kept through a hard link
+    until the commit ends), a new one is removed.  A kill -9 *between* two renames cannot be
+    rolled back: the data files are then new while the model or index is still the old one.  A
+    backend that overwrites should therefore give its data files names the old model does not
+    use, so an old model never points at new data.
     """
 
     def __init__(self, *, overwrite: bool) -> None:
@@ -162,39 +255,74 @@ class AtomicFileSet:
 
     def open(self, out: Path) -> BinaryIO:
         check_destination(out, overwrite=self.overwrite)
-        parent = out.parent if str(out.parent) else Path(".")
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-        except OSError as exc:
+            fd, tmp = _make_temp(out)
+        except OutputError:
             self.abort()
-            raise OutputError(f"{out}: cannot create a file in {parent}: {exc.strerror}") from exc
-        handle = os.fdopen(fd, "w+b")
-        self._files.append((out, Path(tmp_name), handle))
+            raise
+        handle = cast(BinaryIO, _OutputFile(fd, out))
+        self._files.append((out, tmp, handle))
         return handle
 
     def commit(self) -> list[Path]:
+        renamed: list[tuple[Path, Path | None]] = []  # (destination, backup of its old content)
+        backups: list[Path] = []
+        current = Path(".")
         try:
-            for _, _, handle in self._files:
+            for out, _, handle in self._files:
+                current = out
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
             for out, _, _ in self._files:
+                current = out
                 check_destination(out, overwrite=self.overwrite)
             mode = 0o644 & ~_umask()
             for out, tmp, _ in self._files:
+                current = out
                 os.chmod(tmp, mode)
-                os.replace(tmp, out)
-            for folder in {out.parent for out, _, _ in self._files}:
-                _fsync_dir(folder if str(folder) else Path("."))
+                backup = self._keep_old(current)
+                if backup is not None:
+                    backups.append(backup)
+                os.replace(tmp, current)
+                renamed.append((current, backup))
+            for folder in {_folder(out) for out, _, _ in self._files}:
+                _fsync_dir(folder)
         except OSError as exc:
+            self._roll_back(renamed)
             self.abort()
-            raise OutputError(f"write failed: {exc.strerror or exc}") from exc
+            raise _write_failed(current, exc) from exc
         except BaseException:
+            self._roll_back(renamed)
             self.abort()
             raise
+        finally:
+            for backup in backups:
+                with contextlib.suppress(OSError):
+                    backup.unlink()
         done = [out for out, _, _ in self._files]
         self._files = []
         return done
+
+    def _keep_old(self, out: Path) -> Path | None:
+        """A hard link to ``out``'s current content, so a failed commit can put it back."""
+        if not out.is_file() or out.is_symlink():
+            return None
+        backup = _folder(out) / f"{temp_prefix(out)}old-{os.urandom(4).hex()}{TEMP_SUFFIX}"
+        try:
+            os.link(out, backup)
+        except OSError:
+            return None  # a filesystem without hard links: no rollback for this file
+        return backup
+
+    @staticmethod
+    def _roll_back(renamed: list[tuple[Path, Path | None]]) -> None:
+        for out, backup in reversed(renamed):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, out)
+                else:
+                    out.unlink()
 
     def abort(self) -> None:
         for _, tmp, handle in self._files:
