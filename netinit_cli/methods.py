@@ -326,9 +326,10 @@ def initializer_for(param: Param, spec: MethodSpec, *, fan_mode: str = "semantic
     """The initializer of ``param`` under ``spec``.
 
     * WEIGHT, RECURRENT, EMBEDDING (and any other role that reaches here): the method.
-    * BIAS: 0, or Random's ``biases``; ``forget_bias`` sets the f block of an ONNX LSTM ``B``
-      (``[dirs, 8H]``, gates i, o, f, c, Wb then Rb): only Wb's block, so the effective bias is
-      exactly ``forget_bias``.
+    * BIAS: 0, or Random's ``biases``; ``forget_bias`` sets the block ``layout.forget_block``
+      (ONNX LSTM ``B`` ``[dirs, 8H]``, gates i, o, f, c, Wb then Rb: Wb's f block; torch
+      ``bias_ih_lK`` ``[4H]``, gates i, f, g, o: block 1, ``bias_hh`` untouched), so the
+      effective bias is exactly ``forget_bias``.
     * Fixed roles (:data:`FIXED_VALUES`) and TOKEN (:data:`TOKEN_DISTRIBUTION`) whatever the method.
     * EMBEDDING ``[vocab, dim]`` under Kaiming/Xavier: σ = gain'/√dim where gain' is 1 unless
       ``gain`` is given (Flax ``Embed``'s default, LeCun scaling: a lookup has no nonlinearity
@@ -354,12 +355,17 @@ def _bias_init(param: Param, spec: MethodSpec) -> TensorInit:
     forget = spec.get("forget_bias")
     assert isinstance(forget, float)
     layout = param.layout
-    if not forget or layout is None or layout.blocks != LSTM_BIAS_BLOCKS or not layout.out_axes:
+    if not forget or layout is None or not layout.out_axes:
+        return base
+    forget_block = layout.forget_block
+    if forget_block is None and layout.blocks == LSTM_BIAS_BLOCKS:
+        forget_block = LSTM_FORGET_BLOCK  # an ONNX LSTM B classified before forget_block existed
+    if forget_block is None:
         return base
     axis = layout.out_axes[0]
-    block = param.shape[axis] // LSTM_BIAS_BLOCKS
+    block = param.shape[axis] // layout.blocks
     index: list[slice] = [slice(None)] * len(param.shape)
-    index[axis] = slice(LSTM_FORGET_BLOCK * block, (LSTM_FORGET_BLOCK + 1) * block)
+    index[axis] = slice(forget_block * block, (forget_block + 1) * block)
 
     def fill(out: np.ndarray, seed: Seed, name: str) -> None:
         base.fill(out, seed, name)

@@ -71,7 +71,8 @@ class Layout:
     ``in_divisor`` / ``out_divisor`` say that the named axis holds a count that is split into
     independent groups (conv ``groups`` or packed RNN gate blocks): the semantic fan is per group.
     ``blocks`` is the number of packed blocks along the first out axis (RNN gates), which
-    orthogonal and identity treat as separate matrices.  ``torch_perm`` maps the stored axes
+    orthogonal and identity treat as separate matrices; ``forget_block`` marks an LSTM bias's
+    forget gate.  ``torch_perm`` maps the stored axes
     (after dropping batch axes) to the orientation torch would store the parameter in, so that
     torch's own ``_calculate_fan_in_and_fan_out`` can be reproduced for parity.
     """
@@ -84,6 +85,10 @@ class Layout:
     blocks: int = 1
     torch_perm: tuple[int, ...] | None = None
     label: str = ""
+    # LSTM biases: which of the ``blocks`` is the forget gate, set on ONE of the two bias
+    # vectors only (ONNX ``B``: Wb's f = block 2 of 8; torch ``bias_ih``: f = block 1 of 4),
+    # so that ``--forget-bias`` gives an effective bias of exactly its value.
+    forget_block: int | None = None
 
     def rf_axes(self, rank: int) -> tuple[int, ...]:
         named = set(self.in_axes) | set(self.out_axes) | set(self.batch_axes)

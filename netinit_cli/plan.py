@@ -10,9 +10,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from netinit_cli import dtypes
-from netinit_cli.distributions import Distribution, parse_distribution, sample_into
+from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
-from netinit_cli.methods import METHOD_NAMES, MethodSpec, TensorInit, initializer_for, parse_method
+from netinit_cli.methods import (
+    METHOD_NAMES,
+    MethodSpec,
+    TensorInit,
+    distribution_init,
+    initializer_for,
+    parse_method,
+)
 from netinit_cli.model import Action, Param, Planned, Role
 from netinit_cli.seeding import Seed
 
@@ -142,20 +149,6 @@ def _initializer(param: Param, options: Options, rule: Rule | None) -> TensorIni
         # [out, in, k…] convention when there is no layout, and says so in its label.
         param = param.classified(Role.WEIGHT, param.reason, param.layout)
     return initializer_for(param, method, fan_mode=options.fan_mode)
-
-
-def distribution_init(distribution: Distribution) -> TensorInit:
-    def fill(out: object, seed: Seed, name: str) -> None:
-        sample_into(distribution, out, seed, name)  # type: ignore[arg-type]
-
-    return TensorInit(
-        label=distribution.describe(),
-        fan_in=None,
-        fan_out=None,
-        expected_mean=distribution.mean,
-        expected_std=distribution.std,
-        fill=fill,
-    )
 
 
 def _constant_why(param: Param) -> str:
