@@ -142,3 +142,32 @@ def test_bias_without_forget_block_gets_none() -> None:
     out = np.full((16,), np.nan, np.float32)
     initializer_for(param, parse_method("kaiming", {"forget_bias": "1.0"})).fill(out, parse_seed(None), "b")
     assert np.all(out == 0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "semantic", "torch_fans", "kaiming_stds"),
+    [
+        # The README's worked table ("Fans: semantic (default) or torch parity").
+        ((16, 8, 3, 3), "convT", (144, 72), (72, 144), (0.1179, 0.1667)),
+        ((8, 2, 3, 3), "conv4", (18, 18), (18, 72), (0.3333, 0.3333)),
+        ((4, 1, 3, 3), "conv4", (9, 9), (9, 36), (0.4714, 0.4714)),
+        ((64, 32), "in_out", (64, 32), (64, 32), (0.1768, 0.1768)),
+    ],
+)
+def test_readme_fan_table(
+    shape: tuple[int, ...],
+    layout: str,
+    semantic: tuple[int, int],
+    torch_fans: tuple[int, int],
+    kaiming_stds: tuple[float, float],
+) -> None:
+    from netinit_cli.model import MATRIX_IN_OUT, conv_layout, conv_transpose_layout
+
+    chosen = {"convT": conv_transpose_layout(4, 1), "conv4": conv_layout(4, 4), "in_out": MATRIX_IN_OUT}[
+        layout
+    ]
+    param = Param("w", shape, "F32", role=Role.WEIGHT, layout=chosen)
+    for mode, fans, std in (("semantic", semantic, kaiming_stds[0]), ("torch", torch_fans, kaiming_stds[1])):
+        init = initializer_for(param, parse_method("kaiming"), fan_mode=mode)
+        assert (init.fan_in, init.fan_out) == fans
+        assert init.expected_std == pytest.approx(std, abs=5e-5)
