@@ -24,7 +24,7 @@ def conv_model(weight: np.ndarray, path: Path, *, name: str = "W", external: boo
         [helper.make_node("Conv", ["x", name], ["y"])],
         "g",
         [helper.make_tensor_value_info("x", F, [1, channels, 64])],
-        [helper.make_tensor_value_info("y", F, None)],
+        [helper.make_tensor_value_info("y", F, ["N", "C", "L"])],
         [numpy_helper.from_array(weight.astype(np.float32), name)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

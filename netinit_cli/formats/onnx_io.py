@@ -215,6 +215,7 @@ class OnnxModel:
         for tensor in self.graphs.iter_tensors():
             if tensor.data_location == TensorProto.EXTERNAL:
                 self.external[id(tensor)] = resolve_external(tensor, self.base, tensor.name)
+        _check_input(self.proto, self.graphs, self.path)
         params, notes = classify_graphs(self.graphs)
         self._stored = {s.name: s for s in self.graphs.stored}
         for param in params:
@@ -542,6 +543,50 @@ def _set_metadata(model: onnx.ModelProto, provenance: dict[str, str]) -> None:
         else:
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
+
+
+def _check_input(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
+    """Refuse an invalid input graph now (exit 3), not after writing a copy that fails the
+    checker.  Tensors without data are what netinit fills, so the checker sees them as empty
+    (dims ``[0]``) for the duration of the check; inline bytes must match the declared shape."""
+    emptied: list[tuple[TensorProto, list[int], list[tuple[str, str]]]] = []
+    try:
+        for tensor in graphs.iter_tensors():
+            external = tensor.data_location == TensorProto.EXTERNAL
+            if external or not has_data(tensor):
+                # External data was validated by resolve_external; the in-memory checker would
+                # look for it relative to the current directory.
+                entries = [(e.key, e.value) for e in tensor.external_data]
+                emptied.append((tensor, list(tensor.dims), entries))
+                tensor.ClearField("external_data")
+                tensor.data_location = TensorProto.DEFAULT
+                del tensor.dims[:]
+                tensor.dims.append(0)
+            elif tensor.raw_data:
+                expected = tensor_nbytes(tensor.data_type, tensor.dims, tensor.name)
+                if len(tensor.raw_data) != expected:
+                    raise InputError(
+                        f"{path}: tensor {tensor.name!r} holds {len(tensor.raw_data)} bytes of raw data but "
+                        f"its shape {list(tensor.dims)} needs {expected}; the model is malformed"
+                    )
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        text = str(exc).strip()
+        message = text.splitlines()[0] if text else "invalid model"
+        raise InputError(f"{path}: not a valid ONNX model ({message}); repair or re-export it") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: a name or string in the model is not valid UTF-8 (byte {exc.start}); the file is corrupt"
+        ) from exc
+    finally:
+        for tensor, dims, entries in emptied:
+            del tensor.dims[:]
+            tensor.dims.extend(dims)
+            if entries:
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in entries:
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
 
 
 def _load_proto(path: Path) -> onnx.ModelProto:
