@@ -424,3 +424,59 @@ def test_function_constant_is_filled_in_the_function_body(tmp_path: Path) -> Non
     assert param.name == "local.Lin()::Wf" and param.source == "function_constant"
     written, y = _fill_all_and_run(model, tmp_path)
     assert numpy_helper.to_array(written.functions[0].node[0].attribute[0].t).any() and y.any()
+
+
+def typed_field_model() -> onnx.ModelProto:
+    """The MLP with fc1.bias as float16 kept in int32_data and w2 in float_data (not raw_data)."""
+    model = mlp_model(hidden=300)
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    w2 = by_name["w2"]
+    values = numpy_helper.to_array(w2).copy()
+    w2.ClearField("raw_data")
+    w2.float_data.extend(values.reshape(-1).tolist())
+    bias = by_name["fc1.bias"]
+    half = numpy_helper.to_array(bias).astype(np.float16)
+    bias.ClearField("raw_data")
+    bias.data_type = TensorProto.FLOAT16
+    bias.int32_data.extend(half.view(np.uint16).astype(np.int32).tolist())
+    cast = helper.make_node("Cast", ["fc1.bias"], ["b32"], to=TensorProto.FLOAT)
+    graph.node.insert(0, cast)
+    graph.node[1].input[2] = "b32"
+    return model
+
+
+@pytest.mark.parametrize("small_limit", [False, True])
+def test_kept_tensors_keep_exact_proto_bytes_in_typed_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_limit: bool
+) -> None:
+    if small_limit:  # the rest would not fit in a protobuf: the >2 GiB route, without 2 GiB
+        monkeypatch.setattr(onnx_io, "MAX_INLINE_BYTES", 1000)
+    checked: list[object] = []
+    real_check = onnx.checker.check_model
+    monkeypatch.setattr(
+        onnx.checker, "check_model", lambda m, *a, **k: (checked.append(m), real_check(m, *a, **k))
+    )
+    source = save(typed_field_model(), tmp_path / "m.onnx")
+    model = open_onnx(source)
+    plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
+    out = tmp_path / "out.onnx"
+    model.write(out, plan, fake_produce([]), {}, overwrite=False)
+    assert checked[-1] == str(out)  # the output is checked by path (external data validated)
+    before = {t.name: t for t in onnx.load(str(source)).graph.initializer}
+    after = {t.name: t for t in onnx.load(str(out), load_external_data=False).graph.initializer}
+    moved = {n for n, t in after.items() if t.data_location == TensorProto.EXTERNAL}
+    # Normally kept tensors are untouched protos; on the >2 GiB route, typed-field tensors of
+    # 1 KiB or more move to the data file as their exact little-endian bytes.
+    assert moved == ({"fc1.weight", "w2"} if small_limit else set())
+    for name in ("w2", "fc1.bias", "b2", "shape"):
+        if name in moved:
+            continue
+        assert after[name].SerializeToString() == before[name].SerializeToString(), name
+    loaded = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for name in ("w2", "fc1.bias"):
+        expected = numpy_helper.to_array(before[name])
+        assert loaded[name].dtype == expected.dtype and loaded[name].tobytes() == expected.tobytes()
+    x = np.ones((2, 8), np.float32)
+    (result,) = run(out, {"x": x})
+    assert result.shape == (2, 4) and np.isfinite(result).all()

@@ -385,7 +385,7 @@ class OnnxModel:
             if stored.name in fills:
                 size = tensor_nbytes(stored.elem_type, [max(d, 0) for d in stored.shape], stored.name)
             elif tensor is not None and tensor.data_location != TensorProto.EXTERNAL:
-                size = len(tensor.raw_data)
+                size = _inline_nbytes(tensor)
             else:
                 continue
             if size < EXTERNAL_TENSOR_BYTES:
@@ -415,6 +415,14 @@ class OnnxModel:
             data = tensor.raw_data
             offset = writer.write_bytes(memoryview(data))
             _point_to(tensor, writer.location, offset, len(data))
+        elif writer.threshold == SMALL_TENSOR_BYTES and _typed_nbytes(tensor) >= writer.threshold:
+            # Only when the model would not fit in a protobuf otherwise: values in float_data,
+            # int32_data (float16 too), … move as their exact little-endian bytes.
+            raw = np.ascontiguousarray(numpy_helper.to_array(tensor)).reshape(-1).view(np.uint8)
+            for name in DATA_FIELDS:
+                tensor.ClearField(name)
+            offset = writer.write_bytes(raw.data)
+            _point_to(tensor, writer.location, offset, raw.nbytes)
 
     def _fill(self, stored: StoredTensor, values: np.ndarray, writer: _DataWriter) -> None:
         expected = _numpy_dtype(stored.elem_type)
@@ -520,6 +528,23 @@ class _DataWriter:
             remaining -= len(chunk)
         self.position += length
         return offset
+
+
+def _typed_nbytes(tensor: TensorProto) -> int:
+    """Raw size of a tensor whose values sit in a typed field (float_data, int32_data, …);
+    0 for raw_data, strings and unknown element types."""
+    if tensor.raw_data or tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        return 0
+    if not any(len(getattr(tensor, name)) for name in DATA_FIELDS if name != "raw_data"):
+        return 0
+    try:
+        return tensor_nbytes(tensor.data_type, tensor.dims, tensor.name)
+    except InputError:
+        return 0
+
+
+def _inline_nbytes(tensor: TensorProto) -> int:
+    return len(tensor.raw_data) or _typed_nbytes(tensor)
 
 
 def _point_to(tensor: TensorProto, location: str, offset: int, length: int) -> None:
