@@ -1614,6 +1614,9 @@ def classify_graphs(graphs: Graphs) -> tuple[list[Param], list[str]]:
         if trainable is not None and role.learnable and stored.value not in trainable:
             reason = f"not in training_info bindings (frozen); topology: {role.value}, {reason}"
             role, layout = Role.CONSTANT, None
+        elif trainable is not None and stored.value in trainable and role in _UNRECOGNISED:
+            role, layout, reason = _bound_fallback(stored, role, reason)
+            extra.append(f"{stored.name}: {reason}; check it, or exclude it")
         notes.extend(extra)
         data = stored.source != GRAPH_INPUT and (stored.tensor is None or has_data(stored.tensor))
         params.append(
@@ -1646,6 +1649,27 @@ def _nothing_to_initialize(graphs: Graphs) -> str:
             "does not change; the output is the same graph)"
         )
     return text
+
+
+_UNRECOGNISED = frozenset({Role.UNKNOWN, Role.SCALAR})
+# torch's own assumption (torch.nn.init._calculate_fan_in_and_fan_out): [out, in, k…].
+_TORCH_CONVENTION = Layout((1,), (0,), label="[out, in, k…] (torch convention, assumed)")
+
+
+def _bound_fallback(stored: StoredTensor, role: Role, reason: str) -> tuple[Role, Layout | None, str]:
+    """training_info is authoritative for the learnable set (onnx.md §13): a bound float
+    tensor whose slot netinit does not recognise is still learnable.  Rank ≥ 2 becomes a weight
+    with torch's [out, in, k…] convention, rank ≤ 1 a bias; integer tensors stay constants."""
+    if not is_float(stored.dtype):
+        return role, None, reason
+    why = f"bound by training_info but {reason}"
+    if len(stored.shape) >= 2:
+        return (
+            Role.WEIGHT,
+            _TORCH_CONVENTION,
+            f"{why}: a weight with fans by torch's [out, in, k…] convention",
+        )
+    return Role.BIAS, None, f"{why}: a bias"
 
 
 def _training_bindings(model: onnx.ModelProto) -> set[str] | None:

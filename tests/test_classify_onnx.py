@@ -759,3 +759,29 @@ def test_reshape_spreading_an_axis_over_input_and_output_is_unknown() -> None:
     )
     assert params["W"].role is Role.UNKNOWN
     assert "spreads stored axis 0 over input and output axes" in params["W"].reason
+
+
+def test_training_info_bound_tensors_in_unrecognised_slots_fall_back_to_torch_convention() -> None:
+    graph = helper.make_graph(
+        [
+            node("Gemm", ["x", "W1"], "h", transB=1),
+            node("Mul", ["h", "G"], "g"),  # [4, 8] in Mul: no slot says what it is
+            node("Add", ["g", "s"], "y"),  # a scalar
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["N", 8])],
+        [helper.make_tensor_value_info("y", F, None)],
+        [w("W1", 8, 8), w("G", 4, 8), w("s")],
+    )
+    model = helper.make_model(graph)
+    info = model.training_info.add()
+    for key in ("W1", "G", "s"):
+        binding = info.update_binding.add()
+        binding.key, binding.value = key, key + "_new"
+    params, notes = classify_model(model)
+    by_name = {p.name: p for p in params}
+    assert by_name["W1"].role is Role.WEIGHT and "training_info" not in by_name["W1"].reason
+    assert by_name["G"].role is Role.WEIGHT and fans(by_name["G"])[0] == (8, 4)
+    assert "bound by training_info" in by_name["G"].reason and "torch" in by_name["G"].reason
+    assert by_name["s"].role is Role.BIAS
+    assert sum("bound by training_info" in n for n in notes) == 2

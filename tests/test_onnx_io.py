@@ -480,3 +480,36 @@ def test_kept_tensors_keep_exact_proto_bytes_in_typed_fields(
     x = np.ones((2, 8), np.float32)
     (result,) = run(out, {"x": x})
     assert result.shape == (2, 4) and np.isfinite(result).all()
+
+
+def test_invalid_input_graph_is_refused_on_load(tmp_path: Path) -> None:
+    model = mlp_model()
+    model.graph.node[1].input[0] = "not_defined_anywhere"
+    path = save(model, tmp_path / "bad.onnx")
+    with pytest.raises(InputError, match=r"bad\.onnx: not a valid ONNX model \(.*not_defined_anywhere"):
+        open_onnx(path)
+
+
+def test_raw_data_longer_than_the_shape_is_refused_on_load(tmp_path: Path) -> None:
+    model = mlp_model()
+    model.graph.initializer[3].raw_data += b"\0" * 8  # b2 [4] float: 16 bytes, now 24
+    path = save(model, tmp_path / "long.onnx")
+    with pytest.raises(
+        InputError, match=r"tensor 'b2' holds 24 bytes of raw data but its shape \[4\] needs 16"
+    ):
+        open_onnx(path)
+
+
+def test_tensors_to_fill_and_external_tensors_pass_the_input_check(tmp_path: Path) -> None:
+    model = mlp_model()
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")  # no data: netinit fills it
+    path = save(model, tmp_path / "m.onnx", external=True)
+    opened = open_onnx(path)
+    params = {p.name: p for p in opened.params}
+    assert not params["fc1.weight"].has_data and params["w2"].has_data
+    # The check hides them as empty tensors; afterwards the in-memory graph is as it was.
+    kept = {t.name: t for t in opened.proto.graph.initializer}
+    assert list(kept["fc1.weight"].dims) == [16, 8] and list(kept["w2"].dims) == [16, 4]
+    assert kept["w2"].data_location == TensorProto.EXTERNAL
+    assert [e.key for e in kept["w2"].external_data][:1] == ["location"]

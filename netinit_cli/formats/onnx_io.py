@@ -596,8 +596,8 @@ def _check_input(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
                     )
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        text = str(exc).strip()
-        message = text.splitlines()[0] if text else "invalid model"
+        text = " ".join(str(exc).split()) or "invalid model"
+        message = text if len(text) <= 240 else text[:239] + "…"
         raise InputError(f"{path}: not a valid ONNX model ({message}); repair or re-export it") from exc
     except UnicodeDecodeError as exc:
         raise InputError(
