@@ -101,6 +101,19 @@ def _rnn(param: Param, ctx: NameContext) -> tuple[Layout, str]:
     return layout, f" ({_RNN_GATES[gates]})"
 
 
+def _rnn_bias(param: Param, ctx: NameContext) -> tuple[Layout, str]:
+    """``bias_ih_lK`` / ``bias_hh_lK`` ``[G·H]``.  torch's LSTM gates are i, f, g, o; the
+    forget-gate bias goes into ``bias_ih`` only (block 1), so ``--forget-bias`` is not doubled."""
+    hh_name = re.sub(r"bias_(ih|hh)_l", "weight_hh_l", param.name)
+    hh_shape = ctx.shapes.get(hh_name, ())
+    gates = hh_shape[0] // hh_shape[1] if len(hh_shape) == 2 and hh_shape[1] else 1
+    if gates not in _RNN_GATES or param.shape[0] % gates:
+        gates = 1
+    forget = 1 if gates == 4 and "bias_ih_l" in param.name else None
+    layout = Layout((), (0,), blocks=gates, forget_block=forget, label=f"[{gates}·H]" if gates > 1 else "[H]")
+    return layout, f" ({_RNN_GATES[gates]})"
+
+
 _MOE_IN_OUT = Layout((1,), (2,), batch_axes=(0,), torch_perm=(1, 0), label="[experts, in, out]")
 _MOE_OUT_IN = Layout((2,), (1,), batch_axes=(0,), label="[experts, out, in]")
 _MOE_DOWN = frozenset({"down_proj", "w2"})
@@ -368,7 +381,14 @@ NAME_RULES: tuple[NameRule, ...] = (
         layout=_fixed(EMBEDDING_LAYOUT),
     ),
     # --- biases ------------------------------------------------------------------------------
-    NameRule(r"(?:^|[._])bias(?:_(?:ih|hh)_l\d+(?:_reverse)?)?$", Role.BIAS, "name ends in {leaf}"),
+    NameRule(
+        r"(?:^|[._])bias_(?:ih|hh)_l\d+(?:_reverse)?$",
+        Role.BIAS,
+        "torch RNN bias",
+        ranks=_ranks(1),
+        layout=_rnn_bias,
+    ),
+    NameRule(r"(?:^|[._])bias$", Role.BIAS, "name ends in {leaf}"),
     NameRule(r"_bias$", Role.BIAS, "name ends in _bias"),
     NameRule(r"(?:^|\.)(?:bias_k|bias_v)$", Role.BIAS, "attention bias_k/bias_v"),
     # --- packed and recurrent matrices -------------------------------------------------------

@@ -457,3 +457,26 @@ def test_gpt_bigcode_linear_fans_from_a_real_model() -> None:
         if isinstance(module, torch.nn.Linear) and param.name.endswith(".weight"):
             assert param.layout is not None, param.name
             assert param.layout.fans(param.shape) == (param.shape[1], param.shape[0]), param.reason
+
+
+def test_torch_lstm_forget_bias_goes_into_bias_ih_only() -> None:
+    import numpy as np
+
+    from netinit_cli.methods import initializer_for, parse_method
+    from netinit_cli.seeding import parse_seed
+
+    names = {
+        "lstm.weight_ih_l0": (16, 8),
+        "lstm.weight_hh_l0": (16, 4),
+        "lstm.bias_ih_l0": (16,),
+        "lstm.bias_hh_l0": (16,),
+    }
+    classified = {p.name: p for p in classify_params([Param(n, s, "F32") for n, s in names.items()], "pt")}
+    spec = parse_method("kaiming", {"forget_bias": "1"})
+    effective = np.zeros(16, np.float32)
+    for name in ("lstm.bias_ih_l0", "lstm.bias_hh_l0"):
+        out = np.empty(16, np.float32)
+        initializer_for(classified[name], spec).fill(out, parse_seed(None), name)
+        effective += out
+    # torch gates i, f, g, o: the forget block [H:2H] sums to exactly 1, everything else 0.
+    assert effective.tolist() == [0.0] * 4 + [1.0] * 4 + [0.0] * 8
