@@ -35,6 +35,8 @@ fixtures: $(VENV)/.dev
 	$(BIN)/python -m pip install -q -e '.[fixtures]'
 	$(BIN)/python fixtures/generate.py
 	$(BIN)/python fixtures/generate_onnx_zoo.py
+	$(BIN)/python fixtures/generate_skl2onnx.py
+	$(BIN)/python fixtures/generate_families.py
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py

@@ -21,7 +21,7 @@ import numpy as np
 from netinit_cli import __version__
 from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import InputError, UsageError
-from netinit_cli.fill import Filler
+from netinit_cli.fill import Filler, check_fits_in_memory
 from netinit_cli.formats import open_model
 from netinit_cli.formats.base import ModelFile
 from netinit_cli.methods import MethodSpec, parse_method
@@ -251,6 +251,7 @@ def initialize(
     if dry_run:
         report.elapsed = time.perf_counter() - started
         return report
+    check_fits_in_memory(report.filled)
     filler = Filler(options.seed)
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))

@@ -6,10 +6,12 @@ generated tensor is alive at a time: memory is bounded by the largest tensor, no
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from netinit_cli import dtypes
-from netinit_cli.errors import NetinitError
+from netinit_cli.errors import InputError, NetinitError
 from netinit_cli.methods import TensorInit
 from netinit_cli.model import Action, Planned
 from netinit_cli.seeding import Seed
@@ -30,13 +32,52 @@ class Filler:
             raise NetinitError(f"internal: {planned.param.name} is not planned to be filled")
         param = planned.param
         init: TensorInit = planned.initializer
-        values = np.empty(param.shape, dtype=dtypes.compute_dtype(param.dtype))
-        init.fill(values, self.seed, param.name)
+        try:
+            values = np.empty(param.shape, dtype=dtypes.compute_dtype(param.dtype))
+            init.fill(values, self.seed, param.name)
+        except MemoryError:
+            raise InputError(
+                f"tensor {param.name!r}: out of memory generating shape {list(param.shape)} "
+                f"({generation_bytes(param.numel, param.dtype) / 2**30:.1f} GiB); free memory or check the declared shape"
+            ) from None
         stored = dtypes.cast_checked(values, param.dtype, param.name)
         del values
         record_stats(planned, stored)
         self.bytes_generated += stored.nbytes
         return stored
+
+
+def generation_bytes(numel: int, dtype: str) -> int:
+    """Memory one tensor needs while it is generated: the float32/float64 buffer, plus the
+    rounded copy for low-precision dtypes."""
+    compute = dtypes.compute_dtype(dtype).itemsize
+    stored = dtypes.itemsize(dtype)
+    return numel * (compute + (stored if stored != compute else 0))
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(plan: list[Planned]) -> None:
+    """Refuse, before anything is written, a tensor whose declared shape could never be
+    generated here (a hostile or broken file declaring terabytes)."""
+    limit = physical_memory()
+    if limit is None:
+        return
+    for entry in plan:
+        if entry.action is not Action.FILL:
+            continue
+        need = generation_bytes(entry.param.numel, entry.param.dtype)
+        if need > limit:
+            raise InputError(
+                f"tensor {entry.param.name!r}: declared shape {list(entry.param.shape)} needs "
+                f"{need / 2**30:,.1f} GiB to generate, more than this machine's {limit / 2**30:,.1f} GiB "
+                "of memory; check the model's declared shape"
+            )
 
 
 def record_stats(planned: Planned, stored: np.ndarray) -> None:

@@ -203,10 +203,16 @@ def footer(report: Report) -> Text:
         parts.append(f"{report.elapsed:.2f} s")
     text = Text("; ".join(parts))
     if not report.dry_run and tally["filled"] == 0:
-        text.append(
-            "\nnothing was uninitialized: every learnable tensor has data; use --all to re-initialize them",
-            style="yellow",
-        )
+        learnable = any(e.param.role.learnable for e in report.entries)
+        if learnable and not report.all:
+            message = (
+                "nothing was uninitialized: every learnable tensor has data; use --all to re-initialize them"
+            )
+        else:
+            message = (
+                "nothing to initialize: the model has no learnable tensor netinit recognizes (see --rule)"
+            )
+        text.append("\n" + message, style="yellow")
     flagged = iter_flagged(report.entries)
     if flagged:
         text.append(
