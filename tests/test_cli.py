@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -163,3 +164,145 @@ def test_python_dash_m_works(work: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert (work / "m.onnx").exists()
+
+
+def test_exit_5_for_a_planted_symlink_destination(work: Path) -> None:
+    target = work / "elsewhere.onnx"
+    target.write_bytes(b"not yours")
+    link = work / "out.onnx"
+    link.symlink_to(target)
+    code, _, stderr = invoke(str(work / "mlp.onnx"), "--all", "-o", str(link), "--force")
+    assert code == 5
+    assert stderr == (
+        f"netinit: error: {link}: the output path is a symbolic link; refusing to write through it "
+        "(remove the link or choose another -o)\n"
+    )
+    assert target.read_bytes() == b"not yours"
+
+
+def test_exit_1_for_an_internal_error_and_debug_shows_the_traceback(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import netinit_cli.api
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(netinit_cli.api, "make_plan", broken)
+    code, _, stderr = invoke(str(work / "mlp.onnx"), "--all", "-o", str(work / "o.onnx"))
+    assert code == 1
+    assert stderr == "netinit: internal error: RuntimeError: boom (rerun with --debug and report it)\n"
+    code, _, stderr = invoke(str(work / "mlp.onnx"), "--all", "-o", str(work / "o.onnx"), "--debug")
+    assert (
+        code == 1 and "Traceback (most recent call last)" in stderr and 'raise RuntimeError("boom")' in stderr
+    )
+    assert not (work / "o.onnx").exists()
+
+
+def test_in_place_and_output_are_exclusive(work: Path) -> None:
+    code, _, stderr = invoke(str(work / "mlp.onnx"), "--in-place", "-o", str(work / "x.onnx"))
+    assert code == 2
+    assert stderr == "netinit: error: --in-place and -o are exclusive: --in-place writes back to MODEL\n"
+    code, _, stderr = invoke(str(work / "mlp.onnx"), "-o", str(work / "mlp.onnx"), "--force")
+    assert code == 2 and "is the input itself; use --in-place" in stderr
+
+
+def test_in_place_rewrites_the_model(work: Path) -> None:
+    before = (work / "mlp.onnx").read_bytes()
+    code, _, stderr = invoke(str(work / "mlp.onnx"), "--in-place", "--all", "-q")
+    assert code == 0, stderr
+    assert (work / "mlp.onnx").read_bytes() != before
+    assert sorted(p.name for p in work.iterdir()) == [
+        "cnn.onnx",
+        "cnn_noparams.onnx",
+        "mlp.onnx",
+        "mlp.safetensors",
+    ]
+
+
+def _json_run(work: Path, *extra: str) -> dict[str, Any]:
+    code, stdout, stderr = invoke(str(work / "cnn.onnx"), "--all", "--dry-run", "--json", *extra)
+    assert code == 0, stderr
+    return {t["name"]: t for t in json.loads(stdout)["tensors"]}
+
+
+@pytest.mark.parametrize(
+    ("options", "tensor", "init_prefix", "expected_std"),
+    [
+        ((), "fc.weight", "kaiming normal", (2 / 8) ** 0.5),
+        (("--distribution", "uniform"), "fc.weight", "kaiming uniform", (2 / 8) ** 0.5),
+        (("--mode", "fan_out"), "fc.weight", "kaiming normal", (2 / 10) ** 0.5),
+        (("--nonlinearity", "tanh"), "fc.weight", "kaiming normal", (5 / 3) / 8**0.5),
+        (
+            ("--nonlinearity", "leaky_relu", "--negative-slope", "0.2"),
+            "fc.weight",
+            "kaiming",
+            (2 / 1.04 / 8) ** 0.5,
+        ),
+        (("--gain", "3"), "fc.weight", "kaiming", 3 / 8**0.5),
+        (("--method", "xavier"), "fc.weight", "xavier normal", (2 / 18) ** 0.5),
+        (("--method", "random", "--weights", "0.05"), "fc.weight", "random normal(0, 0.05)", 0.05),
+        (("--method", "random", "--biases", "uniform(-1,1)"), "fc.bias", "uniform(-1, 1)", 1 / 3**0.5),
+        (("--rule", "fc.*=constant(0.5)"), "fc.weight", "constant(0.5)", 0.0),
+        (("--fan-mode", "torch", "--method", "xavier"), "conv2.weight", "xavier", (2 / (36 + 72)) ** 0.5),
+    ],
+)
+def test_method_options_reach_the_plan(
+    work: Path, options: tuple[str, ...], tensor: str, init_prefix: str, expected_std: float
+) -> None:
+    entry = _json_run(work, *options)[tensor]
+    assert entry["action"] == "filled"
+    assert entry["init"].startswith(init_prefix), entry["init"]
+    assert entry["expected_std"] == pytest.approx(expected_std, rel=1e-6)
+
+
+def test_identity_noise_option(work: Path) -> None:
+    entry = _json_run(work, "--method", "identity", "--distribution", "none")["fc.weight"]
+    assert entry["init"].startswith("identity") and "noise" not in entry["init"].replace("no noise", "")
+
+
+def test_forget_bias_option_needs_an_lstm_but_parses(work: Path) -> None:
+    code, _, stderr = invoke(str(work / "cnn.onnx"), "--all", "--dry-run", "--forget-bias", "x")
+    assert code == 2 and "forget_bias" in stderr
+
+
+def test_option_that_does_not_belong_to_the_method(work: Path) -> None:
+    code, _, stderr = invoke(str(work / "cnn.onnx"), "--all", "--dry-run", "--weights", "0.1")
+    assert code == 2 and "--weights" in stderr and "random" in stderr
+
+
+def test_config_option(work: Path) -> None:
+    config = work / "netinit.toml"
+    config.write_text('method = "orthogonal"\n[rules]\n"fc.*" = "xavier"\n')
+    tensors = _json_run(work, "--config", str(config))
+    assert tensors["conv1.weight"]["init"].startswith("orthogonal")
+    assert tensors["fc.weight"]["rule"].startswith("fc.*=xavier")
+
+
+@pytest.mark.parametrize(
+    ("mode", "marker"), [("full", "conv1.weight"), ("summary", "grouped"), ("none", "13 filled")]
+)
+def test_table_option(work: Path, mode: str, marker: str) -> None:
+    code, stdout, _ = invoke(
+        str(work / "cnn.onnx"), "--all", "-o", str(work / f"{mode}.onnx"), "--table", mode
+    )
+    assert code == 0 and marker in stdout
+    if mode == "none":
+        assert "conv1.weight" not in stdout
+
+
+def test_like_option_creates_missing_tensors(work: Path) -> None:
+    manifest = work / "manifest.json"
+    manifest.write_text(
+        '{"fc1.weight": {"shape": [16, 8]}, "extra.weight": {"shape": [3, 8], "dtype": "BF16"}}'
+    )
+    code, stdout, stderr = invoke(
+        str(work / "mlp.safetensors"), "--like", str(manifest), "-o", str(work / "o.safetensors")
+    )
+    assert code == 0, stderr
+    from safetensors import safe_open
+
+    with safe_open(str(work / "o.safetensors"), "np") as handle:
+        assert handle.get_slice("extra.weight").get_dtype() == "BF16"
+        assert "fc1.bias" in set(handle.keys())
+    assert "extra.weight" in stdout
