@@ -712,6 +712,27 @@ def _flip(data: bytes, pos: int, mask: int) -> bytes:
     return data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1 :]
 
 
+def mutation_cases(count: int, seed: int = 0) -> Iterator[Case]:
+    """``count`` seeded random mutations of each seed: 1-4 edits (xor, insert, delete a byte),
+    then sometimes a cut.  Used by ``fuzz/summary.py`` (count from NETINIT_HOSTILE_MUTATIONS)."""
+    rng = random.Random(seed)
+    for kind, original, make in (("st", st_seed(), st_case), ("onnx", onnx_seed(), onnx_case)):
+        for index in range(count):
+            data = bytearray(original)
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(len(data))
+                edit = rng.randrange(3)
+                if edit == 0:
+                    data[at] ^= rng.randint(1, 255)
+                elif edit == 1:
+                    data.insert(at, rng.randrange(256))
+                else:
+                    del data[at]
+            if rng.random() < 0.25:
+                del data[rng.randrange(len(data) + 1) :]
+            yield make(f"{kind}-mutate/{index}", "mutate", bytes(data), BAD_INPUT_OR_OK)
+
+
 FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "corpus": corpus_cases,
     "st-named": st_named_cases,
@@ -719,6 +740,7 @@ FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "onnx-external": onnx_external_cases,
     "truncate": truncation_cases,
     "flip": flip_cases,
+    "mutate": lambda: mutation_cases(int(os.environ.get("NETINIT_HOSTILE_MUTATIONS", "0"))),
 }
 
 

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 # Open bugs: bug id -> (where, what, signature of its problem text).  Fixed since this suite
 # found them (their cases now pass as ordinary tests): H1 invalid graphs reached the writer and
 # exited 5; H4 invalid UTF-8 in protobuf strings gave exit 1; H5 a 3-byte .safetensors was
-# parsed as ONNX; H6 element type 999 was copied; H7 raw_data length vs shape gave exit 1.
+# parsed as ONNX; H6 element type 999 was copied; H7 raw_data length vs shape gave exit 1;
+# H3 a declared terabyte shape was allocated (MemoryError, exit 1).
 KNOWN_BUGS: dict[str, tuple[str, str, str]] = {
     "H1b": (
         "formats/onnx_io.py (load check)",
@@ -32,23 +33,12 @@ KNOWN_BUGS: dict[str, tuple[str, str, str]] = {
         "fails onnx.checker and the run exits 5 (output error) instead of 3",
         r"exit 5, .*failed onnx\.checker",
     ),
-    "H3": (
-        "api.py/fill.py (or the backends' write)",
-        "a declared shape needing terabytes is allocated (MemoryError, exit 1) instead of refused "
-        "before anything is generated",
-        r"MemoryError",
-    ),
 }
 
 # Named and corpus cases that hit an open bug today.
 KNOWN_CASES: dict[str, str] = {
     "onnx-corpus/negative_dims/all": "H1b",
     "onnx-corpus/negative_dims/missing": "H1b",
-    **{
-        f"onnx-corpus/{name}/{mode}": "H3"
-        for name in ("terabyte_graph_input", "terabyte_initializer_without_data")
-        for mode in ("all", "missing")
-    },
 }
 
 FAST_FAMILIES = ("corpus", "st-named", "st-index", "onnx-external")
