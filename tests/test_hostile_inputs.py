@@ -33,12 +33,27 @@ KNOWN_BUGS: dict[str, tuple[str, str, str]] = {
         "fails onnx.checker and the run exits 5 (output error) instead of 3",
         r"exit 5, .*failed onnx\.checker",
     ),
+    "H8": (
+        "classify_onnx.py _merge -> model.Layout.fans",
+        "a Gemm B initializer of rank 1 (onnx.checker does not check ranks) reaches Layout.fans: "
+        "IndexError, exit 1 (found by atheris)",
+        r"IndexError",
+    ),
+    "H9": (
+        "classify_onnx.py _merge -> model.Layout.fans",
+        "Conv with group=0 gives a zero divisor: ZeroDivisionError, exit 1 (found by atheris)",
+        r"ZeroDivisionError",
+    ),
 }
 
 # Named and corpus cases that hit an open bug today.
 KNOWN_CASES: dict[str, str] = {
     "onnx-corpus/negative_dims/all": "H1b",
     "onnx-corpus/negative_dims/missing": "H1b",
+    "onnx-corpus/fuzz_gemm_weight_rank_1/all": "H8",
+    "onnx-corpus/fuzz_gemm_weight_rank_1/missing": "H8",
+    "onnx-corpus/fuzz_conv_group_zero/all": "H9",
+    "onnx-corpus/fuzz_conv_group_zero/missing": "H9",
 }
 
 FAST_FAMILIES = ("corpus", "st-named", "st-index", "onnx-external")

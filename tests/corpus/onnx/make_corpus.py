@@ -193,6 +193,19 @@ def cases() -> dict[str, tuple[bytes, list[int]]]:
         "huge_varint_length": (b"\x3a\xff\xff\xff\xff\xff\xff\xff\xff\x7f", [3]),
         "length_past_end": (b"\x3a\x80\x80\x80\x08" + b"\x00" * 16, [3]),
     }
+    # Found by the atheris run (fuzz/run.py): ranks and attributes the classifier trusted.
+    found["fuzz_gemm_weight_rank_1"] = (
+        gemm_model(numpy_helper.from_array(np.zeros(3, np.float32), "W")).SerializeToString(),
+        [3],
+    )
+    conv = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], group=0, kernel_shape=[3, 3])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 3, 3])],
+        [numpy_helper.from_array(np.zeros((8, 4, 3, 3), np.float32), "W")],
+    )
+    found["fuzz_conv_group_zero"] = (helper.make_model(conv, opset_imports=OPSET).SerializeToString(), [3])
     sparse = helper.make_sparse_tensor(
         numpy_helper.from_array(np.ones(2, np.float32), "W"),
         numpy_helper.from_array(np.array([5, 999], np.int64), "W_idx"),
