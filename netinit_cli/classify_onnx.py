@@ -1606,6 +1606,12 @@ def classify_graphs(graphs: Graphs) -> tuple[list[Param], list[str]]:
         if stored.source == GRAPH_INPUT:
             if stored.value not in candidates:
                 continue
+            declared = _declared_dims(stored)
+            if any(isinstance(d, int) and d < 0 for d in declared):
+                raise InputError(
+                    f"graph input {stored.value!r} feeds a parameter slot ({reason}) but declares a "
+                    f"negative dimension in its shape {declared}; the model is malformed (re-export it)"
+                )
             if not stored.static:
                 raise InputError(
                     f"graph input {stored.value!r} feeds a parameter slot ({reason}) but has no static "
@@ -1680,6 +1686,16 @@ def _training_bindings(model: onnx.ModelProto) -> set[str] | None:
         names.update(b.key for b in info.initialization_binding)
         names.update(b.key for b in info.update_binding)
     return names
+
+
+def _declared_dims(stored: StoredTensor) -> list[int | str]:
+    """A graph input's dimensions as declared: sizes (negative ones too), names, or "?"."""
+    if stored.graph_input is None:
+        return list(stored.shape)
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in stored.graph_input.type.tensor_type.shape.dim
+    ]
 
 
 def _dims_text(stored: StoredTensor) -> str:

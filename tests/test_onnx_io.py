@@ -513,3 +513,81 @@ def test_tensors_to_fill_and_external_tensors_pass_the_input_check(tmp_path: Pat
     assert list(kept["fc1.weight"].dims) == [16, 8] and list(kept["w2"].dims) == [16, 4]
     assert kept["w2"].data_location == TensorProto.EXTERNAL
     assert [e.key for e in kept["w2"].external_data][:1] == ["location"]
+
+
+def _negative_initializer_without_data(model: onnx.ModelProto) -> None:
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")  # no data, so the checker alone does not notice
+    weight.dims[0] = -16
+
+
+def _negative_initializer_with_data(model: onnx.ModelProto) -> None:
+    model.graph.initializer[0].dims[0] = -16
+
+
+def _absurd_initializer_without_data(model: onnx.ModelProto) -> None:
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.dims[:] = [1 << 40, 1 << 20]
+
+
+def _negative_declared_type_of_an_initializer(model: onnx.ModelProto) -> None:
+    model.graph.input.append(helper.make_tensor_value_info("fc1.weight", TensorProto.FLOAT, [-16, 8]))
+
+
+def _negative_parameter_input(model: onnx.ModelProto) -> None:
+    model.graph.input[1].type.tensor_type.shape.dim[0].dim_value = -3  # fc1.weight, no initializer
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "params", "message"),
+    [
+        (
+            _negative_initializer_without_data,
+            True,
+            r"m\.onnx: tensor 'fc1\.weight' has a negative dimension in its shape \[-16, 8\]",
+        ),
+        (
+            _negative_initializer_with_data,
+            True,
+            r"m\.onnx: tensor 'fc1\.weight' has a negative dimension in its shape \[-16, 8\]",
+        ),
+        (
+            _absurd_initializer_without_data,
+            True,
+            r"tensor 'fc1\.weight' has the shape \[1099511627776, 1048576\]: 1152921504606846976 "
+            "elements, more than any file can hold",
+        ),
+        (
+            _negative_declared_type_of_an_initializer,
+            True,
+            r"graph input 'fc1\.weight' \(an initializer's declared type\) has a negative dimension "
+            r"in its shape \[-16, 8\]",
+        ),
+        (
+            _negative_parameter_input,
+            False,
+            r"graph input 'fc1\.weight' feeds a parameter slot \(Gemm input 1 \(B\)\) but declares a "
+            r"negative dimension in its shape \[-3, 8\]",
+        ),
+    ],
+    ids=["initializer-without-data", "initializer-with-data", "absurd", "declared-type", "parameter-input"],
+)
+def test_impossible_shapes_are_refused_on_load(
+    tmp_path: Path, corrupt: object, params: bool, message: str
+) -> None:
+    """Hostile H1b: onnx.checker accepts a negative dimension in a tensor without data (and in
+    any declared type); netinit refuses it on load (exit 3) instead of writing a model that
+    fails the checker."""
+    model = mlp_model(params=params)
+    corrupt(model)  # type: ignore[operator]
+    with pytest.raises(InputError, match=message):
+        open_onnx(save(model, tmp_path / "m.onnx"))
+
+
+def test_a_negative_dimension_of_a_data_input_is_left_alone(tmp_path: Path) -> None:
+    """Only parameters are refused: some exporters write -1 for a dynamic batch dimension."""
+    model = mlp_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    opened = open_onnx(save(model, tmp_path / "m.onnx"))
+    assert {p.name for p in opened.params} >= {"fc1.weight", "w2"}

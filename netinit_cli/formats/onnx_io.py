@@ -62,6 +62,7 @@ SMALL_TENSOR_BYTES = 1 << 10  # threshold used when the inline rest would not fi
 MAX_INLINE_BYTES = int(1.8 * (1 << 30))  # protobuf's hard limit is 2 GiB - 1
 ALIGNMENT = 4096  # page-aligned offsets let readers memory-map each tensor
 COPY_CHUNK = 16 << 20
+MAX_ELEMENTS = 1 << 50  # a shape with more elements is corrupt (2**50 bytes is a petabyte)
 
 _EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
 _PACKED_PER_BYTE: dict[int, int] = {
@@ -84,13 +85,25 @@ class ExternalRef:
     inode: int
 
 
+def check_shape(dims: Sequence[int], what: str) -> int:
+    """The element count of ``dims``; :class:`InputError` naming ``what`` (e.g. "tensor 'W'")
+    for a negative dimension or more elements than any file can hold (a corrupt shape)."""
+    if any(d < 0 for d in dims):
+        raise InputError(
+            f"{what} has a negative dimension in its shape {list(dims)}; the model is malformed (re-export it)"
+        )
+    numel = math.prod(dims)
+    if numel > MAX_ELEMENTS:
+        raise InputError(
+            f"{what} has the shape {list(dims)}: {numel} elements, more than any file can hold; "
+            "the model is malformed (re-export it)"
+        )
+    return numel
+
+
 def tensor_nbytes(elem_type: int, dims: Sequence[int], name: str) -> int:
     """Bytes of a tensor's raw data; refuses negative or absurd dimensions."""
-    if any(d < 0 for d in dims):
-        raise InputError(f"tensor {name!r}: negative dimension in {list(dims)}")
-    numel = math.prod(dims)
-    if numel > 1 << 50:
-        raise InputError(f"tensor {name!r}: {list(dims)} has more elements than any file can hold")
+    numel = check_shape(dims, f"tensor {name!r}")
     if elem_type in _PACKED_PER_BYTE:
         return -(-numel // _PACKED_PER_BYTE[elem_type])
     if elem_type in (TensorProto.STRING, TensorProto.UNDEFINED):
@@ -210,6 +223,7 @@ class OnnxModel:
         self.proto = _load_proto(self.path)
         self.metadata = {p.key: p.value for p in self.proto.metadata_props}
         self.graphs = Graphs(self.proto)
+        _check_shapes(self.proto, self.graphs, self.path)
         self.base = self.path.resolve().parent
         self.external: dict[int, ExternalRef | None] = {}
         for tensor in self.graphs.iter_tensors():
@@ -612,6 +626,26 @@ def _check_input(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
                 for key, value in entries:
                     entry = tensor.external_data.add()
                     entry.key, entry.value = key, value
+
+
+def _check_shapes(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
+    """Every stored shape must be a real one: the checker accepts a negative dimension in a
+    tensor without data, and netinit would then write a model that fails it.  The declared
+    type of an initializer that is also a graph input must not contradict it the same way
+    (graph inputs that are parameters are checked by the classifier)."""
+    for tensor in graphs.iter_tensors():
+        check_shape(tensor.dims, f"{path}: tensor {tensor.name!r}")
+    for stored in graphs.stored:
+        if stored.sparse is not None:
+            check_shape(stored.sparse.dims, f"{path}: sparse tensor {stored.name!r}")
+    initializers = {t.name for t in model.graph.initializer} | {
+        s.values.name for s in model.graph.sparse_initializer
+    }
+    for value_info in model.graph.input:
+        if value_info.name not in initializers or not value_info.type.HasField("tensor_type"):
+            continue
+        dims = [d.dim_value for d in value_info.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        check_shape(dims, f"{path}: graph input {value_info.name!r} (an initializer's declared type)")
 
 
 def _load_proto(path: Path) -> onnx.ModelProto:
