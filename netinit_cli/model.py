@@ -90,6 +90,19 @@ class Layout:
     # so that ``--forget-bias`` gives an effective bias of exactly its value.
     forget_block: int | None = None
 
+    def problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why ``shape`` cannot be read with this layout (``None`` if it can).  Classifiers call
+        this so that an inconsistent model becomes a clear input error, not a crash in fans()."""
+        rank = len(shape)
+        axes = (*self.in_axes, *self.out_axes, *self.batch_axes)
+        if any(not 0 <= axis < rank for axis in axes):
+            return f"layout {self.describe()} needs more than {rank} dimension(s)"
+        if min(self.in_divisor, self.out_divisor, self.blocks) < 1:
+            return f"layout {self.describe()} has a group or block count below 1"
+        if self.out_axes and shape[self.out_axes[0]] % self.blocks:
+            return f"dimension {shape[self.out_axes[0]]} is not a multiple of {self.blocks} gate blocks"
+        return None
+
     def rf_axes(self, rank: int) -> tuple[int, ...]:
         named = set(self.in_axes) | set(self.out_axes) | set(self.batch_axes)
         return tuple(a for a in range(rank) if a not in named)

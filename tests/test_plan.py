@@ -171,3 +171,17 @@ def test_readme_fan_table(
         init = initializer_for(param, parse_method("kaiming"), fan_mode=mode)
         assert (init.fan_in, init.fan_out) == fans
         assert init.expected_std == pytest.approx(std, abs=5e-5)
+
+
+@pytest.mark.parametrize(
+    ("layout", "shape", "problem"),
+    [
+        (LINEAR_OUT_IN, (8,), "needs more than 1 dimension"),
+        (Layout((1,), (0,), out_divisor=0), (8, 4), "below 1"),
+        (Layout((1,), (0,), blocks=4), (10, 4), "not a multiple of 4 gate blocks"),
+        (LINEAR_OUT_IN, (8, 4), None),
+    ],
+)
+def test_layout_problem(layout: Layout, shape: tuple[int, ...], problem: str | None) -> None:
+    found = layout.problem(shape)
+    assert (found is None) if problem is None else (found is not None and problem in found)
