@@ -452,17 +452,22 @@ def test_kept_tensors_keep_exact_proto_bytes_in_typed_fields(
 ) -> None:
     if small_limit:  # the rest would not fit in a protobuf: the >2 GiB route, without 2 GiB
         monkeypatch.setattr(onnx_io, "MAX_INLINE_BYTES", 1000)
-    checked: list[object] = []
+    out = tmp_path / "out.onnx"
+    checked: list[tuple[object, bool]] = []
     real_check = onnx.checker.check_model
     monkeypatch.setattr(
-        onnx.checker, "check_model", lambda m, *a, **k: (checked.append(m), real_check(m, *a, **k))
+        onnx.checker,
+        "check_model",
+        lambda m, *a, **k: (checked.append((m, out.exists())), real_check(m, *a, **k)),
     )
     source = save(typed_field_model(), tmp_path / "m.onnx")
     model = open_onnx(source)
     plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
-    out = tmp_path / "out.onnx"
     model.write(out, plan, fake_produce([]), {}, overwrite=False)
-    assert checked[-1] == str(out)  # the output is checked by path (external data validated)
+    # The output was checked in memory before it was committed; check it by path as well
+    # (external data validated).
+    assert isinstance(checked[-1][0], onnx.ModelProto) and checked[-1][1] is False
+    onnx.checker.check_model(str(out))
     before = {t.name: t for t in onnx.load(str(source)).graph.initializer}
     after = {t.name: t for t in onnx.load(str(out), load_external_data=False).graph.initializer}
     moved = {n for n, t in after.items() if t.data_location == TensorProto.EXTERNAL}
@@ -591,3 +596,40 @@ def test_a_negative_dimension_of_a_data_input_is_left_alone(tmp_path: Path) -> N
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
     opened = open_onnx(save(model, tmp_path / "m.onnx"))
     assert {p.name for p in opened.params} >= {"fc1.weight", "w2"}
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_a_failing_output_check_leaves_the_previous_output_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external: bool
+) -> None:
+    """Hostile H2: the output is checked before anything is committed.  The input passed the
+    same check on load, so only a netinit bug makes this one fail: simulate one (the model is
+    already open, so every check from here on is a check of the output)."""
+    if external:
+        monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    model = open_onnx(save(mlp_model(hidden=32), tmp_path / "m.onnx"))
+    out = tmp_path / "o.onnx"
+    first = model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "1"}, overwrite=False)
+    assert len(first.paths) == (2 if external else 1)
+    previous = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    model = open_onnx(tmp_path / "m.onnx")
+
+    def output_fails(checked: object, *args: object, **kw: object) -> None:
+        raise onnx.checker.ValidationError("simulated netinit bug")  # however it is checked
+
+    monkeypatch.setattr(onnx.checker, "check_model", output_fails)
+    with pytest.raises(
+        OutputError, match=r"o\.onnx: the model netinit built failed onnx\.checker \(simulated"
+    ):
+        model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "2"}, overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == previous  # no temp files either
+
+
+def test_the_input_check_restores_every_hidden_tensor_exactly(tmp_path: Path) -> None:
+    """The load check shows external tensors and tensors without data to onnx.checker as empty;
+    afterwards the in-memory proto serializes to the very bytes of the file."""
+    model = mlp_model()
+    model.graph.initializer[0].ClearField("raw_data")
+    path = save(model, tmp_path / "m.onnx", external=True)
+    opened = open_onnx(path)
+    assert opened.proto.SerializeToString() == path.read_bytes()

@@ -17,8 +17,9 @@ Writing never calls ``onnx.save_model`` with external data (it serializes at ~0.
 * if the tensors left inline would still make the protobuf larger than
   :data:`MAX_INLINE_BYTES`, the threshold drops to :data:`SMALL_TENSOR_BYTES`;
 * small models (no tensor that large, no external input) stay a single file;
-* the data file and then the model go through :class:`AtomicFileSet` (model renamed last), and
-  the result is checked by path with ``onnx.checker.check_model``.
+* the model is checked with ``onnx.checker`` in memory before anything is committed (a failure
+  leaves an existing output untouched); then the data file and the model go through
+  :class:`AtomicFileSet` (model renamed last).
 
 Everything not filled keeps its bytes, and the graph keeps its opset, metadata (plus the
 provenance keys), doc strings, value_info and node order.
@@ -31,14 +32,15 @@ import math
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from onnx import AttributeProto, TensorProto, numpy_helper
 
 from netinit_cli.classify_onnx import (
@@ -363,6 +365,7 @@ class OnnxModel:
             for tensor in self._other_tensors():
                 self._keep(tensor, writer, tensor.name)
             _set_metadata(self.proto, provenance)
+            _check_output(self.proto, writer.location, out)
             try:
                 payload = self.proto.SerializeToString()
             except ValueError as exc:
@@ -370,16 +373,6 @@ class OnnxModel:
             files.open(out).write(payload)
             del payload
             paths = files.commit()
-        try:
-            onnx.checker.check_model(str(out))
-        except onnx.checker.ValidationError as exc:
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-            raise OutputError(
-                f"{out}: the written model failed onnx.checker ({message}); nothing was kept"
-            ) from exc
         written = sum(p.stat().st_size for p in paths)
         notes = [f"external data: {data_path.name} ({writer.position} bytes)"] if writer.handle else []
         return WriteResult(paths=[out, *[p for p in paths if p != out]], bytes_written=written, notes=notes)
@@ -586,46 +579,96 @@ def _set_metadata(model: onnx.ModelProto, provenance: dict[str, str]) -> None:
 
 def _check_input(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
     """Refuse an invalid input graph now (exit 3), not after writing a copy that fails the
-    checker.  Tensors without data are what netinit fills, so the checker sees them as empty
-    (dims ``[0]``) for the duration of the check; inline bytes must match the declared shape."""
-    emptied: list[tuple[TensorProto, list[int], list[tuple[str, str]]]] = []
+    checker.  Tensors without data are what netinit fills, and external data was validated by
+    :func:`resolve_external`, so the checker sees both as empty (see :func:`_seen_as_empty`);
+    inline bytes must match the declared shape."""
+    hidden: list[TensorProto] = []
+    for tensor in graphs.iter_tensors():
+        if tensor.data_location == TensorProto.EXTERNAL or not has_data(tensor):
+            hidden.append(tensor)
+        elif tensor.raw_data:
+            expected = tensor_nbytes(tensor.data_type, tensor.dims, tensor.name)
+            if len(tensor.raw_data) != expected:
+                raise InputError(
+                    f"{path}: tensor {tensor.name!r} holds {len(tensor.raw_data)} bytes of raw data but "
+                    f"its shape {list(tensor.dims)} needs {expected}; the model is malformed"
+                )
     try:
-        for tensor in graphs.iter_tensors():
-            external = tensor.data_location == TensorProto.EXTERNAL
-            if external or not has_data(tensor):
-                # External data was validated by resolve_external; the in-memory checker would
-                # look for it relative to the current directory.
-                entries = [(e.key, e.value) for e in tensor.external_data]
-                emptied.append((tensor, list(tensor.dims), entries))
-                tensor.ClearField("external_data")
-                tensor.data_location = TensorProto.DEFAULT
-                del tensor.dims[:]
-                tensor.dims.append(0)
-            elif tensor.raw_data:
-                expected = tensor_nbytes(tensor.data_type, tensor.dims, tensor.name)
-                if len(tensor.raw_data) != expected:
-                    raise InputError(
-                        f"{path}: tensor {tensor.name!r} holds {len(tensor.raw_data)} bytes of raw data but "
-                        f"its shape {list(tensor.dims)} needs {expected}; the model is malformed"
-                    )
-        onnx.checker.check_model(model)
+        with _seen_as_empty(hidden):
+            onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        text = " ".join(str(exc).split()) or "invalid model"
-        message = text if len(text) <= 240 else text[:239] + "…"
-        raise InputError(f"{path}: not a valid ONNX model ({message}); repair or re-export it") from exc
+        raise InputError(
+            f"{path}: not a valid ONNX model ({_one_line(exc)}); repair or re-export it"
+        ) from exc
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: a name or string in the model is not valid UTF-8 (byte {exc.start}); the file is corrupt"
         ) from exc
-    finally:
-        for tensor, dims, entries in emptied:
+
+
+def _check_output(model: onnx.ModelProto, data_location: str, out: Path) -> None:
+    """Run onnx.checker on the model about to be written, BEFORE anything is committed, so
+    that a failure (a netinit bug: the input passed the same check) leaves an existing output
+    untouched.  Tensors in the new data file are seen as empty: the in-memory checker would
+    look for the file relative to the current directory, and netinit wrote it itself."""
+    ours = [
+        t
+        for t in _all_tensors(model)
+        if t.data_location == TensorProto.EXTERNAL and _location(t) == data_location
+    ]
+    try:
+        with _seen_as_empty(ours):
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise OutputError(
+            f"{out}: the model netinit built failed onnx.checker ({_one_line(exc)}); nothing was written "
+            "(a netinit bug: please report it with the input model)"
+        ) from exc
+    except ValueError as exc:  # over protobuf's 2 GiB (checked before writing, so not expected)
+        raise OutputError(f"{out}: the model graph does not fit in a protobuf: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _seen_as_empty(tensors: Sequence[TensorProto]) -> Iterator[None]:
+    """For the duration, each of ``tensors`` looks like an empty tensor (dims ``[0]``, no data,
+    no external reference) to onnx.checker; afterwards it is restored field for field (the
+    original bytes are written back, so nothing changes in the output)."""
+    saved = [(tensor, tensor.SerializeToString()) for tensor in tensors]
+    try:
+        for tensor, _ in saved:
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
             del tensor.dims[:]
-            tensor.dims.extend(dims)
-            if entries:
-                tensor.data_location = TensorProto.EXTERNAL
-                for key, value in entries:
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
+            tensor.dims.append(0)
+        yield
+    finally:
+        for tensor, original in saved:
+            tensor.Clear()
+            tensor.ParseFromString(original)
+
+
+def _one_line(exc: Exception) -> str:
+    """The checker's whole message on one line, at most 240 characters."""
+    text = " ".join(str(exc).split()) or "invalid model"
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+def _all_tensors(message: Message) -> Iterator[TensorProto]:
+    """Every TensorProto anywhere in ``message`` (graphs, subgraphs, functions, attributes,
+    sparse tensors, training_info), without recursion: nesting depth is up to the input."""
+    stack = [message]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, TensorProto):
+            yield current
+            continue
+        for field, value in current.ListFields():
+            if field.type != FieldDescriptor.TYPE_MESSAGE:
+                continue
+            if field.is_repeated:
+                stack.extend(value)
+            else:
+                stack.append(value)
 
 
 def _check_shapes(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
