@@ -3,6 +3,10 @@ external data is written to a new file, and the output runs in onnxruntime."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,14 +247,14 @@ def test_large_tensors_go_to_a_new_aligned_data_file(tmp_path: Path, monkeypatch
     plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
     out = tmp_path / "m.init.onnx"
     result = model.write(out, plan, fake_produce([]), {}, overwrite=False)
-    data = tmp_path / "m.init.data"
+    (data,) = data_files(tmp_path, "m.init")
     assert result.paths == [out, data]
     written = onnx.load(str(out), load_external_data=False)
     external = {t.name: {e.key: e.value for e in t.external_data} for t in written.graph.initializer}
     # fc1.weight (32×8×4 = 1024 B) and w2 (512 B) are external; fc1.bias (128 B) stays inline.
     assert set(k for k, v in external.items() if v) == {"fc1.weight", "w2"}
     for info in (external["fc1.weight"], external["w2"]):
-        assert info["location"] == "m.init.data" and int(info["offset"]) % onnx_io.ALIGNMENT == 0
+        assert info["location"] == data.name and int(info["offset"]) % onnx_io.ALIGNMENT == 0
     after = tensor_bytes(out)
     assert after["w2"] == before["w2"] and after["fc1.bias"] == before["fc1.bias"]
     assert after["fc1.weight"] != before["fc1.weight"]
@@ -271,11 +275,17 @@ def test_external_input_is_copied_not_referenced(tmp_path: Path) -> None:
     model.write(out, plan, fake_produce([]), {}, overwrite=False)
     written = onnx.load(str(out), load_external_data=False)
     locations = {e.value for t in written.graph.initializer for e in t.external_data if e.key == "location"}
-    assert locations == {"o.data"}
+    assert locations == {p.name for p in data_files(out_dir, "o")} and len(locations) == 1
     after = tensor_bytes(out)
     assert {k: v for k, v in after.items() if k != "b2"} == {k: v for k, v in before.items() if k != "b2"}
     assert after["b2"] != before["b2"]
     assert model.read_array("w2").tobytes() == before["w2"]
+
+
+def data_files(folder: Path, stem: str) -> list[Path]:
+    """The data files netinit named for the output ``<stem>.onnx`` in ``folder``."""
+    pattern = re.compile(re.escape(stem) + r"\.[0-9a-f]{16}\.data")
+    return sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
 
 
 def point_external(tensor: TensorProto, location: str, offset: int = 0, length: int | None = None) -> None:
@@ -314,13 +324,17 @@ def test_missing_external_data_of_a_constant_cannot_be_written(tmp_path: Path) -
 def test_existing_data_file_is_not_appended_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
     source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
-    (tmp_path / "o.data").write_bytes(b"stale" * 1000)
     model = open_onnx(source)
-    with pytest.raises(OutputExistsError):
-        model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    plan = plan_all(model.params)
+    name = onnx_io.data_file_name(tmp_path / "o.onnx", model.digest, plan, {}, 256)
+    (tmp_path / name).write_bytes(b"stale" * 1000)
+    (tmp_path / "o.data").write_bytes(b"older netinit's name: not ours to touch")
+    with pytest.raises(OutputExistsError, match=re.escape(name)):
+        model.write(tmp_path / "o.onnx", plan, fake_produce([]), {}, overwrite=False)
     assert not (tmp_path / "o.onnx").exists()
-    model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=True)
-    assert b"stale" not in (tmp_path / "o.data").read_bytes()
+    model.write(tmp_path / "o.onnx", plan, fake_produce([]), {}, overwrite=True)
+    assert b"stale" not in (tmp_path / name).read_bytes()
+    assert (tmp_path / "o.data").read_bytes() == b"older netinit's name: not ours to touch"
 
 
 # -- other stored-tensor sources are written where they live ------------------------------------
@@ -633,3 +647,149 @@ def test_the_input_check_restores_every_hidden_tensor_exactly(tmp_path: Path) ->
     path = save(model, tmp_path / "m.onnx", external=True)
     opened = open_onnx(path)
     assert opened.proto.SerializeToString() == path.read_bytes()
+
+
+# -- each write's data file has a name of its own (hostile H2b) --------------------------------
+
+NETINIT_WITH_SMALL_THRESHOLD = """
+import os, sys
+from netinit_cli.formats import onnx_io
+onnx_io.EXTERNAL_TENSOR_BYTES = 256  # a data file for a small model
+if sys.argv[1] == "crash":
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        os._exit(137)  # power loss right after the first rename of the set (the data file)
+    os.replace = replace
+sys.argv = ["netinit", *sys.argv[2:]]
+from netinit_cli.cli import main
+main()
+"""
+
+
+def netinit(mode: str, *args: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", NETINIT_WITH_SMALL_THRESHOLD, mode, *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.endswith(".tmp")}
+
+
+def test_a_crash_between_the_two_renames_leaves_the_previous_output_whole(tmp_path: Path) -> None:
+    source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "o.onnx"
+    assert netinit("run", str(source), "--all", "--seed", "2", "-o", str(out)) == 0
+    (old_data,) = data_files(folder, "o")
+    before, old_values = contents(folder), tensor_bytes(out)
+
+    assert netinit("crash", str(source), "--all", "--seed", "1", "-o", str(out), "--force") == 137
+    after = contents(folder)
+    assert {name: after[name] for name in before} == before  # the previous model and its data
+    onnx.checker.check_model(str(out))
+    assert tensor_bytes(out) == old_values
+    (orphan,) = set(after) - set(before)  # the new data file, renamed just before the crash
+    assert orphan != old_data.name and re.fullmatch(r"o\.[0-9a-f]{16}\.data", orphan)
+
+    assert netinit("run", str(source), "--all", "--seed", "1", "-o", str(out), "--force") == 0
+    (tmp_path / "fresh").mkdir()
+    assert netinit("run", str(source), "--all", "--seed", "1", "-o", str(tmp_path / "fresh" / "o.onnx")) == 0
+    # Complete, identical to an uninterrupted first write, the previous data file removed and
+    # the killed writer's temporary files too.
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["o.onnx", orphan])
+    assert contents(folder) == contents(tmp_path / "fresh")
+
+
+def test_the_data_file_name_follows_from_input_plan_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
+    written: dict[str, dict[str, bytes]] = {}
+    for folder, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        (tmp_path / folder).mkdir()
+        model = open_onnx(source)
+        out = tmp_path / folder / "o.onnx"
+        result = model.write(
+            out, plan_all(model.params), fake_produce([]), {"netinit.seed": seed}, overwrite=False
+        )
+        assert result.paths == [out, *data_files(tmp_path / folder, "o")] and len(result.paths) == 2
+        written[folder] = contents(tmp_path / folder)
+    assert written["a"] == written["b"]  # byte-identical, data file name included
+    assert set(written["a"]) != set(written["c"])  # another seed: another data file
+
+
+def test_overwriting_removes_only_the_replaced_outputs_own_data_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
+    out = tmp_path / "o.onnx"
+
+    def write(seed: int) -> tuple[Path, list[str]]:
+        model = open_onnx(source)
+        provenance = {"netinit.seed": str(seed)}
+        result = model.write(out, plan_all(model.params), fake_produce([]), provenance, overwrite=True)
+        return result.paths[1], result.notes
+
+    first, _ = write(1)
+    unreferenced = tmp_path / ("o." + "0" * 16 + ".data")  # named like ours, used by nothing
+    unreferenced.write_bytes(b"not referenced by o.onnx")
+    second, notes = write(2)
+    assert not first.exists() and second.exists() and unreferenced.exists()
+    assert f"removed {first.name}, the data file of the output this one replaced" in notes
+
+    (tmp_path / "backup.data").hardlink_to(second)  # linked elsewhere: may be in use
+    third, notes = write(3)
+    assert second.exists() and not any("removed" in note for note in notes)
+    onnx.checker.check_model(str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["m.onnx", "o.onnx", "backup.data", second.name, third.name, unreferenced.name]
+    )
+
+
+def test_a_data_file_the_input_uses_is_never_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    out = tmp_path / "o.onnx"
+    model = open_onnx(save(mlp_model(hidden=32), tmp_path / "m.onnx"))
+    result = model.write(
+        out, plan_all(model.params), fake_produce([]), {"netinit.seed": "1"}, overwrite=False
+    )
+    shared = result.paths[1]
+    # The previous output becomes the input (under another name) and is overwritten.
+    (tmp_path / "again.onnx").write_bytes(out.read_bytes())
+    model = open_onnx(tmp_path / "again.onnx")
+    model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "2"}, overwrite=True)
+    assert shared.exists()
+    onnx.checker.check_model(str(tmp_path / "again.onnx"))
+
+
+def test_temporary_data_files_of_killed_writers_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill while the data file is written leaves ``.<data name>.netinit-<pid>-….tmp``; the
+    data name differs from write to write, so the next write looks for every such name."""
+    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, alive = int(finished.stdout), os.getpid()
+    left = {
+        f".o.{'1' * 16}.data.netinit-{dead}-abc.tmp": False,  # a killed writer's: removed
+        f".o.{'2' * 16}.data.netinit-{alive}-abc.tmp": True,  # a running writer's
+        f".other.{'1' * 16}.data.netinit-{dead}-abc.tmp": True,  # another output's
+        f".o.data.netinit-{dead}-abc.tmp": True,  # not a name netinit gives a data file
+    }
+    for name in left:
+        (tmp_path / name).write_bytes(b"partial")
+    model = open_onnx(save(mlp_model(hidden=32), tmp_path / "m.onnx"))
+    model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    assert {name: (tmp_path / name).exists() for name in left} == left

@@ -12,14 +12,18 @@ Writing never calls ``onnx.save_model`` with external data (it serializes at ~0.
 
 * every tensor of at least :data:`EXTERNAL_TENSOR_BYTES` (and every tensor that was external
   in the input) is written as raw little-endian bytes by netinit into a NEW file
-  ``<output stem>.data`` beside the output, at :data:`ALIGNMENT`-aligned offsets; kept external
-  tensors are copied in chunks, so memory stays about one tensor;
+  ``<output stem>.<16 hex digits>.data`` beside the output (the digits follow from the input,
+  the provenance and the plan: :func:`data_file_name`), at :data:`ALIGNMENT`-aligned offsets;
+  kept external tensors are copied in chunks, so memory stays about one tensor;
 * if the tensors left inline would still make the protobuf larger than
   :data:`MAX_INLINE_BYTES`, the threshold drops to :data:`SMALL_TENSOR_BYTES`;
 * small models (no tensor that large, no external input) stay a single file;
 * the model is checked with ``onnx.checker`` in memory before anything is committed (a failure
   leaves an existing output untouched); then the data file and the model go through
-  :class:`AtomicFileSet` (model renamed last).
+  :class:`AtomicFileSet` (model renamed last).  Each write's data file has a name of its own,
+  so a crash between the two renames leaves the previous model with its own data; once the new
+  model is in place, the data file of the model it replaced is removed (only one named as
+  netinit names them for this output, that nothing else links to and the input does not use).
 
 Everything not filled keeps its bytes, and the graph keeps its opset, metadata (plus the
 provenance keys), doc strings, value_info and node order.
@@ -28,6 +32,8 @@ provenance keys), doc strings, value_info and node order.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import re
@@ -56,7 +62,15 @@ from netinit_cli.classify_onnx import (
     structured_value_note,
 )
 from netinit_cli.errors import InputError, OutputError, UnsafeInputError
-from netinit_cli.formats.base import AtomicFileSet, Produce, WriteResult, check_destination, with_init_suffix
+from netinit_cli.formats.base import (
+    TEMP_TAG,
+    AtomicFileSet,
+    Produce,
+    WriteResult,
+    check_destination,
+    remove_stale_temps,
+    with_init_suffix,
+)
 from netinit_cli.model import Action, Param, Planned
 
 EXTERNAL_TENSOR_BYTES = 1 << 20  # tensors this large go to the data file
@@ -64,6 +78,7 @@ SMALL_TENSOR_BYTES = 1 << 10  # threshold used when the inline rest would not fi
 MAX_INLINE_BYTES = int(1.8 * (1 << 30))  # protobuf's hard limit is 2 GiB - 1
 ALIGNMENT = 4096  # page-aligned offsets let readers memory-map each tensor
 COPY_CHUNK = 16 << 20
+DATA_NAME_DIGITS = 16  # hex digits of the data file's name (see data_file_name)
 MAX_ELEMENTS = 1 << 50  # a shape with more elements is corrupt (2**50 bytes is a petabyte)
 
 _EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
@@ -222,7 +237,7 @@ class OnnxModel:
         self._load()
 
     def _load(self) -> None:
-        self.proto = _load_proto(self.path)
+        self.proto, self.digest = _load_proto(self.path)
         self.metadata = {p.key: p.value for p in self.proto.metadata_props}
         self.graphs = Graphs(self.proto)
         _check_shapes(self.proto, self.graphs, self.path)
@@ -340,18 +355,20 @@ class OnnxModel:
         if self._dirty:
             self._load()
         out = Path(out)
-        data_path = out.with_name(out.stem + ".data") if out.suffix else out.with_name(out.name + ".data")
-        self._refuse_clobbering_inputs(out, data_path)
-        check_destination(out, overwrite=overwrite)
         fills = {p.param.name: p for p in plan if p.action is Action.FILL}
         unknown = set(fills) - set(self._stored)
         if unknown:
             raise InputError(
                 f"{self.path}: the plan names tensors this model does not have: {sorted(unknown)}"
             )
+        threshold = self._threshold(fills)
+        data_path = out.with_name(data_file_name(out, self.digest, plan, provenance, threshold))
+        self._refuse_clobbering_inputs(out, data_path)
+        check_destination(out, overwrite=overwrite)
+        _remove_stale_data_temps(out)
         # The proto is edited in place and reloaded from the input on the next use.
         self._dirty = True
-        writer = _DataWriter(data_path, self._threshold(fills))
+        writer = _DataWriter(data_path, threshold)
         with AtomicFileSet(overwrite=overwrite) as files:
             writer.files = files
             for stored in self.graphs.stored:
@@ -372,14 +389,24 @@ class OnnxModel:
                 raise OutputError(f"{out}: the model graph does not fit in a protobuf: {exc}") from exc
             files.open(out).write(payload)
             del payload
+            replaced = _replaced_data_files(out, data_path, self._input_files()) if overwrite else []
             paths = files.commit()
         written = sum(p.stat().st_size for p in paths)
         notes = [f"external data: {data_path.name} ({writer.position} bytes)"] if writer.handle else []
+        notes += [
+            f"removed {path.name}, the data file of the output this one replaced"
+            for path in _remove_unshared(replaced)
+        ]
         return WriteResult(paths=[out, *[p for p in paths if p != out]], bytes_written=written, notes=notes)
 
-    def _refuse_clobbering_inputs(self, out: Path, data_path: Path) -> None:
+    def _input_files(self) -> set[str]:
+        """The real paths of the input model and of every data file it references."""
         inputs = {os.path.realpath(self.path)}
         inputs |= {os.path.realpath(ref.path) for ref in self.external.values() if ref is not None}
+        return inputs
+
+    def _refuse_clobbering_inputs(self, out: Path, data_path: Path) -> None:
+        inputs = self._input_files()
         for target in (out, data_path):
             if os.path.realpath(target) in inputs:
                 raise OutputError(f"{target} is part of the input model; choose another output with -o")
@@ -493,6 +520,107 @@ class OnnxModel:
                     break
         added: TensorProto = graph.initializer[len(graph.initializer) - 1]
         return added
+
+
+def data_file_name(
+    out: Path, input_digest: str, plan: Sequence[Planned], provenance: dict[str, str], threshold: int
+) -> str:
+    """``<output stem>.<16 hex digits>.data``: the name of the data file written beside ``out``.
+
+    The digits are the start of a SHA-256 over everything the written model's bytes follow
+    from: the input file's bytes, the provenance (seed, method, scope, versions, rules), each
+    planned tensor (name, action, method, rule, dtype, shape, fans, expected moments) and the
+    size threshold.  So the same input, method and seed give byte-identical outputs, while
+    another run writing over the same output almost always gets another data file name.
+
+    Why a name of its own for each write: the data file is renamed into place just before the
+    model.  A crash between the two renames then leaves the previous model beside a data file
+    it does not reference, so it still reads its own, unchanged data.  When the name is the
+    same, so is everything the write starts from, and (generation being deterministic for a
+    netinit version, which the provenance records) the new model's bytes are the previous
+    model's: the previous model plus the new data file is exactly the new output.
+    """
+    recipe = {
+        "layout": 1,  # bump when the way tensors are laid out in the data file changes
+        "input": input_digest,
+        "provenance": sorted(provenance.items()),
+        "threshold": threshold,
+        "plan": [
+            [
+                p.param.name,
+                p.action.value,
+                p.init,
+                p.rule,
+                p.param.dtype,
+                [int(d) for d in p.param.shape],
+                p.fan_in,
+                p.fan_out,
+                p.expected_mean,
+                p.expected_std,
+            ]
+            for p in plan
+        ],
+    }
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:DATA_NAME_DIGITS]
+    return f"{_stem(out)}.{digest}.data"
+
+
+def _stem(out: Path) -> str:
+    return out.stem if out.suffix else out.name
+
+
+def _replaced_data_files(out: Path, keep: Path, inputs: set[str]) -> list[Path]:
+    """Data files of the model now at ``out`` that the new output makes useless: named as
+    :func:`data_file_name` names them for this output, beside it, referenced by that model,
+    not ``keep`` (the new data file) and not part of the input.  Read before the commit."""
+    ours = re.compile(re.escape(_stem(out)) + rf"\.[0-9a-f]{{{DATA_NAME_DIGITS}}}\.data")
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        candidates = {e.name for e in os.scandir(folder) if ours.fullmatch(e.name) and e.name != keep.name}
+    except OSError:
+        return []
+    if not candidates:
+        return []  # the usual case: nothing to parse
+    try:
+        fd = os.open(out, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return []
+            previous = onnx.load_model_from_string(handle.read(1 << 31))
+    except (OSError, DecodeError, RuntimeError, ValueError):
+        return []  # not a model (or unreadable): it references nothing
+    referenced = {_location(t) for t in _all_tensors(previous) if t.data_location == TensorProto.EXTERNAL}
+    return [
+        folder / name
+        for name in sorted(candidates & referenced)
+        if os.path.realpath(folder / name) not in inputs
+    ]
+
+
+def _remove_stale_data_temps(out: Path) -> None:
+    """Remove the temporary data files that killed writers left for ``out``.  Their names
+    follow the data file's name, which changes from write to write, so the cleanup that
+    :class:`AtomicFileSet` does for the file it opens would miss them."""
+    pattern = re.compile(
+        r"\.(" + re.escape(_stem(out)) + rf"\.[0-9a-f]{{{DATA_NAME_DIGITS}}}\.data)" + re.escape(TEMP_TAG)
+    )
+    folder = out.parent if str(out.parent) else Path(".")
+    with contextlib.suppress(OSError):
+        names = {m.group(1) for e in os.scandir(folder) if (m := pattern.match(e.name))}
+        for name in sorted(names):
+            remove_stale_temps(folder / name)
+
+
+def _remove_unshared(paths: Sequence[Path]) -> list[Path]:
+    """Delete each regular file of ``paths`` that has no other hard link; the removed ones."""
+    removed = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 class _DataWriter:
@@ -691,7 +819,8 @@ def _check_shapes(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
         check_shape(dims, f"{path}: graph input {value_info.name!r} (an initializer's declared type)")
 
 
-def _load_proto(path: Path) -> onnx.ModelProto:
+def _load_proto(path: Path) -> tuple[onnx.ModelProto, str]:
+    """The model's graph (external data not read) and the SHA-256 of the file's bytes."""
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -702,13 +831,15 @@ def _load_proto(path: Path) -> onnx.ModelProto:
             "weights in external data"
         )
     try:
-        return onnx.load(str(path), load_external_data=False)
+        content = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        return onnx.load_model_from_string(content), hashlib.sha256(content).hexdigest()
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(
             f"{path}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else exc})"
         ) from exc
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
 def open_onnx(path: Path) -> OnnxModel:
