@@ -274,7 +274,7 @@ def measure(cases: list[Case], reps: int, timeout: float) -> dict[str, Measured]
         ):
             # A case that hit the timeout is not run again: that keeps the whole run bounded.
             print(
-                f"[{k:3}/{len(schedule)}] rep {rep + 1} {case.name:28} skipped (timed out before)",
+                f"[{k:3}/{len(schedule)}] rep {rep + 1} {case.name:32} skipped (timed out before)",
                 file=sys.stderr,
             )
             continue
@@ -282,7 +282,7 @@ def measure(cases: list[Case], reps: int, timeout: float) -> dict[str, Measured]
         results[case.name].runs.append(run)
         state = "ok" if run.returncode == 0 else run.error
         print(
-            f"[{k:3}/{len(schedule)}] rep {rep + 1} {case.name:28} {run.wall:7.2f} s "
+            f"[{k:3}/{len(schedule)}] rep {rep + 1} {case.name:32} {run.wall:7.2f} s "
             f"{run.max_rss / MB:7.0f} MB  others {100 * load_share(run):3.0f}%  {state}",
             file=sys.stderr,
             flush=True,
@@ -349,7 +349,10 @@ def _ratio_check(results: dict[str, Measured], name: str, a: str, b: str, limit:
         return Check(name, target, f"killed after {killed_after:.0f} s (> {killed_after / wb:.2f}×)", "FAIL")
     if r is None:
         return Check(name, target, "not measured", "SKIP")
-    return Check(name, target, f"{wa:.2f} s / {wb:.2f} s = {r:.3f}×", "PASS" if r <= limit else "FAIL")
+    best_a = min(run.wall for run in results[a].ok_runs)
+    best_b = min(run.wall for run in results[b].ok_runs)
+    measured = f"{wa:.2f} s / {wb:.2f} s = {r:.3f}× (fastest runs: {best_a:.2f} / {best_b:.2f} = {best_a / best_b:.3f}×)"
+    return Check(name, target, measured, "PASS" if r <= limit else "FAIL")
 
 
 def checks(results: dict[str, Measured], largest: int) -> list[Check]:
