@@ -25,14 +25,9 @@ from hypothesis import strategies as st
 # found them (their cases now pass as ordinary tests): H1 invalid graphs reached the writer and
 # exited 5; H4 invalid UTF-8 in protobuf strings gave exit 1; H5 a 3-byte .safetensors was
 # parsed as ONNX; H6 element type 999 was copied; H7 raw_data length vs shape gave exit 1;
-# H3 a declared terabyte shape was allocated (MemoryError, exit 1).
+# H3 a declared terabyte shape was allocated (MemoryError, exit 1); H1b a negative dimension
+# passed the load check and exited 5.
 KNOWN_BUGS: dict[str, tuple[str, str, str]] = {
-    "H1b": (
-        "formats/onnx_io.py (load check)",
-        "an initializer with a negative dimension passes the load check; the written copy "
-        "fails onnx.checker and the run exits 5 (output error) instead of 3",
-        r"exit 5, .*failed onnx\.checker",
-    ),
     "H8": (
         "classify_onnx.py _merge -> model.Layout.fans",
         "a Gemm B initializer of rank 1 (onnx.checker does not check ranks) reaches Layout.fans: "
@@ -48,8 +43,6 @@ KNOWN_BUGS: dict[str, tuple[str, str, str]] = {
 
 # Named and corpus cases that hit an open bug today.
 KNOWN_CASES: dict[str, str] = {
-    "onnx-corpus/negative_dims/all": "H1b",
-    "onnx-corpus/negative_dims/missing": "H1b",
     "onnx-corpus/fuzz_gemm_weight_rank_1/all": "H8",
     "onnx-corpus/fuzz_gemm_weight_rank_1/missing": "H8",
     "onnx-corpus/fuzz_conv_group_zero/all": "H9",
