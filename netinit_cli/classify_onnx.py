@@ -1530,6 +1530,16 @@ def _merge(stored: StoredTensor, findings: list[Finding]) -> tuple[Role, str, La
     slots = [f for f in findings if f.kind == "slot"]
     fixed = [f for f in findings if f.kind == "constant"]
     unknown = [f for f in findings if f.kind == "unknown"]
+    if stored.static:
+        # onnx.checker checks neither ranks nor attribute values such as Conv group=0: a
+        # tensor that its slot cannot read makes the model invalid, said in one line.
+        for finding in slots:
+            problem = finding.layout.problem(stored.shape) if finding.layout is not None else None
+            if problem is not None:
+                raise InputError(
+                    f"tensor {stored.name!r} {list(stored.shape)} used as {finding.reason}: {problem}; "
+                    "the model is inconsistent (fix the exporter's output)"
+                )
     if slots:
         learnable = [f for f in slots if f.role.learnable]
         roles = {f.role for f in slots}

@@ -26,27 +26,13 @@ from hypothesis import strategies as st
 # exited 5; H4 invalid UTF-8 in protobuf strings gave exit 1; H5 a 3-byte .safetensors was
 # parsed as ONNX; H6 element type 999 was copied; H7 raw_data length vs shape gave exit 1;
 # H3 a declared terabyte shape was allocated (MemoryError, exit 1); H1b a negative dimension
-# passed the load check and exited 5.
+# passed the load check and exited 5; H8/H9 (atheris) a rank-1 Gemm weight and Conv group=0
+# crashed in the fan computation.
 KNOWN_BUGS: dict[str, tuple[str, str, str]] = {
-    "H8": (
-        "classify_onnx.py _merge -> model.Layout.fans",
-        "a Gemm B initializer of rank 1 (onnx.checker does not check ranks) reaches Layout.fans: "
-        "IndexError, exit 1 (found by atheris)",
-        r"IndexError",
-    ),
-    "H9": (
-        "classify_onnx.py _merge -> model.Layout.fans",
-        "Conv with group=0 gives a zero divisor: ZeroDivisionError, exit 1 (found by atheris)",
-        r"ZeroDivisionError",
-    ),
 }
 
 # Named and corpus cases that hit an open bug today.
 KNOWN_CASES: dict[str, str] = {
-    "onnx-corpus/fuzz_gemm_weight_rank_1/all": "H8",
-    "onnx-corpus/fuzz_gemm_weight_rank_1/missing": "H8",
-    "onnx-corpus/fuzz_conv_group_zero/all": "H9",
-    "onnx-corpus/fuzz_conv_group_zero/missing": "H9",
 }
 
 FAST_FAMILIES = ("corpus", "st-named", "st-index", "onnx-external")
