@@ -406,8 +406,12 @@ class OnnxModel:
         return inputs
 
     def _refuse_clobbering_inputs(self, out: Path, data_path: Path) -> None:
+        # Replacing the model file itself is --in-place (api refuses it otherwise): safe, since the
+        # new file is renamed over it only after every kept tensor was copied.  A data file the
+        # input reads from is never a target.
         inputs = self._input_files()
-        for target in (out, data_path):
+        in_place = os.path.realpath(out) == os.path.realpath(self.path)
+        for target in (data_path,) if in_place else (out, data_path):
             if os.path.realpath(target) in inputs:
                 raise OutputError(f"{target} is part of the input model; choose another output with -o")
 
