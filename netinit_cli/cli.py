@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from netinit_cli import __version__
 from netinit_cli.api import Report, build_options, initialize, inspect
@@ -272,6 +271,8 @@ class _Progress:
     """A transient Rich bar by bytes generated; only ever created on a terminal."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -306,7 +307,8 @@ def _emit(report: Report, console: Console, kw: dict[str, Any]) -> None:
     if kw["as_json"]:
         click.echo(json.dumps(report.to_json(), indent=2))
         return
-    render(report, console, kw["table"])
+    if not kw["quiet"]:
+        render(report, console, kw["table"])
 
 
 def _write_json(path: Path, report: Report) -> None:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.model import Action, Planned
 
 if TYPE_CHECKING:
@@ -43,13 +44,13 @@ def sparkline(histogram: list[int] | None) -> str:
 def std_off_target(entry: Planned) -> bool:
     """Observed std differs from the target by more than sampling noise allows.
 
-    The standard error of a sample std is about std/sqrt(2n); we flag beyond 6 standard errors
-    plus 2% (bf16/f8 rounding and the systematic stats sample), so a wrong gain or fan (>= 10%)
-    shows while healthy tensors never do.
+    The standard error of a sample std is about std/sqrt(2n) (n capped at the stats sample,
+    65,536 values); we flag beyond 6 standard errors plus 2% (bf16/f8 rounding), so a wrong gain
+    or fan (>= 10%) shows while healthy tensors never do.
     """
     if entry.std is None or entry.expected_std is None or entry.expected_std <= 0:
         return False
-    n = max(1, min(entry.param.numel, 1 << 20))
+    n = max(1, min(entry.param.numel, STATS_SAMPLE))
     tolerance = 6.0 / math.sqrt(2.0 * n) + 0.02
     return abs(entry.std / entry.expected_std - 1.0) > tolerance
 
