@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BENCHV := .venv-bench
 
-.PHONY: run test lint bench fixtures clean
+.PHONY: run test lint bench fixtures fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ fixtures: $(VENV)/.dev
 	$(BIN)/python fixtures/generate_onnx_zoo.py
 	$(BIN)/python fixtures/generate_skl2onnx.py
 	$(BIN)/python fixtures/generate_families.py
+
+fuzz: $(VENV)/.dev
+	$(BIN)/python -m pip install -q -e '.[fuzz]'
+	$(BIN)/python fuzz/summary.py --mutations 1000
+	$(BIN)/python fuzz/run.py --seconds 180
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py
