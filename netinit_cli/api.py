@@ -185,18 +185,28 @@ def inspect(
 ) -> Report:
     """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
     options = options or build_options(**kwargs)
-    opened = _open(model, like, None)
-    plan = make_plan(opened.params, options)
+    return _planned_report(model, _open(model, like, None), options, None, dry_run=True)
+
+
+def _planned_report(
+    model: str | os.PathLike[str] | None,
+    opened: ModelFile,
+    options: Options,
+    out: Path | None,
+    *,
+    dry_run: bool,
+) -> Report:
+    """Classification is done by the backend; planning is pure: the report of what will happen."""
     return Report(
         input=Path(model) if model is not None else None,
-        output=None,
+        output=out,
         kind=opened.kind,
         seed=options.seed,
         method=options.method,
         all=options.all,
         fan_mode=options.fan_mode,
-        entries=plan,
-        dry_run=True,
+        entries=make_plan(opened.params, options),
+        dry_run=dry_run,
         notes=list(opened.notes),
         rules=options.rules,
     )
@@ -234,20 +244,8 @@ def initialize(
         out_path = opened.default_output()
     if model is not None and not in_place and _same_file(out_path, opened.path):
         raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
-    plan = make_plan(opened.params, options)
-    report = Report(
-        input=Path(model) if model is not None else None,
-        output=out_path,
-        kind=opened.kind,
-        seed=options.seed,
-        method=options.method,
-        all=options.all,
-        fan_mode=options.fan_mode,
-        entries=plan,
-        dry_run=dry_run,
-        notes=list(opened.notes),
-        rules=options.rules,
-    )
+    report = _planned_report(model, opened, options, out_path, dry_run=dry_run)
+    plan = report.entries
     if dry_run:
         report.elapsed = time.perf_counter() - started
         return report

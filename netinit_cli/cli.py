@@ -18,7 +18,7 @@ from rich.console import Console
 from netinit_cli import __version__
 from netinit_cli.api import Report, build_options, initialize, inspect
 from netinit_cli.errors import EXIT_CODES, NetinitError
-from netinit_cli.methods import METHOD_NAMES, describe_methods
+from netinit_cli.methods import METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
 from netinit_cli.report import TABLE_MODES, render
 
@@ -229,19 +229,7 @@ def methods_command() -> None:
 
 
 def _options(kw: dict[str, Any]) -> Any:
-    overrides = {
-        key: kw[key]
-        for key in (
-            "distribution",
-            "weights",
-            "biases",
-            "mode",
-            "nonlinearity",
-            "negative_slope",
-            "gain",
-            "forget_bias",
-        )
-    }
+    overrides = {key: kw[key] for key in OVERRIDE_KEYS}
     return build_options(
         method=kw["method"],
         seed=kw["seed"],
