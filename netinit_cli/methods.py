@@ -82,7 +82,7 @@ def _scaling_options(mode: str, nonlinearity: str) -> tuple[OptionDef, ...]:
     )
 
 
-_FORGET_BIAS = OptionDef("forget_bias", "number", 0.0, "LSTM forget-gate bias (ONNX B: Wb's f block only)")
+_FORGET_BIAS = OptionDef("forget_bias", "number", 0.0, "LSTM forget-gate bias, on one bias vector only (ONNX B: Wb's f; torch: bias_ih's f)")
 
 METHODS: dict[str, tuple[OptionDef, ...]] = {
     "kaiming": (*_scaling_options("fan_in", "relu"), _FORGET_BIAS),
