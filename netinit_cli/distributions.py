@@ -33,8 +33,9 @@ import math
 import re
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -494,16 +495,85 @@ def _truncated_block(bits: np.random.BitGenerator, out: np.ndarray, dist: Distri
     np.clip(out, ftype(low), ftype(high), out=out)  # rounding of μ + σx must not leave [low, high]
 
 
-def _fill_chunk(dist: Distribution, chunk: np.ndarray, seed: Seed, name: str, index: int) -> None:
-    bits = bit_generator(seed, name, index)
-    for start in range(0, chunk.size, BLOCK_ELEMENTS):
-        block = chunk[start : start + BLOCK_ELEMENTS]
-        if dist.kind == "normal":
-            _normal_block(bits, block, dist.params[0], dist.params[1])
-        elif dist.kind == "uniform":
-            _uniform_block(bits, block, dist.params[0], dist.params[1])
-        else:
-            _truncated_block(bits, block, dist)
+# Work is split into spans of SPAN_BLOCKS blocks (a chunk holds CHUNK_ELEMENTS / BLOCK_ELEMENTS
+# = 16): enough pieces per tensor that two threads finish together.  A span that starts inside a
+# chunk advances the chunk's stream past the words of the blocks before it, which is exact for the
+# kinds whose word count per block is fixed (uniform, normal); truncated normal (rejection) keeps
+# one span per chunk.  Spans only schedule work: the values are those of the chunk streams.
+SPAN_BLOCKS = 4
+_FIXED_WORDS = ("normal", "uniform")
+_BLOCKS_PER_CHUNK = CHUNK_ELEMENTS // BLOCK_ELEMENTS
+
+
+@dataclass(frozen=True)
+class Span:
+    """Elements ``[start, stop)`` of a flattened tensor: blocks ``first_block…`` of chunk ``chunk``."""
+
+    chunk: int
+    first_block: int
+    start: int
+    stop: int
+
+
+def spans(dist: Distribution, size: int) -> list[Span]:
+    """How ``size`` elements of ``dist`` are cut into independently generated spans."""
+    step = SPAN_BLOCKS if dist.kind in _FIXED_WORDS else _BLOCKS_PER_CHUNK
+    found: list[Span] = []
+    for chunk_start in range(0, size, CHUNK_ELEMENTS):
+        chunk = chunk_start // CHUNK_ELEMENTS
+        for first in range(0, _BLOCKS_PER_CHUNK, step):
+            start = chunk_start + first * BLOCK_ELEMENTS
+            if start >= size:
+                break
+            stop = min(start + step * BLOCK_ELEMENTS, chunk_start + CHUNK_ELEMENTS, size)
+            found.append(Span(chunk, first, start, stop))
+    return found
+
+
+def _words_per_block(dtype: np.dtype[np.floating]) -> int:
+    """64-bit draws one full block consumes (uniform and normal: one word per element)."""
+    return BLOCK_ELEMENTS * np.dtype(_WORDS[dtype][0]).itemsize // 8
+
+
+def _fill_block(dist: Distribution, bits: np.random.BitGenerator | None, block: np.ndarray) -> None:
+    if dist.kind == "constant" or dist.kind == "none" or bits is None:
+        block.fill(dist.params[0] if dist.kind == "constant" else 0)
+    elif dist.kind == "normal":
+        _normal_block(bits, block, dist.params[0], dist.params[1])
+    elif dist.kind == "uniform":
+        _uniform_block(bits, block, dist.params[0], dist.params[1])
+    else:
+        _truncated_block(bits, block, dist)
+
+
+BlockTarget = Callable[[int, int], np.ndarray]  # (first element, element count) -> array to fill
+BlockDone = Callable[[int, np.ndarray], None]  # (first element, generated values)
+
+
+def generate_span(
+    dist: Distribution,
+    span: Span,
+    dtype: np.dtype[np.floating],
+    seed: Seed,
+    name: str,
+    target: BlockTarget,
+    done: BlockDone | None = None,
+) -> None:
+    """Generate ``span`` block by block into ``target(start, count)``, then call ``done``.
+
+    :func:`sample_into` passes views of the output; a streaming writer passes a small reused
+    buffer (the block stays in the cache) and writes it out in ``done``.
+    """
+    bits = None
+    if dist.kind not in ("constant", "none"):
+        bits = bit_generator(seed, name, span.chunk)
+        if span.first_block:
+            bits.advance(span.first_block * _words_per_block(dtype))
+    for start in range(span.start, span.stop, BLOCK_ELEMENTS):
+        block = target(start, min(BLOCK_ELEMENTS, span.stop - start))
+        _fill_block(dist, bits, block)
+        if done is not None:
+            done(start, block)
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -511,7 +581,12 @@ _pools_lock = threading.Lock()
 
 
 def run_parallel(tasks: Sequence[Callable[[], None]]) -> None:
-    """Run independent tasks on the shared pool (``NETINIT_THREADS`` threads); errors propagate."""
+    """Run independent tasks on the shared pool (``NETINIT_THREADS`` threads); errors propagate.
+
+    Returns only when no task runs any more, even after a failure (tasks may write to a file the
+    caller closes once this returns): the first error is raised after the others were cancelled
+    or finished.
+    """
     threads = min(thread_count(), len(tasks))
     if threads <= 1:
         for task in tasks:
@@ -521,8 +596,15 @@ def run_parallel(tasks: Sequence[Callable[[], None]]) -> None:
         pool = _pools.get(threads)
         if pool is None:
             pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="netinit-fill")
-    for future in [pool.submit(task) for task in tasks]:
-        future.result()
+    futures = [pool.submit(task) for task in tasks]
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
 
 
 def sample_into(dist: Distribution, out: np.ndarray, seed: Seed, name: str) -> None:
@@ -542,12 +624,11 @@ def sample_into(dist: Distribution, out: np.ndarray, seed: Seed, name: str) -> N
         out.fill(dist.params[0])
         return
     flat = out.reshape(-1)
-    tasks = [
-        (
-            lambda index=index: _fill_chunk(
-                dist, flat[index * CHUNK_ELEMENTS : (index + 1) * CHUNK_ELEMENTS], seed, name, index
-            )
-        )
-        for index in range((flat.size + CHUNK_ELEMENTS - 1) // CHUNK_ELEMENTS)
-    ]
-    run_parallel(tasks)
+    dtype = flat.dtype
+
+    def view(start: int, count: int) -> np.ndarray:
+        return flat[start : start + count]
+
+    run_parallel(
+        [partial(generate_span, dist, span, dtype, seed, name, view) for span in spans(dist, flat.size)]
+    )

@@ -2,16 +2,35 @@
 
 The writer calls :meth:`Filler.produce` once per filled tensor, in write order, so at most one
 generated tensor is alive at a time: memory is bounded by the largest tensor, not the model.
+
+Direct output.  A writer that knows where a tensor's bytes go (an open file and a byte offset)
+may offer that place with :func:`direct_output` around its ``produce`` call.  A large tensor
+drawn from a plain distribution is then never held in memory: the sampler threads generate it
+block by block into small reused buffers (cache-sized, never page-faulted again), round each
+block to the stored dtype and ``pwrite`` it at its offset, so both cores generate *and* write.
+``produce`` then returns a zero-stride stand-in of the right shape and dtype, and the writer,
+seeing ``DirectOutput.written``, writes nothing.  The bytes are the same as ``produce`` without
+it (the blocks are those of the chunk streams), for any thread count.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import errno
 import os
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from netinit_cli import dtypes
-from netinit_cli.errors import InputError, NetinitError
+from netinit_cli.distributions import BLOCK_ELEMENTS, Distribution, generate_span, run_parallel, spans
+from netinit_cli.errors import InputError, NetinitError, OutputError
 from netinit_cli.methods import TensorInit
 from netinit_cli.model import Action, Planned
 from netinit_cli.seeding import Seed
@@ -26,6 +45,38 @@ STATS_SAMPLE = STATS_RUN * STATS_RUNS
 HISTOGRAM_BINS = 8
 
 
+# Tensors smaller than this are generated in memory even when direct output is offered: a
+# handful of blocks gains nothing from the thread pool.
+DIRECT_MIN_BYTES = 1 << 20
+
+
+@dataclass
+class DirectOutput:
+    """A place offered by a writer for one tensor's bytes: ``fd`` at byte ``offset``."""
+
+    fd: int
+    offset: int
+    target: Path  # named in write errors
+    written: bool = False  # set by produce() when it wrote the bytes itself
+
+
+_DIRECT: ContextVar[DirectOutput | None] = ContextVar("netinit_direct_output", default=None)
+
+
+@contextlib.contextmanager
+def direct_output(fd: int, offset: int, target: Path) -> Iterator[DirectOutput]:
+    """Let a ``produce`` call inside this block write its tensor to ``fd`` at ``offset`` itself.
+
+    ``fd``'s file position is not used or moved (``pwrite``); the writer checks ``.written``.
+    """
+    slot = DirectOutput(fd, offset, target)
+    token = _DIRECT.set(slot)
+    try:
+        yield slot
+    finally:
+        _DIRECT.reset(token)
+
+
 class Filler:
     def __init__(self, seed: Seed) -> None:
         self.seed = seed
@@ -36,6 +87,15 @@ class Filler:
             raise NetinitError(f"internal: {planned.param.name} is not planned to be filled")
         param = planned.param
         init: TensorInit = planned.initializer
+        direct = _DIRECT.get()
+        stored_dtype = dtypes.numpy_dtype(param.dtype)
+        if (
+            direct is not None
+            and init.distribution is not None
+            and param.numel * stored_dtype.itemsize >= DIRECT_MIN_BYTES
+        ):
+            self._write_direct(planned, init.distribution, direct)
+            return np.broadcast_to(np.zeros((), stored_dtype), param.shape)
         try:
             values = np.empty(param.shape, dtype=dtypes.compute_dtype(param.dtype))
             init.fill(values, self.seed, param.name)
@@ -49,6 +109,112 @@ class Filler:
         record_stats(planned, stored)
         self.bytes_generated += stored.nbytes
         return stored
+
+    def _write_direct(self, planned: Planned, dist: Distribution, direct: DirectOutput) -> None:
+        param = planned.param
+        compute = dtypes.compute_dtype(param.dtype)
+        itemsize = dtypes.itemsize(param.dtype)
+        same = dtypes.numpy_dtype(param.dtype) == compute
+        sample = StatsSample(param.numel, dtypes.numpy_dtype(param.dtype))
+
+        def scratch(start: int, count: int) -> np.ndarray:
+            return _block_buffer(compute)[:count]
+
+        def write_block(start: int, block: np.ndarray) -> None:
+            values = block if same else dtypes.cast_checked(block, param.dtype, param.name)
+            sample.take(start, values)
+            pwrite_all(direct.fd, values, direct.offset + start * itemsize, direct.target)
+
+        tasks = [
+            partial(generate_span, dist, span, compute, self.seed, param.name, scratch, write_block)
+            for span in spans(dist, param.numel)
+        ]
+        run_parallel(tasks)
+        direct.written = True
+        record_stats(planned, sample.values)
+        self.bytes_generated += param.numel * itemsize
+
+
+_buffers = threading.local()
+
+
+def _block_buffer(dtype: np.dtype[np.floating]) -> np.ndarray:
+    """This thread's reusable block buffer of ``dtype`` (allocated once per thread)."""
+    found: dict[str, np.ndarray] = _buffers.__dict__.setdefault("by_dtype", {})
+    buffer = found.get(dtype.str)
+    if buffer is None:
+        buffer = found[dtype.str] = np.empty(BLOCK_ELEMENTS, dtype)
+    return buffer
+
+
+def pwrite_all(fd: int, values: np.ndarray, offset: int, target: Path) -> None:
+    """Write ``values``' bytes at ``offset`` (``pwrite`` may write less than asked)."""
+    view = values.reshape(-1).view(np.uint8).data
+    try:
+        while view.nbytes:
+            done = os.pwrite(fd, view, offset)
+            view, offset = view[done:], offset + done
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            reason += " (free some space or choose another -o)"
+        raise OutputError(f"{target}: write failed: {reason}") from exc
+
+
+class StatsSample:
+    """Collects, from blocks arriving in any order, the same values :func:`stats_sample` takes."""
+
+    def __init__(self, size: int, dtype: np.dtype) -> None:
+        if size <= STATS_SAMPLE:
+            self.starts, self.run = [0], size
+        else:
+            self.starts = np.linspace(0, size - STATS_RUN, STATS_RUNS).astype(np.int64).tolist()
+            self.run = STATS_RUN
+        self.ends = [start + self.run for start in self.starts]
+        self.values = np.empty(len(self.starts) * self.run, dtype)
+
+    def take(self, start: int, block: np.ndarray) -> None:
+        stop = start + block.size
+        for index in range(bisect.bisect_right(self.ends, start), bisect.bisect_left(self.starts, stop)):
+            run_start = self.starts[index]
+            low, high = max(run_start, start), min(run_start + self.run, stop)
+            at = index * self.run + low - run_start
+            self.values[at : at + high - low] = block[low - start : high - start]
+
+
+class EarlyWriteback:
+    """Starts the kernel's writeback of an output while it is still being written.
+
+    Every :data:`WRITEBACK_BYTES` written, a background thread runs ``fdatasync`` (at most one at a
+    time), so the disk works during generation and the fsync of the commit finds little left to
+    do.  Errors are left to that final fsync, which reports them.  Call :meth:`finish` before the
+    file is closed.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = 0
+        self.thread: threading.Thread | None = None
+
+    def wrote(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if self.pending < WRITEBACK_BYTES or (self.thread is not None and self.thread.is_alive()):
+            return
+        self.pending = 0
+        self.thread = threading.Thread(target=self._sync, name="netinit-writeback", daemon=True)
+        self.thread.start()
+
+    def _sync(self) -> None:
+        with contextlib.suppress(OSError):
+            getattr(os, "fdatasync", os.fsync)(self.fd)
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+
+WRITEBACK_BYTES = 128 << 20
 
 
 def generation_bytes(numel: int, dtype: str) -> int:

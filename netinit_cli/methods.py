@@ -82,7 +82,12 @@ def _scaling_options(mode: str, nonlinearity: str) -> tuple[OptionDef, ...]:
     )
 
 
-_FORGET_BIAS = OptionDef("forget_bias", "number", 0.0, "LSTM forget-gate bias, on one bias vector only (ONNX B: Wb's f; torch: bias_ih's f)")
+_FORGET_BIAS = OptionDef(
+    "forget_bias",
+    "number",
+    0.0,
+    "LSTM forget-gate bias, on one bias vector only (ONNX B: Wb's f; torch: bias_ih's f)",
+)
 
 METHODS: dict[str, tuple[OptionDef, ...]] = {
     "kaiming": (*_scaling_options("fan_in", "relu"), _FORGET_BIAS),
@@ -286,13 +291,17 @@ class TensorInit:
     expected_mean: float | None
     expected_std: float | None
     fill: Filler
+    # Set when ``fill`` is exactly ``sample_into(distribution, …)``: the values can then be
+    # generated block by block straight into the output file (see fill.direct_output).
+    distribution: Distribution | None = None
 
 
 def constant_init(value: float, label: str | None = None) -> TensorInit:
     def fill(out: np.ndarray, seed: Seed, name: str) -> None:
         out.fill(value)
 
-    return TensorInit(label or f"constant {format_number(value)}", None, None, value, 0.0, fill)
+    label = label or f"constant {format_number(value)}"
+    return TensorInit(label, None, None, value, 0.0, fill, Distribution("constant", (value,)))
 
 
 def distribution_init(
@@ -302,7 +311,7 @@ def distribution_init(
         sample_into(dist, out, seed, name)
 
     fan_in, fan_out = fans if fans is not None else (None, None)
-    return TensorInit(label or dist.describe(), fan_in, fan_out, dist.mean, dist.std, fill)
+    return TensorInit(label or dist.describe(), fan_in, fan_out, dist.mean, dist.std, fill, dist)
 
 
 # Roles with a fixed value whatever the method (torch / MXNet / timm defaults).

@@ -62,6 +62,7 @@ from netinit_cli.classify_onnx import (
     structured_value_note,
 )
 from netinit_cli.errors import InputError, OutputError, UnsafeInputError
+from netinit_cli.fill import EarlyWriteback, direct_output
 from netinit_cli.formats.base import (
     TEMP_TAG,
     AtomicFileSet,
@@ -369,18 +370,20 @@ class OnnxModel:
         # The proto is edited in place and reloaded from the input on the next use.
         self._dirty = True
         writer = _DataWriter(data_path, threshold)
-        with AtomicFileSet(overwrite=overwrite) as files:
+        with AtomicFileSet(overwrite=overwrite) as files, contextlib.ExitStack() as closing:
             writer.files = files
+            closing.callback(writer.finish)
             for stored in self.graphs.stored:
                 planned = fills.get(stored.name)
                 if planned is not None:
-                    self._fill(stored, produce(planned), writer)  # dropped before the next one
+                    self._fill(stored, planned, produce, writer)
                 elif stored.tensor is not None:
                     self._keep(stored.tensor, writer, stored.name)
                     if stored.sparse is not None:
                         self._keep(stored.sparse.indices, writer, stored.name)
             for tensor in self._other_tensors():
                 self._keep(tensor, writer, tensor.name)
+            writer.finish()
             _set_metadata(self.proto, provenance)
             _check_output(self.proto, writer.location, out)
             try:
@@ -462,16 +465,40 @@ class OnnxModel:
             offset = writer.write_bytes(raw.data)
             _point_to(tensor, writer.location, offset, raw.nbytes)
 
-    def _fill(self, stored: StoredTensor, values: np.ndarray, writer: _DataWriter) -> None:
+    def _fill(self, stored: StoredTensor, planned: Planned, produce: Produce, writer: _DataWriter) -> None:
+        """Produce a filled tensor (dropped before the next one) and store it: in its attribute,
+        inline, or in the data file, where large tensors are written by the sampler threads."""
         expected = _numpy_dtype(stored.elem_type)
         shape = tuple(stored.shape)
+        attribute = stored.attribute
+        in_attribute = attribute is not None and attribute.type in (
+            AttributeProto.FLOAT,
+            AttributeProto.FLOATS,
+        )
+        nbytes = math.prod(shape) * expected.itemsize
+        to_data_file = not in_attribute and (
+            nbytes >= writer.threshold or (stored.tensor is not None and id(stored.tensor) in self.external)
+        )
+        written = False
+        if to_data_file:
+            fd, offset = writer.reserve()
+            with direct_output(fd, offset, writer.path) as direct:
+                values = produce(planned)
+            written = direct.written
+        else:
+            values = produce(planned)
         if values.dtype != expected or values.size != math.prod(shape):
             raise OutputError(
                 f"tensor {stored.name!r}: generated {values.dtype}{list(values.shape)}, expected "
                 f"{expected}{list(shape)} (a netinit bug)"
             )
+        if written:  # values is a stand-in: the bytes are in the file already
+            tensor = self._dense_target(stored)
+            for name in DATA_FIELDS:
+                tensor.ClearField(name)
+            _point_to(tensor, writer.location, writer.advance(nbytes), nbytes)
+            return
         values = np.ascontiguousarray(values).reshape(shape)
-        attribute = stored.attribute
         if attribute is not None and attribute.type == AttributeProto.FLOAT:
             attribute.f = float(values.reshape(-1)[0])
             return
@@ -485,9 +512,7 @@ class OnnxModel:
         for name in DATA_FIELDS:
             tensor.ClearField(name)
         raw = values.reshape(-1).view(np.uint8)
-        if raw.nbytes >= writer.threshold or (
-            stored.tensor is not None and id(stored.tensor) in self.external
-        ):
+        if to_data_file:
             offset = writer.write_bytes(raw.data)
             tensor.ClearField("raw_data")
             _point_to(tensor, writer.location, offset, raw.nbytes)
@@ -637,6 +662,7 @@ class _DataWriter:
         self.files: AtomicFileSet | None = None
         self.handle: BinaryIO | None = None
         self.position = 0
+        self.writeback: EarlyWriteback | None = None
 
     def _start(self) -> BinaryIO:
         if self.handle is None:
@@ -653,7 +679,34 @@ class _DataWriter:
         offset = self.position
         handle.write(data)
         self.position += data.nbytes
+        self._wrote(data.nbytes)
         return offset
+
+    def reserve(self) -> tuple[int, int]:
+        """(fd, offset) where the next tensor goes, for a direct ``pwrite`` of its bytes."""
+        handle = self._start()
+        handle.flush()
+        return handle.fileno(), self.position
+
+    def advance(self, nbytes: int) -> int:
+        """Account for ``nbytes`` written directly at :meth:`reserve`'s offset; return that offset."""
+        assert self.handle is not None
+        offset = self.position
+        self.position += nbytes
+        self.handle.seek(self.position)
+        self._wrote(nbytes)
+        return offset
+
+    def _wrote(self, nbytes: int) -> None:
+        if self.writeback is None:
+            assert self.handle is not None
+            self.writeback = EarlyWriteback(self.handle.fileno())
+        self.writeback.wrote(nbytes)
+
+    def finish(self) -> None:
+        """Wait for the early writeback (before the data file is committed or closed)."""
+        if self.writeback is not None:
+            self.writeback.finish()
 
     def copy_from(self, source: BinaryIO, length: int) -> int:
         handle = self._start()
@@ -666,6 +719,7 @@ class _DataWriter:
             handle.write(chunk)
             remaining -= len(chunk)
         self.position += length
+        self._wrote(length)
         return offset
 
 

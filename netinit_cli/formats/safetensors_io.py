@@ -53,6 +53,7 @@ import numpy as np
 from netinit_cli.classify_names import classify_params
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError, NetinitError, OutputError, UnsafeInputError, UsageError
+from netinit_cli.fill import EarlyWriteback, direct_output
 from netinit_cli.formats.base import AtomicFileSet, Produce, WriteResult, with_init_suffix
 from netinit_cli.model import Action, Param, Planned
 
@@ -636,14 +637,22 @@ class SafetensorsModel:
                 fd = files.open(target).fileno()
                 _write_all(fd, struct.pack("<Q", len(header)) + header, target)
                 position = 8 + len(header)
+                writeback = EarlyWriteback(fd)
+                closing.callback(writeback.finish)
                 for item in items:
                     nbytes = item.nbytes
                     if item.primary in produced:
                         src_fd, src_offset, _ = produced[item.primary]
                         _copy_range(src_fd, src_offset, nbytes, fd, target)
                     elif item.planned is not None:
-                        array = _checked_output(produce(item.planned), item)
-                        _write_all(fd, array.reshape(-1).view(np.uint8).data, target)
+                        # Large tensors are written by the sampler threads themselves (pwrite at
+                        # ``position``); others come back as an array.
+                        with direct_output(fd, position, target) as direct:
+                            array = _checked_output(produce(item.planned), item, direct.written)
+                        if direct.written:
+                            os.lseek(fd, position + nbytes, os.SEEK_SET)
+                        else:
+                            _write_all(fd, array.reshape(-1).view(np.uint8).data, target)
                         del array
                         produced[item.primary] = (fd, position, nbytes)
                     else:
@@ -655,9 +664,11 @@ class SafetensorsModel:
                         src_offset = src_shard.header.data_start + src_entry.begin
                         _copy_range(sources[src_shard.path], src_offset, nbytes, fd, target)
                     position += nbytes
+                    writeback.wrote(nbytes)
                     total_bytes += nbytes
                     total_params += math.prod(item.shape)
                     weight_map[item.name] = target.name
+                writeback.finish()
                 written_paths.append(target)
             if self._index is not None:
                 index_metadata = {
@@ -714,7 +725,9 @@ def _encode_header(metadata: dict[str, str], items: list[_Item]) -> bytes:
     return encoded
 
 
-def _checked_output(array: np.ndarray, item: _Item) -> np.ndarray:
+def _checked_output(array: np.ndarray, item: _Item, written: bool = False) -> np.ndarray:
+    """``produce``'s array, checked against the header and made little-endian C-contiguous
+    (only checked when the bytes were already ``written`` directly: it is then a stand-in)."""
     if item.dtype in _SUB_BYTE:
         raise NetinitError(
             f"internal error: cannot fill tensor {_quote(item.name)} of packed dtype {item.dtype}"
@@ -726,6 +739,8 @@ def _checked_output(array: np.ndarray, item: _Item) -> np.ndarray:
             f"internal error: produce() gave {got} for tensor {_quote(item.name)}, "
             f"expected {expected.name} {_shape_text(item.shape)}"
         )
+    if written:
+        return array
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))

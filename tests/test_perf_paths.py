@@ -1,0 +1,202 @@
+"""The fast paths give the same bytes as the plain ones: direct output (sampler threads writing
+blocks straight into the file), spans inside chunks, any thread count; and run_parallel never
+returns while a task may still write."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import threading
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from safetensors.numpy import load_file, save_file
+
+from netinit_cli import initialize
+from netinit_cli.distributions import Distribution, run_parallel, sample_into, spans
+from netinit_cli.fill import DIRECT_MIN_BYTES, Filler, StatsSample, direct_output, stats_sample
+from netinit_cli.methods import distribution_init
+from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.seeding import CHUNK_ELEMENTS, Seed
+
+SEED = Seed(99, "explicit")
+# Over two chunks and an odd tail, so spans start inside chunks and the last block is odd.
+SIZE = CHUNK_ELEMENTS + 3 * 65536 + 4099
+
+DISTRIBUTIONS = {
+    "uniform": Distribution("uniform", (-0.3, 0.2)),
+    "normal": Distribution("normal", (0.1, 0.5)),
+    "truncated": Distribution("truncated_normal", (0.0, 1.0, -1.5, 2.0)),
+    "constant": Distribution("constant", (0.25,)),
+}
+
+
+def _planned(dist: Distribution, dtype: str, size: int = SIZE) -> Planned:
+    param = Param("block.weight", (size,), dtype, role=Role.WEIGHT)
+    planned = Planned(param, Action.FILL)
+    planned.initializer = distribution_init(dist)
+    return planned
+
+
+def _direct_bytes(planned: Planned, path: Path, offset: int = 24) -> tuple[bytes, np.ndarray]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with direct_output(fd, offset, path) as slot:
+            stand_in = Filler(SEED).produce(planned)
+        assert slot.written
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    assert data[:offset] == b"\0" * offset and len(data) == offset + stand_in.nbytes
+    return data[offset:], stand_in
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize("dtype", ["F32", "F64", "BF16", "F16"])
+@pytest.mark.parametrize("kind", list(DISTRIBUTIONS))
+def test_direct_output_equals_in_memory_values(
+    kind: str, dtype: str, threads: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NETINIT_THREADS", "1")
+    in_memory = _planned(DISTRIBUTIONS[kind], dtype)
+    expected = Filler(SEED).produce(in_memory)
+    monkeypatch.setenv("NETINIT_THREADS", threads)
+    direct = _planned(DISTRIBUTIONS[kind], dtype)
+    got, stand_in = _direct_bytes(direct, tmp_path / "out.bin")
+    assert stand_in.shape == expected.shape and stand_in.dtype == expected.dtype
+    assert got == expected.tobytes()
+    assert (direct.mean, direct.std, direct.histogram) == (in_memory.mean, in_memory.std, in_memory.histogram)
+
+
+def test_small_tensors_and_other_fills_are_returned_not_written(tmp_path: Path) -> None:
+    small = _planned(DISTRIBUTIONS["normal"], "F32", DIRECT_MIN_BYTES // 4 - 1)
+    fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with direct_output(fd, 0, tmp_path / "x") as slot:
+            values = Filler(SEED).produce(small)
+        assert not slot.written and values.flags.owndata and values.size == small.param.numel
+    finally:
+        os.close(fd)
+    assert (tmp_path / "x").stat().st_size == 0
+
+
+def test_stats_sample_collects_the_same_values_from_blocks_in_any_order() -> None:
+    values = np.random.default_rng(3).standard_normal(SIZE).astype(np.float32)
+    sample = StatsSample(values.size, values.dtype)
+    cuts = [*list(range(0, SIZE, 65536)), SIZE]
+    for start, stop in reversed(list(itertools.pairwise(cuts))):
+        sample.take(start, values[start:stop])
+    np.testing.assert_array_equal(sample.values, stats_sample(values))
+
+
+def test_spans_cover_the_tensor_and_never_cross_a_chunk() -> None:
+    for dist in DISTRIBUTIONS.values():
+        found = spans(dist, SIZE)
+        assert found[0].start == 0 and found[-1].stop == SIZE
+        assert all(a.stop == b.start for a, b in itertools.pairwise(found))
+        assert all(s.chunk == s.start // CHUNK_ELEMENTS == (s.stop - 1) // CHUNK_ELEMENTS for s in found)
+    # rejection sampling cannot skip ahead: one span per chunk
+    assert len(spans(DISTRIBUTIONS["truncated"], SIZE)) == 2
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_sample_into_does_not_depend_on_threads(threads: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETINIT_THREADS", "1")
+    reference = np.empty(SIZE, np.float32)
+    sample_into(DISTRIBUTIONS["normal"], reference, SEED, "w")
+    monkeypatch.setenv("NETINIT_THREADS", threads)
+    again = np.empty(SIZE, np.float32)
+    sample_into(DISTRIBUTIONS["normal"], again, SEED, "w")
+    assert again.tobytes() == reference.tobytes()
+
+
+def test_run_parallel_returns_only_after_every_task_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETINIT_THREADS", "2")
+    finished: list[int] = []
+    lock = threading.Lock()
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    def slow(index: int) -> None:
+        time.sleep(0.05)
+        with lock:
+            finished.append(index)
+
+    tasks = [lambda: slow(0), fail, *[lambda i=i: slow(i) for i in range(1, 6)]]
+    with pytest.raises(OSError, match="disk full"):
+        run_parallel(tasks)
+    snapshot = list(finished)
+    time.sleep(0.2)
+    assert finished == snapshot  # nothing ran after run_parallel returned
+    assert 0 in finished
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("method", ["kaiming", "kaiming(distribution=uniform)", "orthogonal"])
+def test_safetensors_output_is_identical_for_any_thread_count(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    save_file(
+        {
+            "a.weight": rng.standard_normal((640, 512)).astype(np.float32),  # 1.25 MiB: direct
+            "a.bias": np.zeros(640, np.float32),
+            "b.weight": rng.standard_normal((300, 1100)).astype(ml_dtypes.bfloat16),
+            "a.norm.weight": np.zeros(512, np.float32),
+        },
+        str(tmp_path / "in.safetensors"),
+    )
+    digests = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("NETINIT_THREADS", threads)
+        out = tmp_path / f"out{threads}.safetensors"
+        initialize(str(tmp_path / "in.safetensors"), str(out), all=True, method=method)
+        digests.append(_digest(out))
+    assert digests[0] == digests[1]
+    loaded = load_file(str(tmp_path / "out1.safetensors"))
+    assert loaded["a.norm.weight"].tolist() == [1.0] * 512 and not loaded["a.bias"].any()
+    # the directly written tensor is what the in-memory path gives
+    planned = Planned(Param("a.weight", (640, 512), "F32", role=Role.WEIGHT), Action.FILL)
+    if method != "orthogonal":
+        from netinit_cli.methods import initializer_for, parse_method
+        from netinit_cli.model import LINEAR_OUT_IN
+
+        planned.param.layout = LINEAR_OUT_IN
+        planned.initializer = initializer_for(planned.param, parse_method(method))
+        assert loaded["a.weight"].tobytes() == Filler(Seed(1234, "default")).produce(planned).tobytes()
+
+
+def test_onnx_external_data_written_directly_matches_the_in_memory_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weight = np.ones((1024, 384), np.float32)  # 1.5 MiB: goes to the data file, written directly
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 384])],
+        [onnx.numpy_helper.from_array(weight, "W")],
+    )
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("NETINIT_THREADS", threads)
+        out = tmp_path / f"m{threads}.onnx"
+        initialize(str(tmp_path / "m.onnx"), str(out), all=True, method="kaiming")
+        loaded = onnx.load(str(out))
+        results.append(onnx.numpy_helper.to_array(loaded.graph.initializer[0], base_dir=str(tmp_path)))
+    assert results[0].tobytes() == results[1].tobytes()
+    # Kaiming fan_in on MatMul's [in, out] weight: σ = √2/√1024; the std of n = 393,216 draws has
+    # relative standard error 1/√(2n) = 0.11%, so 1% is a 9-sigma bound.
+    assert results[0].shape == weight.shape
+    assert abs(float(results[0].std()) / (2**0.5 / 32) - 1) < 0.01
