@@ -28,7 +28,11 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "imports (all modules)": [("<frozen importlib._bootstrap>", "_find_and_load")],
     "open + classify": [("api.py", "_open")],
     "plan": [("plan.py", "make_plan")],
-    "generation (sampler pool)": [("distributions.py", "sample_into"), ("methods.py", "orthogonal_fill")],
+    "generation (sampler pool)": [
+        ("distributions.py", "sample_into"),
+        ("methods.py", "orthogonal_fill"),
+        ("fill.py", "_write_direct"),  # generation and pwrite together, in the sampler threads
+    ],
     "cast to stored dtype": [("dtypes.py", "cast_checked")],
     "statistics for the table": [("fill.py", "record_stats")],
     "write (os.write/pwrite/file.write)": [("~", "posix.write"), ("~", "posix.pwrite"), ("~", "write")],

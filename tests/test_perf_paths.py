@@ -18,11 +18,17 @@ import pytest
 from onnx import TensorProto, helper
 from safetensors.numpy import load_file, save_file
 
-from netinit_cli import initialize
+from netinit_cli import blas, initialize
 from netinit_cli.distributions import Distribution, run_parallel, sample_into, spans
 from netinit_cli.fill import DIRECT_MIN_BYTES, Filler, StatsSample, direct_output, stats_sample
-from netinit_cli.methods import distribution_init
-from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.methods import (
+    _orthonormalize_in_place,
+    distribution_init,
+    initializer_for,
+    orthonormalize,
+    parse_method,
+)
+from netinit_cli.model import LINEAR_OUT_IN, Action, Param, Planned, Role
 from netinit_cli.seeding import CHUNK_ELEMENTS, Seed
 
 SEED = Seed(99, "explicit")
@@ -168,9 +174,6 @@ def test_safetensors_output_is_identical_for_any_thread_count(
     # the directly written tensor is what the in-memory path gives
     planned = Planned(Param("a.weight", (640, 512), "F32", role=Role.WEIGHT), Action.FILL)
     if method != "orthogonal":
-        from netinit_cli.methods import initializer_for, parse_method
-        from netinit_cli.model import LINEAR_OUT_IN
-
         planned.param.layout = LINEAR_OUT_IN
         planned.initializer = initializer_for(planned.param, parse_method(method))
         assert loaded["a.weight"].tobytes() == Filler(Seed(1234, "default")).produce(planned).tobytes()
@@ -200,3 +203,69 @@ def test_onnx_external_data_written_directly_matches_the_in_memory_path(
     # relative standard error 1/√(2n) = 0.11%, so 1% is a 9-sigma bound.
     assert results[0].shape == weight.shape
     assert abs(float(results[0].std()) / (2**0.5 / 32) - 1) < 0.01
+
+
+# --- Orthogonal through float32 BLAS ---------------------------------------------------------
+
+needs_blas = pytest.mark.skipif(not blas.AVAILABLE, reason="NumPy's OpenBLAS symbols not found")
+
+
+def _numpy_q(a: np.ndarray) -> np.ndarray:
+    """Reference: the sign-corrected Q of a float64 Householder QR (wide blocks via the transpose)."""
+    wide = a.shape[0] < a.shape[1]
+    work = (a.T if wide else a).astype(np.float64)
+    q, r = np.linalg.qr(work)
+    q *= np.where(np.diagonal(r) < 0, -1.0, 1.0)
+    return q.T if wide else q
+
+
+@needs_blas
+@pytest.mark.parametrize("shape", [(300, 500), (500, 300), (450, 500), (500, 450), (64, 64), (700, 700)])
+def test_blas_orthonormalize_is_the_qr_factor_within_1e_5(shape: tuple[int, int]) -> None:
+    """One pass (aspect ≤ 0.7), two passes (≤ 0.9) and the NumPy path (square) all give the
+    positive-diagonal QR factor, orthonormal within 1e-5 in float32."""
+    a = np.random.default_rng(5).standard_normal(shape, dtype=np.float32)
+    q = orthonormalize(a)
+    assert q.dtype == np.float32 and q.shape == shape
+    gram = q @ q.T if shape[0] <= shape[1] else q.T @ q
+    assert np.abs(gram - np.eye(min(shape))).max() < 1e-5
+    assert np.abs(q - _numpy_q(a)).max() < 1e-4  # same factor, not merely some orthonormal basis
+
+
+@needs_blas
+def test_blas_path_is_taken_and_fallback_gives_the_same_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = np.random.default_rng(6).standard_normal((200, 320), dtype=np.float32)
+    assert _orthonormalize_in_place(a.copy())  # aspect 0.625: BLAS, one pass
+    assert not _orthonormalize_in_place(np.ones((4, 4), np.float32))  # aspect 1: NumPy path
+    fast = orthonormalize(a)
+    monkeypatch.setattr(blas, "AVAILABLE", False)
+    slow = orthonormalize(a)
+    assert np.abs(fast - slow).max() < 1e-4
+
+
+@needs_blas
+def test_singular_block_falls_back_and_leaves_input_usable() -> None:
+    a = np.zeros((50, 80), np.float32)
+    a[:, 0] = 1.0  # rank 1: the Gram matrix is singular
+    work = a.copy()
+    assert not _orthonormalize_in_place(work)
+    assert (work == a).all()
+
+
+@needs_blas
+@pytest.mark.parametrize(("rows", "cols"), [(6, 10), (9, 10), (10, 6)])
+def test_blas_orthogonal_is_haar(rows: int, cols: int) -> None:
+    """A Haar (uniform on the Stiefel manifold) block's first entry squared follows
+    Beta(1/2, (n−1)/2), n the length of its orthonormal vectors."""
+    from scipy import stats
+
+    n = max(rows, cols)
+    draws = 1500
+    firsts = np.empty(draws)
+    for i in range(draws):
+        param = Param(f"w{i}", (rows, cols), "F32", role=Role.WEIGHT, layout=LINEAR_OUT_IN)
+        out = np.empty((rows, cols), np.float32)
+        initializer_for(param, parse_method("orthogonal")).fill(out, SEED, param.name)
+        firsts[i] = out[0, 0]
+    assert stats.kstest(firsts.astype(np.float64) ** 2, "beta", args=(0.5, (n - 1) / 2)).pvalue > 1e-4
+    assert stats.binomtest(int((firsts > 0).sum()), draws).pvalue > 1e-4
