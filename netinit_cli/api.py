@@ -21,7 +21,7 @@ import numpy as np
 from netinit_cli import __version__
 from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import InputError, UsageError
-from netinit_cli.fill import Filler, check_fits_in_memory
+from netinit_cli.fill import DirectOutput, Filler, check_fits_in_memory
 from netinit_cli.formats import open_model
 from netinit_cli.formats.base import ModelFile
 from netinit_cli.methods import MethodSpec, parse_method
@@ -254,8 +254,8 @@ def initialize(
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
 
-    def produce(planned: Planned) -> np.ndarray:
-        values = filler.produce(planned)
+    def produce(planned: Planned, place: DirectOutput | None = None) -> np.ndarray:
+        values = filler.produce(planned, place)
         if progress is not None:
             progress.advance(planned, values.nbytes)
         return values

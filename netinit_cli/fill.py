@@ -4,7 +4,7 @@ The writer calls :meth:`Filler.produce` once per filled tensor, in write order, 
 generated tensor is alive at a time: memory is bounded by the largest tensor, not the model.
 
 Direct output.  A writer that knows where a tensor's bytes go (an open file and a byte offset)
-may offer that place with :func:`direct_output` around its ``produce`` call.  A large tensor
+may offer that place as a :class:`DirectOutput`, the second argument of ``produce``.  A large tensor
 drawn from a plain distribution is then never held in memory: the sampler threads generate it
 block by block into small reused buffers (cache-sized, never page-faulted again), round each
 block to the stored dtype and ``pwrite`` it at its offset, so both cores generate *and* write.
@@ -20,8 +20,6 @@ import contextlib
 import errno
 import os
 import threading
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -60,34 +58,19 @@ class DirectOutput:
     written: bool = False  # set by produce() when it wrote the bytes itself
 
 
-_DIRECT: ContextVar[DirectOutput | None] = ContextVar("netinit_direct_output", default=None)
-
-
-@contextlib.contextmanager
-def direct_output(fd: int, offset: int, target: Path) -> Iterator[DirectOutput]:
-    """Let a ``produce`` call inside this block write its tensor to ``fd`` at ``offset`` itself.
-
-    ``fd``'s file position is not used or moved (``pwrite``); the writer checks ``.written``.
-    """
-    slot = DirectOutput(fd, offset, target)
-    token = _DIRECT.set(slot)
-    try:
-        yield slot
-    finally:
-        _DIRECT.reset(token)
-
-
 class Filler:
     def __init__(self, seed: Seed) -> None:
         self.seed = seed
         self.bytes_generated = 0
 
-    def produce(self, planned: Planned) -> np.ndarray:
+    def produce(self, planned: Planned, place: DirectOutput | None = None) -> np.ndarray:
+        """The values of ``planned`` in its stored dtype; or, when ``place`` is given and the
+        tensor is large and distribution-drawn, write them there and return a stand-in."""
         if planned.action is not Action.FILL or planned.initializer is None:
             raise NetinitError(f"internal: {planned.param.name} is not planned to be filled")
         param = planned.param
         init: TensorInit = planned.initializer
-        direct = _DIRECT.get()
+        direct = place
         stored_dtype = dtypes.numpy_dtype(param.dtype)
         if (
             direct is not None

@@ -108,7 +108,11 @@ def output_set(out: Path) -> list[Path]:
 
 def _is_data_file_of(name: str, out: Path) -> bool:
     import re
-    return re.fullmatch(re.escape(out.stem) + r"\.[0-9a-f]{16}\.data(\.netinit-.*\.tmp)?", name.lstrip(".")) is not None
+
+    return (
+        re.fullmatch(re.escape(out.stem) + r"\.[0-9a-f]{16}\.data(\.netinit-.*\.tmp)?", name.lstrip("."))
+        is not None
+    )
 
 
 def digest_set(out: Path) -> tuple[str | None, ...]:
@@ -183,7 +187,9 @@ def test_kill_9_leaves_old_or_complete_output(
             outcomes.append("old" if with_old else "absent")
         leftovers = {p.name for p in tmp_path.iterdir()} - {p.name for p in output_set(out)}
         stray = [name for name in leftovers if not name.startswith(f".{out.name}.netinit-")]
-        stray = [name for name in stray if not _is_data_file_of(name, out)]  # temps, or data a kill between renames left
+        stray = [
+            name for name in stray if not _is_data_file_of(name, out)
+        ]  # temps, or data a kill between renames left
         assert stray == [], f"unexpected files after a kill: {stray}"
     assert "complete" in outcomes or any(o != "complete" for o in outcomes)
     done = netinit(*[str(models[kind]), "--all", "--seed", "1", "-o", str(out), "--force"])

@@ -28,12 +28,10 @@ from hypothesis import strategies as st
 # H3 a declared terabyte shape was allocated (MemoryError, exit 1); H1b a negative dimension
 # passed the load check and exited 5; H8/H9 (atheris) a rank-1 Gemm weight and Conv group=0
 # crashed in the fan computation.
-KNOWN_BUGS: dict[str, tuple[str, str, str]] = {
-}
+KNOWN_BUGS: dict[str, tuple[str, str, str]] = {}
 
 # Named and corpus cases that hit an open bug today.
-KNOWN_CASES: dict[str, str] = {
-}
+KNOWN_CASES: dict[str, str] = {}
 
 FAST_FAMILIES = ("corpus", "st-named", "st-index", "onnx-external")
 SLOW_FAMILIES = ("truncate", "flip")

@@ -27,7 +27,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 def fake_produce(calls: list[str]) -> onnx_io.Produce:
     """Deterministic values (never equal to any stored ones), recording each call."""
 
-    def produce(planned: Planned) -> np.ndarray:
+    def produce(planned: Planned, place: object = None) -> np.ndarray:
         calls.append(planned.param.name)
         p = planned.param
         values = np.arange(p.numel, dtype=np.float64).reshape(p.shape) * 1e-3 + 0.5

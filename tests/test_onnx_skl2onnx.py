@@ -28,7 +28,7 @@ MLPS = sorted(name for name, case in CASES.items() if case["tensors"])
 NO_PARAMETERS = sorted(name for name, case in CASES.items() if not case["tensors"])
 
 
-def produce(planned: Planned) -> np.ndarray:
+def produce(planned: Planned, place: object = None) -> np.ndarray:
     p = planned.param
     return np.linspace(-0.5, 0.5, p.numel, dtype=np.float32).reshape(p.shape)
 

@@ -24,7 +24,7 @@ CASES: dict[str, dict[str, Any]] = (
 )
 
 
-def produce(planned: Planned) -> np.ndarray:
+def produce(planned: Planned, place: object = None) -> np.ndarray:
     """Values no exporter would store: easy to tell from the originals, small enough to run."""
     p = planned.param
     values = np.full(p.shape, 0.01, np.float64) + np.arange(p.numel).reshape(p.shape) * 1e-4

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from netinit_cli import blas, initialize
 from netinit_cli.distributions import Distribution, run_parallel, sample_into, spans
-from netinit_cli.fill import DIRECT_MIN_BYTES, Filler, StatsSample, direct_output, stats_sample
+from netinit_cli.fill import DIRECT_MIN_BYTES, DirectOutput, Filler, StatsSample, stats_sample
 from netinit_cli.methods import (
     _orthonormalize_in_place,
     distribution_init,
@@ -53,8 +53,8 @@ def _planned(dist: Distribution, dtype: str, size: int = SIZE) -> Planned:
 def _direct_bytes(planned: Planned, path: Path, offset: int = 24) -> tuple[bytes, np.ndarray]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with direct_output(fd, offset, path) as slot:
-            stand_in = Filler(SEED).produce(planned)
+        slot = DirectOutput(fd, offset, path)
+        stand_in = Filler(SEED).produce(planned, slot)
         assert slot.written
     finally:
         os.close(fd)
@@ -84,8 +84,8 @@ def test_small_tensors_and_other_fills_are_returned_not_written(tmp_path: Path) 
     small = _planned(DISTRIBUTIONS["normal"], "F32", DIRECT_MIN_BYTES // 4 - 1)
     fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        with direct_output(fd, 0, tmp_path / "x") as slot:
-            values = Filler(SEED).produce(small)
+        slot = DirectOutput(fd, 0, tmp_path / "x")
+        values = Filler(SEED).produce(small, slot)
         assert not slot.written and values.flags.owndata and values.size == small.param.numel
     finally:
         os.close(fd)

@@ -94,7 +94,9 @@ def test_shell_completion_script() -> None:
 def test_make_run(tmp_path: Path) -> None:
     # The README's first command, in this checkout (its .venv already exists when tests run).
     env = {**os.environ, "MAKEFLAGS": ""}
-    completed = subprocess.run(["make", "-s", "run"], cwd=ROOT, capture_output=True, text=True, env=env, check=False)
+    completed = subprocess.run(
+        ["make", "-s", "run"], cwd=ROOT, capture_output=True, text=True, env=env, check=False
+    )
     assert completed.returncode == 0, completed.stderr
     assert "netinit initialized fixtures/cnn.onnx" in completed.stdout
     assert "13 filled" in completed.stdout

@@ -18,7 +18,7 @@ from netinit_cli.model import Action, Param, Planned, Role
 def fill_sevens(calls: list[str]):  # type: ignore[no-untyped-def]
     """A fake ``produce``: 7 everywhere, in the tensor's dtype; records the call order."""
 
-    def produce(planned: Planned) -> np.ndarray:
+    def produce(planned: Planned, place: object = None) -> np.ndarray:
         calls.append(planned.param.name)
         return np.full(planned.param.shape, 7, numpy_dtype(planned.param.dtype))
 
@@ -106,7 +106,7 @@ def test_read_array_is_a_read_only_zero_copy_view(small_file: Path) -> None:
 def test_a_failing_produce_leaves_no_output_and_no_temp_files(small_file: Path, tmp_path: Path) -> None:
     model = open_safetensors(small_file)
 
-    def produce(planned: Planned) -> np.ndarray:
+    def produce(planned: Planned, place: object = None) -> np.ndarray:
         raise RuntimeError("generator crashed")
 
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -125,7 +125,7 @@ def test_wrong_produce_output_is_an_internal_error(small_file: Path, tmp_path: P
         model.write(
             tmp_path / "o.safetensors",
             plan_fill(model.params, {Role.WEIGHT}),
-            lambda planned: np.zeros(planned.param.shape),
+            lambda planned, place=None: np.zeros(planned.param.shape),
             {},
             overwrite=False,
         )
@@ -329,7 +329,7 @@ def test_identical_tied_embeddings_are_filled_once_and_written_under_both_names(
     out = tmp_path / "out.safetensors"
     counter = iter(range(100))
 
-    def produce(planned: Planned) -> np.ndarray:
+    def produce(planned: Planned, place: object = None) -> np.ndarray:
         calls.append(planned.param.name)
         return np.full(planned.param.shape, next(counter), np.float32)
 

@@ -23,8 +23,11 @@ from netinit_cli.errors import OutputError, OutputExistsError
 from netinit_cli.model import Param, Planned
 
 # Produces the values of one planned tensor, already in the tensor's own dtype and shape,
-# C-contiguous.  Called at most once per tensor, in write order.
-Produce = Callable[[Planned], np.ndarray]
+# C-contiguous.  Called at most once per tensor, in write order.  A writer may pass the place
+# the bytes go (fill.DirectOutput: an fd and offset); a large distribution-drawn tensor is then
+# written there by the sampler threads, ``place.written`` is set, and the returned array is a
+# zero-stride stand-in of the right shape and dtype that the writer must not write.
+Produce = Callable[..., np.ndarray]
 
 
 @dataclass

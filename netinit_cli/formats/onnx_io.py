@@ -62,7 +62,7 @@ from netinit_cli.classify_onnx import (
     structured_value_note,
 )
 from netinit_cli.errors import InputError, OutputError, UnsafeInputError
-from netinit_cli.fill import EarlyWriteback, direct_output
+from netinit_cli.fill import DirectOutput, EarlyWriteback
 from netinit_cli.formats.base import (
     TEMP_TAG,
     AtomicFileSet,
@@ -482,8 +482,8 @@ class OnnxModel:
         written = False
         if to_data_file:
             fd, offset = writer.reserve()
-            with direct_output(fd, offset, writer.path) as direct:
-                values = produce(planned)
+            direct = DirectOutput(fd, offset, writer.path)
+            values = produce(planned, direct)
             written = direct.written
         else:
             values = produce(planned)

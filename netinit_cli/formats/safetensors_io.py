@@ -53,7 +53,7 @@ import numpy as np
 from netinit_cli.classify_names import classify_params
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError, NetinitError, OutputError, UnsafeInputError, UsageError
-from netinit_cli.fill import EarlyWriteback, direct_output
+from netinit_cli.fill import DirectOutput, EarlyWriteback
 from netinit_cli.formats.base import AtomicFileSet, Produce, WriteResult, with_init_suffix
 from netinit_cli.model import Action, Param, Planned
 
@@ -647,8 +647,8 @@ class SafetensorsModel:
                     elif item.planned is not None:
                         # Large tensors are written by the sampler threads themselves (pwrite at
                         # ``position``); others come back as an array.
-                        with direct_output(fd, position, target) as direct:
-                            array = _checked_output(produce(item.planned), item, direct.written)
+                        direct = DirectOutput(fd, position, target)
+                        array = _checked_output(produce(item.planned, direct), item, direct.written)
                         if direct.written:
                             os.lseek(fd, position + nbytes, os.SEEK_SET)
                         else:
