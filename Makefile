@@ -27,8 +27,8 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check netinit_cli tests fixtures bench
-	$(BIN)/ruff format --check netinit_cli tests fixtures bench
+	$(BIN)/ruff check netinit_cli tests fixtures bench fuzz
+	$(BIN)/ruff format --check netinit_cli tests fixtures bench fuzz
 	$(BIN)/mypy --strict netinit_cli
 
 fixtures: $(VENV)/.dev
