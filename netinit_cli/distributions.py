@@ -23,7 +23,8 @@ they transform raw 64-bit words of the tensor's chunk streams (:mod:`netinit_cli
   exponential (intervals in one tail).  No inverse CDF, so no erfinv precision trouble.
 
 Each chunk of :data:`~netinit_cli.seeding.CHUNK_ELEMENTS` elements has its own stream and is
-processed in blocks of :data:`BLOCK_ELEMENTS` (cache-sized); chunks run on a thread pool (NumPy
+defined in blocks of :data:`BLOCK_ELEMENTS` (a uniform or normal span of several blocks is
+computed in one pass of NumPy calls, with the same values); chunks run on a thread pool (NumPy
 releases the GIL) and the bytes do not depend on the number of threads.
 """
 
@@ -388,22 +389,33 @@ def _normal_block(bits: np.random.BitGenerator, out: np.ndarray, mean: float, st
         _normal_block(bits, scratch, mean, std)
         out[...] = scratch[:size]
         return
+    _normal_rows(bits, out.reshape(1, size), mean, std)
+
+
+def _normal_rows(bits: np.random.BitGenerator, out: np.ndarray, mean: float, std: float) -> None:
+    """:func:`_normal_block` on each row of a 2-D ``out`` (even row length), in one pass of NumPy
+    calls: the words are drawn row after row, so the values are those of one call per row."""
+    rows, size = out.shape
     _, signed, width, _ = _WORDS[out.dtype]
     ftype = out.dtype.type
     half = size // 2
-    words = _raw_words(bits, size, out.dtype)
-    radius, angle = out[:half], out[half:]
+    words = _raw_words(bits, rows * size, out.dtype).reshape(rows, size)
+    radius, angle = out[:, :half], out[:, half:]
     # u₁ = k·2^-w + 2^-(w+1) ∈ (0, 1]: the offset only matters for the smallest k, keeping log finite.
-    np.multiply(words[:half], ftype(2.0**-width), out=radius, casting="unsafe", dtype=out.dtype)
+    np.multiply(words[:, :half], ftype(2.0**-width), out=radius, casting="unsafe", dtype=out.dtype)
     np.add(radius, ftype(2.0 ** -(width + 1)), out=radius)
     np.log(radius, out=radius)
     np.multiply(radius, ftype(-2.0 * std * std), out=radius)
     np.sqrt(radius, out=radius)
     # θ from the same words read as signed integers: v ∈ [−½, ½), a cheap signed conversion.
     np.multiply(
-        words[half:].view(signed), ftype(_TWO_PI * 2.0**-width), out=angle, casting="unsafe", dtype=out.dtype
+        words[:, half:].view(signed),
+        ftype(_TWO_PI * 2.0**-width),
+        out=angle,
+        casting="unsafe",
+        dtype=out.dtype,
     )
-    sine = np.sin(angle, out=words[:half].view(out.dtype))  # the spent words hold sin θ
+    sine = np.sin(angle, out=words[:, :half].view(out.dtype))  # the spent words hold sin θ
     np.cos(angle, out=angle)
     np.multiply(angle, radius, out=angle)
     np.multiply(radius, sine, out=radius)
@@ -496,11 +508,14 @@ def _truncated_block(bits: np.random.BitGenerator, out: np.ndarray, dist: Distri
 
 
 # Work is split into spans of SPAN_BLOCKS blocks (a chunk holds CHUNK_ELEMENTS / BLOCK_ELEMENTS
-# = 16): enough pieces per tensor that two threads finish together.  A span that starts inside a
+# = 16): enough pieces per tensor that two threads finish together, few enough that the per-span
+# Python work (a stream, a pwrite) and GIL hand-overs stay small (4 blocks: 5–10% slower on the
+# bundle; 16: worse, load imbalance and 4 MiB buffers).  A span that starts inside a
 # chunk advances the chunk's stream past the words of the blocks before it, which is exact for the
 # kinds whose word count per block is fixed (uniform, normal); truncated normal (rejection) keeps
 # one span per chunk.  Spans only schedule work: the values are those of the chunk streams.
-SPAN_BLOCKS = 4
+SPAN_BLOCKS = 8
+SPAN_ELEMENTS = SPAN_BLOCKS * BLOCK_ELEMENTS  # the most a span generates at once
 _FIXED_WORDS = ("normal", "uniform")
 _BLOCKS_PER_CHUNK = CHUNK_ELEMENTS // BLOCK_ELEMENTS
 
@@ -546,6 +561,23 @@ def _fill_block(dist: Distribution, bits: np.random.BitGenerator | None, block: 
         _truncated_block(bits, block, dist)
 
 
+def _fill_blocks(dist: Distribution, bits: np.random.BitGenerator | None, out: np.ndarray) -> None:
+    """Consecutive blocks (all full but the last) in one pass of NumPy calls, with the values of
+    :func:`_fill_block` per block: uniform draws one word per element whatever the cut, normal
+    works on the full blocks as rows.  Fewer, larger calls mean fewer GIL hand-overs between the
+    sampler threads."""
+    full = out.size // BLOCK_ELEMENTS * BLOCK_ELEMENTS
+    if bits is None or dist.kind not in _FIXED_WORDS or full <= BLOCK_ELEMENTS:
+        for start in range(0, out.size, BLOCK_ELEMENTS):
+            _fill_block(dist, bits, out[start : start + BLOCK_ELEMENTS])
+    elif dist.kind == "uniform":
+        _uniform_block(bits, out, dist.params[0], dist.params[1])
+    else:
+        _normal_rows(bits, out[:full].reshape(-1, BLOCK_ELEMENTS), dist.params[0], dist.params[1])
+        if full < out.size:
+            _normal_block(bits, out[full:], dist.params[0], dist.params[1])
+
+
 BlockTarget = Callable[[int, int], np.ndarray]  # (first element, element count) -> array to fill
 BlockDone = Callable[[int, np.ndarray], None]  # (first element, generated values)
 
@@ -559,19 +591,21 @@ def generate_span(
     target: BlockTarget,
     done: BlockDone | None = None,
 ) -> None:
-    """Generate ``span`` block by block into ``target(start, count)``, then call ``done``.
+    """Generate ``span`` into ``target(start, count)``, then call ``done``.
 
-    :func:`sample_into` passes views of the output; a streaming writer passes a small reused
-    buffer (the block stays in the cache) and writes it out in ``done``.
+    Uniform and normal spans are generated whole (:func:`_fill_blocks`); truncated normal block
+    by block.  :func:`sample_into` passes views of the output; a streaming writer passes a small
+    reused buffer (it stays in the cache) and writes it out in ``done``.
     """
     bits = None
     if dist.kind not in ("constant", "none"):
         bits = bit_generator(seed, name, span.chunk)
         if span.first_block:
             bits.advance(span.first_block * _words_per_block(dtype))
-    for start in range(span.start, span.stop, BLOCK_ELEMENTS):
-        block = target(start, min(BLOCK_ELEMENTS, span.stop - start))
-        _fill_block(dist, bits, block)
+    step = span.stop - span.start if dist.kind in _FIXED_WORDS else BLOCK_ELEMENTS
+    for start in range(span.start, span.stop, step):
+        block = target(start, min(step, span.stop - start))
+        _fill_blocks(dist, bits, block)
         if done is not None:
             done(start, block)
 

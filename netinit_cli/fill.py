@@ -6,8 +6,8 @@ generated tensor is alive at a time: memory is bounded by the largest tensor, no
 Direct output.  A writer that knows where a tensor's bytes go (an open file and a byte offset)
 may offer that place as a :class:`DirectOutput`, the second argument of ``produce``.  A large tensor
 drawn from a plain distribution is then never held in memory: the sampler threads generate it
-block by block into small reused buffers (cache-sized, never page-faulted again), round each
-block to the stored dtype and ``pwrite`` it at its offset, so both cores generate *and* write.
+span by span into per-thread reused buffers (a few MiB, never page-faulted again), round each
+span to the stored dtype and ``pwrite`` it at its offset, so both cores generate *and* write.
 ``produce`` then returns a zero-stride stand-in of the right shape and dtype, and the writer,
 seeing ``DirectOutput.written``, writes nothing.  The bytes are the same as ``produce`` without
 it (the blocks are those of the chunk streams), for any thread count.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from netinit_cli import dtypes
-from netinit_cli.distributions import BLOCK_ELEMENTS, Distribution, generate_span, run_parallel, spans
+from netinit_cli.distributions import SPAN_ELEMENTS, Distribution, generate_span, run_parallel, spans
 from netinit_cli.errors import InputError, NetinitError, OutputError
 from netinit_cli.methods import TensorInit
 from netinit_cli.model import Action, Planned
@@ -126,7 +126,7 @@ def _block_buffer(dtype: np.dtype[np.floating]) -> np.ndarray:
     found: dict[str, np.ndarray] = _buffers.__dict__.setdefault("by_dtype", {})
     buffer = found.get(dtype.str)
     if buffer is None:
-        buffer = found[dtype.str] = np.empty(BLOCK_ELEMENTS, dtype)
+        buffer = found[dtype.str] = np.empty(SPAN_ELEMENTS, dtype)
     return buffer
 
 

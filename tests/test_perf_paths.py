@@ -19,7 +19,15 @@ from onnx import TensorProto, helper
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import blas, initialize
-from netinit_cli.distributions import Distribution, run_parallel, sample_into, spans
+from netinit_cli.distributions import (
+    BLOCK_ELEMENTS,
+    Distribution,
+    _fill_block,
+    _fill_blocks,
+    run_parallel,
+    sample_into,
+    spans,
+)
 from netinit_cli.fill import DIRECT_MIN_BYTES, DirectOutput, Filler, StatsSample, stats_sample
 from netinit_cli.methods import (
     _orthonormalize_in_place,
@@ -99,6 +107,21 @@ def test_stats_sample_collects_the_same_values_from_blocks_in_any_order() -> Non
     for start, stop in reversed(list(itertools.pairwise(cuts))):
         sample.take(start, values[start:stop])
     np.testing.assert_array_equal(sample.values, stats_sample(values))
+
+
+@pytest.mark.parametrize("dist", [Distribution("uniform", (-0.3, 0.7)), Distribution("normal", (0.5, 2.0))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [3 * BLOCK_ELEMENTS, 2 * BLOCK_ELEMENTS + 7, BLOCK_ELEMENTS + 2, 8])
+def test_blocks_in_one_pass_equal_block_by_block(dist: Distribution, dtype: type, size: int) -> None:
+    """A span's full blocks computed together (rows for Box–Muller), then the partial one, give
+    the bytes of one call per block on the same stream."""
+    together = np.empty(size, dtype)
+    _fill_blocks(dist, np.random.PCG64DXSM(7), together)
+    one_by_one = np.empty(size, dtype)
+    bits = np.random.PCG64DXSM(7)
+    for start in range(0, size, BLOCK_ELEMENTS):
+        _fill_block(dist, bits, one_by_one[start : start + BLOCK_ELEMENTS])
+    assert together.tobytes() == one_by_one.tobytes()
 
 
 def test_spans_cover_the_tensor_and_never_cross_a_chunk() -> None:
