@@ -61,6 +61,7 @@ class DirectOutput:
 class Filler:
     def __init__(self, seed: Seed) -> None:
         self.seed = seed
+        keep_freed_buffers()
         self.bytes_generated = 0
 
     def produce(self, planned: Planned, place: DirectOutput | None = None) -> np.ndarray:
@@ -119,6 +120,32 @@ class Filler:
 
 
 _buffers = threading.local()
+
+# glibc's malloc serves blocks above its mmap threshold (128 KiB, raised only as such blocks are
+# freed) with fresh mmap()s and returns the top of the heap past the trim threshold: every 2 MiB
+# span's words (``random_raw`` allocates them) and every statistics temporary then costs page
+# faults, which are slow in these VMs.  Larger thresholds keep freed blocks for reuse (the heap
+# keeps at most what was in use at once).  Bundle kaiming uniform 0.71 -> 0.65 s.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_THRESHOLDS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 128 << 20))
+_malloc_tuned = False
+
+
+def keep_freed_buffers() -> None:
+    """Raise glibc's mmap and trim thresholds once per process (nothing elsewhere)."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    for option, value in _MALLOC_THRESHOLDS:
+        mallopt(option, value)
 
 
 def _block_buffer(dtype: np.dtype[np.floating]) -> np.ndarray:
@@ -249,6 +276,27 @@ def record_stats(planned: Planned, stored: np.ndarray) -> None:
     if sample.size and np.isfinite(sample).all():
         low, high = float(sample.min()), float(sample.max())
         if high > low:
-            planned.histogram = np.histogram(sample, bins=HISTOGRAM_BINS, range=(low, high))[0].tolist()
+            planned.histogram = histogram(sample, low, high).tolist()
         else:
             planned.histogram = [sample.size]
+
+
+def histogram(sample: np.ndarray, low: float, high: float, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """``np.histogram(sample, bins, range=(low, high))[0]`` for float64 ``sample`` within
+    [low, high], about 5x faster (its bin-edge corrections, which cost ~1 ms per tensor on the main
+    thread while the sampler threads wait, are only applied to the few values near an edge)."""
+    if (abs(low) + abs(high)) / (high - low) > 1e6:  # edges not resolvable to 1e-6 of a bin
+        counts: np.ndarray = np.histogram(sample, bins=bins, range=(low, high))[0]
+        return counts
+    position = (sample - low) / (high - low) * bins  # NumPy's own index formula
+    index = position.astype(np.intp)
+    np.minimum(index, bins - 1, out=index)  # the last bin includes ``high``
+    fraction = position - index
+    near = np.flatnonzero((fraction < 1e-6) | (fraction > 1 - 1e-6))
+    if near.size:  # NumPy's corrections: compare with the edges themselves
+        edges = np.linspace(low, high, bins + 1)
+        values, moved = sample[near], index[near]
+        moved -= values < edges[moved]
+        moved += (values >= edges[moved + 1]) & (moved != bins - 1)
+        index[near] = moved
+    return np.bincount(index, minlength=bins)

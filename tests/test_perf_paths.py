@@ -28,7 +28,7 @@ from netinit_cli.distributions import (
     sample_into,
     spans,
 )
-from netinit_cli.fill import DIRECT_MIN_BYTES, DirectOutput, Filler, StatsSample, stats_sample
+from netinit_cli.fill import DIRECT_MIN_BYTES, DirectOutput, Filler, StatsSample, histogram, stats_sample
 from netinit_cli.methods import (
     _orthonormalize_in_place,
     distribution_init,
@@ -122,6 +122,24 @@ def test_blocks_in_one_pass_equal_block_by_block(dist: Distribution, dtype: type
     for start in range(0, size, BLOCK_ELEMENTS):
         _fill_block(dist, bits, one_by_one[start : start + BLOCK_ELEMENTS])
     assert together.tobytes() == one_by_one.tobytes()
+
+
+def test_histogram_equals_numpy_including_values_on_bin_edges() -> None:
+    rng = np.random.default_rng(3)
+    edges = np.linspace(-0.3, 0.5, 9)
+    cases = [
+        rng.standard_normal(65536),
+        rng.uniform(-1, 1, 65536).astype(np.float32).astype(np.float64),
+        np.round(rng.uniform(0, 8, 5000) * 4) / 4,  # many values exactly on edges
+        rng.choice(edges, 5000),
+        rng.choice(edges + np.spacing(edges), 5000),
+        1000.0 + rng.standard_normal(4000) * 1e-11,  # spread too small for the fast path
+        np.array([0.0, 1.0]),
+    ]
+    for sample in cases:
+        low, high = float(sample.min()), float(sample.max())
+        expected = np.histogram(sample, bins=8, range=(low, high))[0]
+        assert histogram(sample, low, high).tolist() == expected.tolist()
 
 
 def test_spans_cover_the_tensor_and_never_cross_a_chunk() -> None:
