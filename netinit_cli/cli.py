@@ -18,6 +18,7 @@ from rich.console import Console
 from netinit_cli import __version__
 from netinit_cli.api import Report, build_options, initialize, inspect
 from netinit_cli.errors import EXIT_CODES, NetinitError
+from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
 from netinit_cli.report import TABLE_MODES, render
@@ -191,6 +192,7 @@ def init_command(
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
     console, err = _consoles(kw)
     options = _options(kw)
+    keep_freed_buffers()
     if options.seed.source == "automatic" and not kw["quiet"]:
         err.print(f"netinit: seed {options.seed} (automatic); repeat this run with --seed {options.seed}")
     progress = _progress(err, enabled=not kw["quiet"] and not dry_run)

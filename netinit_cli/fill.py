@@ -61,7 +61,6 @@ class DirectOutput:
 class Filler:
     def __init__(self, seed: Seed) -> None:
         self.seed = seed
-        keep_freed_buffers()
         self.bytes_generated = 0
 
     def produce(self, planned: Planned, place: DirectOutput | None = None) -> np.ndarray:
@@ -132,7 +131,10 @@ _malloc_tuned = False
 
 
 def keep_freed_buffers() -> None:
-    """Raise glibc's mmap and trim thresholds once per process (nothing elsewhere)."""
+    """Raise glibc's mmap and trim thresholds once per process (nothing elsewhere).
+
+    Process-wide, so only the command-line tool calls it (``netinit`` owns its process); the
+    Python API leaves the host program's allocator alone."""
     global _malloc_tuned
     if _malloc_tuned:
         return
