@@ -1,11 +1,13 @@
 """Name-rule classification, table-driven: real state-dict names of tiny transformers models of
-each family (built from config, no network), plus synthetic names for the conventions the tiny
+each family (built from the fixture generator's configs, no network), plus synthetic names for the conventions the tiny
 models do not cover (Flax, MLX, LoRA, MoE, RNN, quantized, buffers)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -19,76 +21,13 @@ TORCH_DTYPES = {"torch.float32": "F32", "torch.int64": "I64", "torch.bool": "BOO
 
 
 def _tiny(family: str):  # type: ignore[no-untyped-def]
-    t = transformers
-    builders = {
-        "gpt2": lambda: t.GPT2LMHeadModel(
-            t.GPT2Config(
-                n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=64, bos_token_id=0, eos_token_id=0
-            )
-        ),
-        "llama": lambda: t.LlamaForCausalLM(
-            t.LlamaConfig(
-                num_hidden_layers=2,
-                hidden_size=32,
-                intermediate_size=64,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=64,
-                tie_word_embeddings=False,
-            )
-        ),
-        "bert": lambda: t.BertForMaskedLM(
-            t.BertConfig(
-                num_hidden_layers=2,
-                hidden_size=32,
-                intermediate_size=64,
-                num_attention_heads=2,
-                vocab_size=64,
-                max_position_embeddings=32,
-            )
-        ),
-        "t5": lambda: t.T5ForConditionalGeneration(
-            t.T5Config(num_layers=2, d_model=32, d_ff=64, d_kv=8, num_heads=4, vocab_size=64)
-        ),
-        "vit": lambda: t.ViTForImageClassification(
-            t.ViTConfig(
-                num_hidden_layers=2,
-                hidden_size=32,
-                intermediate_size=64,
-                num_attention_heads=2,
-                image_size=16,
-                patch_size=8,
-                num_labels=3,
-            )
-        ),
-        "resnet": lambda: t.ResNetForImageClassification(
-            t.ResNetConfig(
-                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3
-            )
-        ),
-        "whisper": lambda: t.WhisperForConditionalGeneration(
-            t.WhisperConfig(
-                d_model=32,
-                encoder_layers=1,
-                decoder_layers=1,
-                encoder_attention_heads=2,
-                decoder_attention_heads=2,
-                encoder_ffn_dim=64,
-                decoder_ffn_dim=64,
-                num_mel_bins=8,
-                max_source_positions=16,
-                max_target_positions=16,
-                vocab_size=64,
-                pad_token_id=1,
-                bos_token_id=2,
-                eos_token_id=2,
-                decoder_start_token_id=3,
-                suppress_tokens=[],
-                begin_suppress_tokens=[],
-            )
-        ),
-    }
-    return builders[family]()
+    """The tiny model of ``family``, with the very configs the committed fixtures were made from."""
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "generate_families.py"
+    spec = importlib.util.spec_from_file_location("generate_families", path)
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    return generator.configs()[family]()
 
 
 @cache
