@@ -786,6 +786,12 @@ def _check_input(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
         raise InputError(
             f"{path}: not a valid ONNX model ({_one_line(exc)}); repair or re-export it"
         ) from exc
+    except ValueError as exc:
+        # Python's protobuf parsed it, but the checker's C++ parser refuses the re-serialized
+        # bytes (found by atheris: a deeply nested or oversized message).
+        raise InputError(
+            f"{path}: not a valid ONNX model ({_one_line(exc)}); repair or re-export it"
+        ) from exc
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: a name or string in the model is not valid UTF-8 (byte {exc.start}); the file is corrupt"
