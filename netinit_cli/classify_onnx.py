@@ -418,10 +418,6 @@ def _attention_weight(ctx: SlotContext) -> Layout:
     return replace(MATRIX_IN_OUT, label="[in, q+k+v]")
 
 
-def _no_layout(ctx: SlotContext) -> None:
-    return None
-
-
 # com.microsoft MoE: fc1 (input 2), fc2 (4), fc3 (6).  ORT ≥ 1.22 stores per-expert [out, in]
 # (fc1 [E, fusion·inter, hidden], fc2 [E, hidden, inter]); older releases stored [E, in, out].
 _MOE_FC1, _MOE_FC2 = 2, 4

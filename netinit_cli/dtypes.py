@@ -60,7 +60,6 @@ _ONNX: dict[int, str] = {
     19: "F8_E5M2",
     20: "F8_E5M2FNUZ",
 }
-_ONNX_BY_NAME = {name: number for number, name in _ONNX.items()}
 
 
 def is_float(dtype: str) -> bool:
@@ -88,13 +87,6 @@ def from_numpy(dtype: np.dtype) -> str:
 def onnx_to_name(elem_type: int) -> str:
     """ONNX element type number -> our name; unknown types get an opaque 'ONNX<n>' name."""
     return _ONNX.get(elem_type, f"ONNX{elem_type}")
-
-
-def name_to_onnx(dtype: str) -> int:
-    try:
-        return _ONNX_BY_NAME[dtype]
-    except KeyError:
-        raise UsageError(f"dtype {dtype} has no ONNX equivalent") from None
 
 
 def compute_dtype(dtype: str) -> np.dtype:

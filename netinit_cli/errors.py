@@ -40,12 +40,6 @@ class OutputError(NetinitError):
     exit_code = 5
 
 
-class NothingToDoError(NetinitError):
-    """Reserved for callers who want an empty plan to be an error (the CLI does not)."""
-
-    exit_code = 6
-
-
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with --debug output)",
