@@ -14,6 +14,7 @@ Decisions documented here:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -463,3 +464,68 @@ def test_report_json_goes_through_the_same_atomic_path(tmp_path: Path) -> None:
     assert code == 0, stderr
     assert json.loads(report.read_text())["files"] == [str(tmp_path / "m.onnx")]
     assert temps(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------
+# preallocation
+# ------------------------------------------------------------------------------------------
+def test_preallocate_allocates_the_blocks_it_is_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if base._fallocate(fd, 0, 0) == errno.ENOSYS:
+            pytest.skip("no fallocate(2) here")
+        base.preallocate(fd, 4096, 8 << 20, path)
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if info.st_size == 0:
+        pytest.skip("this filesystem cannot preallocate")
+    assert info.st_size == 4096 + (8 << 20)
+    assert info.st_blocks * 512 >= 8 << 20
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "onnx"])
+def test_output_is_the_same_where_the_filesystem_cannot_preallocate(
+    kind: str,
+    models: dict[str, Path],
+    references: dict[str, dict[str, object]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def unsupported(fd: int, offset: int, length: int) -> int:
+        calls.append((offset, length))
+        return errno.EOPNOTSUPP
+
+    monkeypatch.setattr(base, "_fallocate", unsupported)
+    out = tmp_path / "new" / f"model.init.{kind}"
+    out.parent.mkdir()
+    result = CliRunner().invoke(cli, [str(models[kind]), "--all", "--seed", "1", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert calls, "the writer did not ask to preallocate"
+    assert digest_set(out) == references[kind]["new"]
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "onnx"])
+def test_full_disk_at_preallocation_is_one_clean_line_before_anything_is_generated(
+    kind: str, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netinit_cli import fill
+
+    monkeypatch.setattr(base, "_fallocate", lambda fd, offset, length: errno.ENOSPC)
+    produced: list[str] = []
+    real = fill.Filler.produce
+
+    def spy(self: fill.Filler, planned: object, place: object = None) -> np.ndarray:
+        produced.append(planned.param.name)  # type: ignore[attr-defined]
+        return real(self, planned, place)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fill.Filler, "produce", spy)
+    out = tmp_path / f"model.init.{kind}"
+    result = CliRunner().invoke(cli, [str(models[kind]), "--all", "-o", str(out), "-q"])
+    assert result.exit_code == 5, result.output
+    assert "write failed: No space left on device (free some space or choose another -o)" in result.output
+    assert produced == [], "tensors were generated before the full disk was reported"
+    assert os.listdir(tmp_path) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import os
 import tempfile
@@ -158,6 +159,57 @@ def _write_failed(out: Path, exc: OSError) -> OutputError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         reason += " (free some space or choose another -o)"
     return OutputError(f"{out}: write failed: {reason}")
+
+
+@functools.cache
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """``fallocate(2)`` from the C library, or None where there is none (not Linux)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    function = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if function is None:
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+def _fallocate(fd: int, offset: int, length: int) -> int:
+    """``fallocate(fd, 0, offset, length)``: 0, or the errno it failed with."""
+    function = _libc_fallocate()
+    if function is None:
+        return errno.ENOSYS
+    if function(fd, 0, offset, length) == 0:
+        return 0
+    import ctypes
+
+    return ctypes.get_errno()
+
+
+# The filesystem cannot preallocate (FUSE, some network filesystems, old kernels' tmpfs):
+# the blocks are then allocated as the pages are written back, as without preallocation.
+_NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.EINTR}
+
+
+def preallocate(fd: int, offset: int, length: int, target: Path) -> None:
+    """Allocate the blocks of bytes ``[offset, offset + length)`` of an output before writing them.
+
+    Each output's size is known before its bytes are generated, and allocating its blocks at
+    once costs the filesystem far less than allocating them while the pages are written back
+    (ext4 here, ``dd`` of 1 GB with ``fdatasync``: 0.40-0.47 s with ``fallocate`` first,
+    0.46-2.76 s without).  A full disk is reported here, before anything is generated.  Not
+    ``os.posix_fallocate``: where the filesystem lacks support, glibc emulates it by writing
+    every block.
+    """
+    if length <= 0:
+        return
+    code = _fallocate(fd, offset, length)
+    if code and code not in _NOT_SUPPORTED:
+        raise _write_failed(target, OSError(code, os.strerror(code)))
 
 
 class _OutputFile(io.BufferedRandom):

@@ -69,6 +69,7 @@ from netinit_cli.formats.base import (
     Produce,
     WriteResult,
     check_destination,
+    preallocate,
     remove_stale_temps,
     with_init_suffix,
 )
@@ -79,6 +80,7 @@ SMALL_TENSOR_BYTES = 1 << 10  # threshold used when the inline rest would not fi
 MAX_INLINE_BYTES = int(1.8 * (1 << 30))  # protobuf's hard limit is 2 GiB - 1
 ALIGNMENT = 4096  # page-aligned offsets let readers memory-map each tensor
 COPY_CHUNK = 16 << 20
+PREALLOCATE_MIN_BYTES = 1 << 16  # smaller tensors are not worth a system call
 DATA_NAME_DIGITS = 16  # hex digits of the data file's name (see data_file_name)
 MAX_ELEMENTS = 1 << 50  # a shape with more elements is corrupt (2**50 bytes is a petabyte)
 
@@ -481,7 +483,7 @@ class OnnxModel:
         )
         written = False
         if to_data_file:
-            fd, offset = writer.reserve()
+            fd, offset = writer.reserve(nbytes)
             direct = DirectOutput(fd, offset, writer.path)
             values = produce(planned, direct)
             written = direct.written
@@ -664,7 +666,9 @@ class _DataWriter:
         self.position = 0
         self.writeback: EarlyWriteback | None = None
 
-    def _start(self) -> BinaryIO:
+    def _start(self, nbytes: int) -> BinaryIO:
+        """The data file, padded to the next tensor's aligned offset, with the tensor's
+        ``nbytes`` allocated there (see :func:`preallocate`)."""
         if self.handle is None:
             assert self.files is not None
             self.handle = self.files.open(self.path)
@@ -672,19 +676,21 @@ class _DataWriter:
         if pad:
             self.handle.write(b"\0" * pad)
             self.position += pad
+        if nbytes >= PREALLOCATE_MIN_BYTES:
+            preallocate(self.handle.fileno(), self.position, nbytes, self.path)
         return self.handle
 
     def write_bytes(self, data: memoryview) -> int:
-        handle = self._start()
+        handle = self._start(data.nbytes)
         offset = self.position
         handle.write(data)
         self.position += data.nbytes
         self._wrote(data.nbytes)
         return offset
 
-    def reserve(self) -> tuple[int, int]:
-        """(fd, offset) where the next tensor goes, for a direct ``pwrite`` of its bytes."""
-        handle = self._start()
+    def reserve(self, nbytes: int) -> tuple[int, int]:
+        """(fd, offset) where the next tensor (``nbytes``) goes, for a direct ``pwrite`` of its bytes."""
+        handle = self._start(nbytes)
         handle.flush()
         return handle.fileno(), self.position
 
@@ -709,7 +715,7 @@ class _DataWriter:
             self.writeback.finish()
 
     def copy_from(self, source: BinaryIO, length: int) -> int:
-        handle = self._start()
+        handle = self._start(length)
         offset = self.position
         remaining = length
         while remaining:

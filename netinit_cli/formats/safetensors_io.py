@@ -54,7 +54,7 @@ from netinit_cli.classify_names import classify_params
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError, NetinitError, OutputError, UnsafeInputError, UsageError
 from netinit_cli.fill import DirectOutput, EarlyWriteback
-from netinit_cli.formats.base import AtomicFileSet, Produce, WriteResult, with_init_suffix
+from netinit_cli.formats.base import AtomicFileSet, Produce, WriteResult, preallocate, with_init_suffix
 from netinit_cli.model import Action, Param, Planned
 
 # Limits checked before anything is allocated.  The reference caps the header at 100 MB; a
@@ -635,8 +635,9 @@ class SafetensorsModel:
                 metadata = {**shard.metadata, **provenance}
                 header = _encode_header(metadata, items)
                 fd = files.open(target).fileno()
-                _write_all(fd, struct.pack("<Q", len(header)) + header, target)
                 position = 8 + len(header)
+                preallocate(fd, 0, position + sum(item.nbytes for item in items), target)
+                _write_all(fd, struct.pack("<Q", len(header)) + header, target)
                 writeback = EarlyWriteback(fd)
                 closing.callback(writeback.finish)
                 for item in items:
