@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +122,8 @@ CONFIG_KEYS = {"method", "seed", "all", "fan_mode", "rules"}
 
 
 def load_config(path: Path) -> dict[str, Any]:
+    import tomllib
+
     try:
         with path.open("rb") as handle:
             settings = tomllib.load(handle)

@@ -5,15 +5,12 @@ Errors become one line on stderr and an exit code here, and only here.
 
 from __future__ import annotations
 
-import json
 import os
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from netinit_cli import __version__
 from netinit_cli.api import Report, build_options, initialize, inspect
@@ -22,6 +19,9 @@ from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
 from netinit_cli.report import TABLE_MODES, render
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,7 +54,7 @@ class DefaultGroup(click.Group):
             return super().invoke(ctx)
         except NetinitError as exc:
             if ctx.meta.get(DEBUG_KEY):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(f"netinit: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -64,7 +64,7 @@ class DefaultGroup(click.Group):
             ctx.exit(130)
         except Exception as exc:  # a bug: one line, the traceback only on request
             if ctx.meta.get(DEBUG_KEY):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(
                 f"netinit: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
                 err=True,
@@ -73,6 +73,12 @@ class DefaultGroup(click.Group):
 
 
 DEBUG_KEY = "netinit.debug"
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc()
 
 
 def method_options(func: F) -> F:
@@ -190,12 +196,12 @@ def init_command(
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
-    console, err = _consoles(kw)
     options = _options(kw)
     keep_freed_buffers()
-    if options.seed.source == "automatic" and not kw["quiet"]:
+    err = None if kw["quiet"] else _stderr_console()
+    if options.seed.source == "automatic" and err is not None:
         err.print(f"netinit: seed {options.seed} (automatic); repeat this run with --seed {options.seed}")
-    progress = _progress(err, enabled=not kw["quiet"] and not dry_run)
+    progress = None if err is None else _progress(err, enabled=not dry_run)
     try:
         report = initialize(
             model,
@@ -210,7 +216,7 @@ def init_command(
     finally:
         if progress:
             progress.stop()
-    _emit(report, console, kw)
+    _emit(report, kw)
 
 
 @cli.command("inspect")
@@ -219,9 +225,8 @@ def init_command(
 def inspect_command(model: Path | None, **kw: Any) -> None:
     """Show every tensor's role, layout, fans, and what would be done — without writing."""
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
-    console, _ = _consoles(kw)
     report = inspect(model, like=kw["like"], options=_options(kw))
-    _emit(report, console, {**kw, "table": "full" if kw["table"] == "auto" else kw["table"]})
+    _emit(report, {**kw, "table": "full" if kw["table"] == "auto" else kw["table"]})
 
 
 @cli.command("methods")
@@ -248,13 +253,20 @@ def _options(kw: dict[str, Any]) -> Any:
 PIPE_WIDTH = 160
 
 
-def _consoles(kw: dict[str, Any]) -> tuple[Console, Console]:
-    quiet = kw["quiet"]
-    console = Console(quiet=quiet, highlight=False)
+# The consoles are made only when something is printed: a quiet run never imports Rich.
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    console = Console(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(quiet=quiet, highlight=False, width=PIPE_WIDTH)
-    err = Console(stderr=True, quiet=quiet, highlight=False)
-    return console, err
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    return console
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
 
 
 class _Progress:
@@ -291,17 +303,21 @@ def _progress(console: Console, *, enabled: bool) -> _Progress | None:
     return _Progress(console)
 
 
-def _emit(report: Report, console: Console, kw: dict[str, Any]) -> None:
+def _emit(report: Report, kw: dict[str, Any]) -> None:
+    import json
+
     if kw["report_path"] is not None:
         _write_json(kw["report_path"], report)
     if kw["as_json"]:
         click.echo(json.dumps(report.to_json(), indent=2))
         return
     if not kw["quiet"]:
-        render(report, console, kw["table"])
+        render(report, _stdout_console(), kw["table"])
 
 
 def _write_json(path: Path, report: Report) -> None:
+    import json
+
     from netinit_cli.formats.base import atomic_output
 
     with atomic_output(path, overwrite=True) as handle:

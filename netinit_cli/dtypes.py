@@ -6,7 +6,6 @@ always generated in float32 (float64 for F64 tensors) and rounded once, here.
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 from netinit_cli.errors import UsageError
@@ -16,12 +15,6 @@ _NUMPY: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
-    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
     "C64": np.dtype(np.complex64),
     "I64": np.dtype(np.int64),
     "I32": np.dtype(np.int32),
@@ -33,6 +26,26 @@ _NUMPY: dict[str, np.dtype] = {
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
+
+# The low-precision floats come from ml_dtypes, imported (about 4 ms) the first time one is needed.
+_ML_DTYPES = {
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+def _add_ml_dtypes() -> None:
+    if "BF16" in _NUMPY:
+        return
+    import ml_dtypes
+
+    for name, attribute in _ML_DTYPES.items():
+        _NUMPY[name] = np.dtype(getattr(ml_dtypes, attribute))
+
 
 # Floats netinit fills.  F8_E8M0 is a scale format that cannot hold 0 or negatives, and C64 is
 # complex: neither is ever filled.
@@ -67,10 +80,13 @@ def is_float(dtype: str) -> bool:
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
-    try:
-        return _NUMPY[dtype]
-    except KeyError:
-        raise UsageError(f"unsupported dtype {dtype!r}") from None
+    found = _NUMPY.get(dtype)
+    if found is None and dtype in _ML_DTYPES:
+        _add_ml_dtypes()
+        found = _NUMPY[dtype]
+    if found is None:
+        raise UsageError(f"unsupported dtype {dtype!r}")
+    return found
 
 
 def itemsize(dtype: str) -> int:
@@ -78,6 +94,8 @@ def itemsize(dtype: str) -> int:
 
 
 def from_numpy(dtype: np.dtype) -> str:
+    if dtype.kind == "V":  # ml_dtypes' types are numpy "void" kinds
+        _add_ml_dtypes()
     for name, candidate in _NUMPY.items():
         if candidate == dtype:
             return name
@@ -103,6 +121,8 @@ def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
     if values.dtype == target:
         return np.ascontiguousarray(values)
     if values.size:
+        import ml_dtypes
+
         limit = float(ml_dtypes.finfo(target).max) if dtype != "F64" else float("inf")  # type: ignore[no-untyped-call]
         peak = float(np.max(np.abs(values)))
         if not np.isfinite(peak) or peak > limit:

@@ -12,16 +12,18 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.model import Action, Planned
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     from netinit_cli.api import Report
+
+# Rich is imported where a table is drawn, not with this module: a quiet run (``-q``, ``--json``)
+# never loads it (about 20 ms of start-up here).
 
 TABLE_MODES = ("auto", "full", "summary", "none")
 AUTO_FULL_LIMIT = 60  # per-tensor rows up to this many tensors, grouped rows beyond
@@ -82,6 +84,8 @@ def choose_mode(mode: str, n: int) -> str:
 
 
 def render(report: Report, console: Console, mode: str = "auto") -> None:
+    from rich.text import Text
+
     mode = choose_mode(mode, len(report.entries))
     if mode == "full":
         console.print(full_table(report))
@@ -100,6 +104,10 @@ def _title(report: Report) -> str:
 
 def full_table(report: Report) -> Table:
     """A row per tensor.  A plan (dry run, inspect) shows layout and reason instead of values."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=Text(_title(report)), box=box.SIMPLE_HEAD, header_style="bold")
     columns = ["tensor", "role", "shape", "dtype", "fan in/out", "action", "init"]
     columns += ["layout", "reason"] if report.dry_run else ["mean", "std (target)", "values"]
@@ -132,10 +140,14 @@ RIGHT_COLUMNS = {"fan in/out", "mean", "std (target)", "tensors", "elements"}
 
 def _plain(cells: list[str | Text]) -> list[Text]:
     """Cells as Text, so names like 'layer[0]' or layouts like '[out, in]' are never read as markup."""
+    from rich.text import Text
+
     return [cell if isinstance(cell, Text) else Text(cell) for cell in cells]
 
 
 def _std_cell(entry: Planned) -> Text:
+    from rich.text import Text
+
     std = _num(entry.std)
     if entry.expected_std is not None:
         std = f"{std} ({_num(entry.expected_std)})" if std else f"({_num(entry.expected_std)})"
@@ -149,6 +161,10 @@ def group_key(name: str) -> str:
 
 
 def summary_table(report: Report) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=Text(_title(report) + " — grouped"), box=box.SIMPLE_HEAD, header_style="bold")
     for column, justify in (
         ("pattern", "left"),
@@ -188,6 +204,8 @@ def summary_table(report: Report) -> Table:
 
 
 def footer(report: Report) -> Text:
+    from rich.text import Text
+
     tally = report.counts
     parts = [
         f"{tally['filled']} filled, {tally['kept']} kept, {tally['constant']} constant",

@@ -310,3 +310,27 @@ def test_blas_orthogonal_is_haar(rows: int, cols: int) -> None:
         firsts[i] = out[0, 0]
     assert stats.kstest(firsts.astype(np.float64) ** 2, "beta", args=(0.5, (n - 1) / 2)).pvalue > 1e-4
     assert stats.binomtest(int((firsts > 0).sum()), draws).pvalue > 1e-4
+
+
+def test_a_quiet_float32_run_imports_neither_rich_nor_ml_dtypes(tmp_path: Path) -> None:
+    """Start-up is part of every run's wall time: Rich (about 20 ms) is imported only to draw a
+    table, ml_dtypes only for a low-precision dtype."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.safetensors"
+    save_file({"fc.weight": np.zeros((8, 4), np.float32), "fc.bias": np.zeros(8, np.float32)}, str(model))
+    script = (
+        "import sys\n"
+        "from netinit_cli.cli import main\n"
+        f"sys.argv = ['netinit', {str(model)!r}, '--all', '-q', '-o', {str(tmp_path / 'out.safetensors')!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'ml_dtypes', 'onnx', 'tomllib'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert (tmp_path / "out.safetensors").exists()
