@@ -18,11 +18,14 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import functools
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -197,26 +200,32 @@ class StatsSample:
 class EarlyWriteback:
     """Starts the kernel's writeback of an output while it is still being written.
 
-    Every :data:`WRITEBACK_BYTES` written, a background thread runs ``fdatasync`` (at most one at a
-    time), so the disk works during generation and the fsync of the commit finds little left to
-    do.  Errors are left to that final fsync, which reports them.  Call :meth:`finish` before the
-    file is closed.
+    Every :data:`WRITEBACK_BYTES` written, a background thread (at most one at a time) asks the
+    kernel to start writing the file's dirty pages to disk: ``sync_file_range(WRITE)`` on Linux,
+    which queues them and returns, else ``fdatasync`` every :data:`FDATASYNC_BYTES`.  The disk then
+    works during generation and the fsync of the commit, which alone makes the file durable and
+    reports any error, finds little left to do.  Call :meth:`finish` before the file is closed.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.pending = 0
         self.thread: threading.Thread | None = None
+        self.start_writeback = _sync_file_range_function()
+        self.every = WRITEBACK_BYTES if self.start_writeback is not None else FDATASYNC_BYTES
 
     def wrote(self, nbytes: int) -> None:
         self.pending += nbytes
-        if self.pending < WRITEBACK_BYTES or (self.thread is not None and self.thread.is_alive()):
+        if self.pending < self.every or (self.thread is not None and self.thread.is_alive()):
             return
         self.pending = 0
         self.thread = threading.Thread(target=self._sync, name="netinit-writeback", daemon=True)
         self.thread.start()
 
     def _sync(self) -> None:
+        if self.start_writeback is not None:
+            self.start_writeback(self.fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # errors: the final fsync's
+            return
         with contextlib.suppress(OSError):
             getattr(os, "fdatasync", os.fsync)(self.fd)
 
@@ -226,7 +235,26 @@ class EarlyWriteback:
             self.thread = None
 
 
-WRITEBACK_BYTES = 128 << 20
+# With sync_file_range, writeback starts every 32 MiB; fdatasync (which also waits, and flushes
+# the disk's cache) every 128 MiB.  Bundle kaiming normal with preallocation: 0.74 s with
+# fdatasync every 128 MiB, 0.71 s with sync_file_range every 32 MiB (bench/run.py).
+WRITEBACK_BYTES = 32 << 20
+FDATASYNC_BYTES = 128 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+
+
+@functools.cache
+def _sync_file_range_function() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range(2)`` from the C library, or None."""
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
 
 
 def generation_bytes(numel: int, dtype: str) -> int:

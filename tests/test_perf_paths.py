@@ -334,3 +334,27 @@ def test_a_quiet_float32_run_imports_neither_rich_nor_ml_dtypes(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     assert (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("kernel_has_sync_file_range", [True, False])
+def test_early_writeback_starts_writeback_as_the_file_grows(
+    kernel_has_sync_file_range: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netinit_cli import fill
+
+    calls: list[str] = []
+    if kernel_has_sync_file_range:
+        fake = lambda fd, offset, count, flags: calls.append(f"sync_file_range {flags}") or 0  # noqa: E731
+    else:
+        fake = None
+        monkeypatch.setattr(fill.os, "fdatasync", lambda fd: calls.append("fdatasync"))
+    monkeypatch.setattr(fill, "_sync_file_range_function", lambda: fake)
+    with open(tmp_path / "out", "wb") as handle:
+        writeback = fill.EarlyWriteback(handle.fileno())
+        every = fill.WRITEBACK_BYTES if kernel_has_sync_file_range else fill.FDATASYNC_BYTES
+        writeback.wrote(every - 1)
+        writeback.finish()
+        assert calls == []
+        writeback.wrote(1)
+        writeback.finish()
+    assert calls == (["sync_file_range 2"] if kernel_has_sync_file_range else ["fdatasync"])
