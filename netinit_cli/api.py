@@ -221,6 +221,7 @@ def initialize(
     force: bool = False,
     in_place: bool = False,
     dry_run: bool = False,
+    fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
     **kwargs: Any,
@@ -229,6 +230,7 @@ def initialize(
 
     Keyword arguments are those of :func:`build_options` (``method``, ``seed``, ``all``,
     ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
+    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
     started = time.perf_counter()
@@ -237,6 +239,11 @@ def initialize(
         raise UsageError("--in-place and -o are exclusive: --in-place writes back to MODEL")
     if in_place and model is None:
         raise UsageError("--in-place needs a MODEL")
+    if in_place and not fsync:
+        raise UsageError(
+            "--in-place needs fsync: without it a power loss could leave MODEL empty; "
+            "drop --no-fsync or write to -o instead"
+        )
     out_path = Path(out) if out is not None else None
     opened = _open(model, like, out_path)
     if in_place:
@@ -261,7 +268,7 @@ def initialize(
             progress.advance(planned, values.nbytes)
         return values
 
-    result = opened.write(out_path, plan, produce, provenance(options), overwrite=force)
+    result = opened.write(out_path, plan, produce, provenance(options), overwrite=force, durable=fsync)
     report.files = result.paths
     report.bytes_written = result.bytes_written
     report.notes.extend(result.notes)

@@ -190,9 +190,21 @@ def cli() -> None:
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @click.option("--in-place", is_flag=True, help="Replace MODEL atomically (temporary file, fsync, rename).")
 @click.option("--dry-run", "-n", is_flag=True, help="Print the plan; write nothing.")
+@click.option(
+    "--no-fsync",
+    is_flag=True,
+    help="Skip the fsync before the rename: faster, still atomic for readers and a killed run, "
+    "but a power loss or OS crash soon after may leave the output empty or partial.",
+)
 @method_options
 def init_command(
-    model: Path | None, output: Path | None, force: bool, in_place: bool, dry_run: bool, **kw: Any
+    model: Path | None,
+    output: Path | None,
+    force: bool,
+    in_place: bool,
+    dry_run: bool,
+    no_fsync: bool,
+    **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
@@ -210,6 +222,7 @@ def init_command(
             force=force,
             in_place=in_place,
             dry_run=dry_run,
+            fsync=not no_fsync,
             options=options,
             progress=progress,
         )

@@ -205,10 +205,12 @@ class EarlyWriteback:
     which queues them and returns, else ``fdatasync`` every :data:`FDATASYNC_BYTES`.  The disk then
     works during generation and the fsync of the commit, which alone makes the file durable and
     reports any error, finds little left to do.  Call :meth:`finish` before the file is closed.
+    Not ``active`` (an output written without fsync): nothing is done.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, active: bool = True) -> None:
         self.fd = fd
+        self.active = active
         self.pending = 0
         self.thread: threading.Thread | None = None
         self.start_writeback = _sync_file_range_function()
@@ -216,7 +218,11 @@ class EarlyWriteback:
 
     def wrote(self, nbytes: int) -> None:
         self.pending += nbytes
-        if self.pending < self.every or (self.thread is not None and self.thread.is_alive()):
+        if (
+            not self.active
+            or self.pending < self.every
+            or (self.thread is not None and self.thread.is_alive())
+        ):
             return
         self.pending = 0
         self.thread = threading.Thread(target=self._sync, name="netinit-writeback", daemon=True)

@@ -220,6 +220,39 @@ def test_in_place_rewrites_the_model(work: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("model", ["mlp.onnx", "mlp.safetensors"])
+def test_no_fsync_skips_every_fsync_and_writes_the_same_bytes(
+    work: Path, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    suffix = Path(model).suffix
+    code, _, stderr = invoke(str(work / model), "--all", "-q", "-o", str(work / f"durable{suffix}"))
+    assert code == 0, stderr
+    assert len(synced) >= 2, "the output and its folder are fsynced by default"
+    synced.clear()
+    code, _, stderr = invoke(
+        str(work / model), "--all", "-q", "--no-fsync", "-o", str(work / f"fast{suffix}")
+    )
+    assert code == 0, stderr
+    assert synced == []
+    assert (work / f"fast{suffix}").read_bytes() == (work / f"durable{suffix}").read_bytes()
+
+
+def test_in_place_refuses_no_fsync(work: Path) -> None:
+    before = (work / "mlp.onnx").read_bytes()
+    code, _, stderr = invoke(str(work / "mlp.onnx"), "--in-place", "--all", "--no-fsync")
+    assert code == 2
+    assert stderr == (
+        "netinit: error: --in-place needs fsync: without it a power loss could leave MODEL empty; "
+        "drop --no-fsync or write to -o instead\n"
+    )
+    assert (work / "mlp.onnx").read_bytes() == before
+
+
 def _json_run(work: Path, *extra: str) -> dict[str, Any]:
     code, stdout, stderr = invoke(str(work / "cnn.onnx"), "--all", "--dry-run", "--json", *extra)
     assert code == 0, stderr

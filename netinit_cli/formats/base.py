@@ -63,10 +63,12 @@ class ModelFile(Protocol):
         provenance: dict[str, str],
         *,
         overwrite: bool,
+        durable: bool = True,
     ) -> WriteResult:
         """Write a new model to ``out``: planned FILL tensors from ``produce``, every other
         tensor, node, attribute and metadata entry byte-identical.  Atomic (see
-        :func:`atomic_output`).  ``provenance`` goes into the file's metadata."""
+        :func:`atomic_output`; ``durable=False`` skips the fsyncs).  ``provenance`` goes into
+        the file's metadata."""
         ...
 
 
@@ -235,12 +237,14 @@ class _OutputFile(io.BufferedRandom):
 
 
 @contextlib.contextmanager
-def atomic_output(out: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
+def atomic_output(out: Path, *, overwrite: bool, durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a temporary file in ``out``'s folder; on success fsync it and rename it onto ``out``.
 
     On any exception the temporary file is removed and ``out`` is left as it was, so a reader
     sees either no/old output or the complete new file, never a partial one.  A kill -9 leaves
-    at most the temporary file (see :func:`remove_stale_temps`).
+    at most the temporary file (see :func:`remove_stale_temps`).  ``durable=False`` skips the
+    fsyncs of the file and its folder: the rename is still atomic for readers and against a
+    killed writer, but after a power loss or an OS crash the output may be empty or partial.
     """
     check_destination(out, overwrite=overwrite)
     fd, tmp = _make_temp(out)
@@ -248,14 +252,16 @@ def atomic_output(out: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
         with _OutputFile(fd, out) as handle:
             yield cast(BinaryIO, handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         # Re-check right before the rename: the destination may have appeared meanwhile.  A
         # symlink planted after this check is replaced, not followed: rename() acts on the
         # folder entry, never on the link's target.
         check_destination(out, overwrite=overwrite)
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, out)
-        _fsync_dir(_folder(out))
+        if durable:
+            _fsync_dir(_folder(out))
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -297,8 +303,9 @@ class AtomicFileSet:
     use, so an old model never points at new data.
     """
 
-    def __init__(self, *, overwrite: bool) -> None:
+    def __init__(self, *, overwrite: bool, durable: bool = True) -> None:
         self.overwrite = overwrite
+        self.durable = durable  # False: no fsync (see atomic_output)
         self._files: list[tuple[Path, Path, BinaryIO]] = []
 
     def __enter__(self) -> AtomicFileSet:
@@ -327,7 +334,8 @@ class AtomicFileSet:
             for out, _, handle in self._files:
                 current = out
                 handle.flush()
-                os.fsync(handle.fileno())
+                if self.durable:
+                    os.fsync(handle.fileno())
                 handle.close()
             for out, _, _ in self._files:
                 current = out
@@ -341,7 +349,7 @@ class AtomicFileSet:
                     backups.append(backup)
                 os.replace(tmp, current)
                 renamed.append((current, backup))
-            for folder in {_folder(out) for out, _, _ in self._files}:
+            for folder in {_folder(out) for out, _, _ in self._files} if self.durable else ():
                 _fsync_dir(folder)
         except OSError as exc:
             self._roll_back(renamed)

@@ -354,6 +354,7 @@ class OnnxModel:
         provenance: dict[str, str],
         *,
         overwrite: bool,
+        durable: bool = True,
     ) -> WriteResult:
         if self._dirty:
             self._load()
@@ -372,7 +373,7 @@ class OnnxModel:
         # The proto is edited in place and reloaded from the input on the next use.
         self._dirty = True
         writer = _DataWriter(data_path, threshold)
-        with AtomicFileSet(overwrite=overwrite) as files, contextlib.ExitStack() as closing:
+        with AtomicFileSet(overwrite=overwrite, durable=durable) as files, contextlib.ExitStack() as closing:
             writer.files = files
             closing.callback(writer.finish)
             for stored in self.graphs.stored:
@@ -705,8 +706,8 @@ class _DataWriter:
 
     def _wrote(self, nbytes: int) -> None:
         if self.writeback is None:
-            assert self.handle is not None
-            self.writeback = EarlyWriteback(self.handle.fileno())
+            assert self.handle is not None and self.files is not None
+            self.writeback = EarlyWriteback(self.handle.fileno(), active=self.files.durable)
         self.writeback.wrote(nbytes)
 
     def finish(self) -> None:

@@ -563,6 +563,7 @@ class SafetensorsModel:
         provenance: dict[str, str],
         *,
         overwrite: bool,
+        durable: bool = True,
     ) -> WriteResult:
         """Stream a new file (or bundle) to ``out``; see the module docstring for the layout.
 
@@ -625,7 +626,7 @@ class SafetensorsModel:
         weight_map: dict[str, str] = {}
         produced: dict[str, tuple[int, int, int]] = {}  # primary -> (fd, absolute offset, nbytes)
         sources: dict[Path, int] = {}
-        with AtomicFileSet(overwrite=overwrite) as files, contextlib.ExitStack() as closing:
+        with AtomicFileSet(overwrite=overwrite, durable=durable) as files, contextlib.ExitStack() as closing:
             closing.callback(_close_all, sources)
             for shard in self._shards:
                 items = sorted(
@@ -638,7 +639,7 @@ class SafetensorsModel:
                 position = 8 + len(header)
                 preallocate(fd, 0, position + sum(item.nbytes for item in items), target)
                 _write_all(fd, struct.pack("<Q", len(header)) + header, target)
-                writeback = EarlyWriteback(fd)
+                writeback = EarlyWriteback(fd, active=durable)
                 closing.callback(writeback.finish)
                 for item in items:
                     nbytes = item.nbytes
