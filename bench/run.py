@@ -58,6 +58,8 @@ METHODS = {
     "xavier": ("xavier", "xavier_normal"),
     "orthogonal": ("orthogonal", "orthogonal"),
 }
+# Also timed with --no-fsync, the durability of the torch script and the floor.
+NO_FSYNC_METHODS = ("kaiming-uniform", "kaiming-normal")
 # Byte-identity with NETINIT_THREADS=1 is checked for these methods.
 DETERMINISM_METHODS = ("kaiming-normal", "kaiming-uniform", "orthogonal")
 
@@ -111,11 +113,13 @@ class Measured:
         return max(r.max_rss for r in ok) if ok else None
 
 
-def netinit_case(name: str, method: str, data: Dataset, out_name: str, **kw: object) -> Case:
+def netinit_case(
+    name: str, method: str, data: Dataset, out_name: str, extra: tuple[str, ...] = (), **kw: object
+) -> Case:
     spec, _ = METHODS[method]
     return Case(
         name=name,
-        what=f"netinit --all --method '{spec}' ({data.key})",
+        what=f"netinit --all --method '{spec}' {' '.join(extra)} ({data.key})".replace("  ", " "),
         argv=lambda out: [
             *NETINIT,
             str(data.model),
@@ -126,6 +130,7 @@ def netinit_case(name: str, method: str, data: Dataset, out_name: str, **kw: obj
             str(out / out_name),
             "--force",
             "-q",
+            *extra,
         ],
         data=data,
         **kw,  # type: ignore[arg-type]
@@ -174,6 +179,18 @@ def build_cases(quick: bool, big: bool) -> list[Case]:
                     init,
                 ],
                 data=bundle,
+            )
+        )
+    # Like for like: neither the torch script (save_file) nor the floor fsyncs its output.
+    for method in NO_FSYNC_METHODS:
+        cases.append(
+            netinit_case(
+                f"netinit-{method}-nofsync",
+                method,
+                bundle,
+                "model.safetensors",
+                extra=("--no-fsync",),
+                torch_peer=f"torch-{method}",
             )
         )
     cases.append(netinit_case("netinit-onnx", "kaiming-normal", onnx, "model.onnx"))
@@ -310,20 +327,21 @@ def _fmt(x: float | None, pattern: str = "{:.2f}") -> str:
 def results_table(results: dict[str, Measured]) -> list[str]:
     floor = results["floor"].wall if "floor" in results else None
     lines = [
-        "| case | median wall s | min–max s | CPU s (user+sys) | × floor | × torch | peak RSS MB | minor faults | others' CPU | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| case | median wall s | min–max s | CPU s (user+sys) | sys s | × floor | × torch | peak RSS MB | minor faults | others' CPU | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in results.values():
         ok = m.ok_runs
         peer = results.get(m.case.torch_peer or "")
         span = f"{min(r.wall for r in ok):.2f}–{max(r.wall for r in ok):.2f}" if ok else "–"
         cpu = statistics.median(r.user + r.system for r in ok) if ok else None
+        system = statistics.median(r.system for r in ok) if ok else None
         faults = statistics.median(r.minor_faults for r in ok) if ok else None
         others = statistics.median(load_share(r) for r in m.runs) if m.runs else None
         failed = [r for r in m.runs if r.returncode != 0]
         status = f"{len(failed)}/{len(m.runs)} FAILED: {failed[0].error}" if failed else f"{len(m.runs)} ok"
         lines.append(
-            f"| `{m.case.name}` | {_fmt(m.wall)} | {span} | {_fmt(cpu)} | {_fmt(_ratio(m.wall, floor))} "
+            f"| `{m.case.name}` | {_fmt(m.wall)} | {span} | {_fmt(cpu)} | {_fmt(system)} | {_fmt(_ratio(m.wall, floor))} "
             f"| {_fmt(_ratio(m.wall, peer.wall if peer else None), '{:.3f}')} "
             f"| {_fmt(None if m.peak_rss is None else m.peak_rss / MB, '{:.0f}')} "
             f"| {_fmt(faults, '{:,.0f}')} | {_fmt(None if others is None else 100 * others, '{:.0f}%')} "
@@ -366,6 +384,20 @@ def checks(results: dict[str, Measured], largest: int) -> list[Check]:
             results, "kaiming normal vs torch", "netinit-kaiming-normal", "torch-kaiming-normal", 0.15
         ),
         _ratio_check(results, "orthogonal vs torch", "netinit-orthogonal", "torch-orthogonal", 0.8),
+        _ratio_check(
+            results,
+            "kaiming uniform vs torch, --no-fsync (no fsync, as the torch script)",
+            "netinit-kaiming-uniform-nofsync",
+            "torch-kaiming-uniform",
+            0.12,
+        ),
+        _ratio_check(
+            results,
+            "kaiming normal vs torch, --no-fsync (no fsync, as the torch script)",
+            "netinit-kaiming-normal-nofsync",
+            "torch-kaiming-normal",
+            0.15,
+        ),
     ]
     limit = 2 * largest + 200 * MB
     bundle_cases = [

@@ -126,6 +126,7 @@ def test_checks_use_medians_and_limits() -> None:
             _measured("netinit-kaiming-normal@1thread", [3.0], digest="b"),
             _measured("netinit-kaiming-uniform@1thread", [3.0], digest="c"),
             _measured("netinit-sharded", [1.0], rss=200e6, data_key="sharded"),
+            _measured("netinit-kaiming-normal-nofsync", [1.4, 1.5, 1.6]),
         ]
     }
     found = {c.name: c.status for c in run.checks(results, largest=50_000_000)}
@@ -137,6 +138,8 @@ def test_checks_use_medians_and_limits() -> None:
     assert found["sharded bundle memory"] == "PASS"  # 200 MB < 25% of 1 GB
     assert found["byte-identical kaiming-normal"] == "PASS"
     assert found["byte-identical kaiming-uniform"] == "FAIL"
+    assert found["kaiming normal vs torch, --no-fsync (no fsync, as the torch script)"] == "PASS"  # 0.15
+    assert found["kaiming uniform vs torch, --no-fsync (no fsync, as the torch script)"] == "SKIP"
 
 
 def test_torch_script_fills_norms_biases_and_matrices() -> None:
