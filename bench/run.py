@@ -9,7 +9,7 @@ a Markdown table and saves it to ``bench/results.md``.
     .venv/bin/python bench/run.py [--reps 3] [--quick] [--big] [--only CASE[,CASE…]]
 
 Inputs are built once under ``bench/data/`` (git-ignored) and reused; outputs go to
-``bench/data/out/`` and are deleted after each run (before the next one is timed).
+``bench/data/out/`` and are deleted after each run, followed by a ``sync`` (before the next one is timed).
 """
 
 from __future__ import annotations
@@ -277,6 +277,9 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
     elif case.hash_output:
         run.digest = digest_folder(out)
     shutil.rmtree(out, ignore_errors=True)
+    # Untimed: the next case starts with no dirty pages nor pending discards of this one's
+    # output (a case that fsyncs would otherwise also wait for the previous case's data).
+    os.sync()
     return run
 
 
@@ -499,7 +502,7 @@ def environment_lines() -> list[str]:
             else "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE were not set"
         ),
         "- wall = spawn to exit of a fresh process (interpreter start and imports included; netinit_cli is "
-        "byte-compiled first, as an installed package is); peak RSS = ru_maxrss of that process; outputs go to the page cache of the data disk and are deleted between runs (not timed).",
+        "byte-compiled first, as an installed package is); peak RSS = ru_maxrss of that process; outputs go to the page cache of the data disk and are deleted, and `sync` runs, between runs (not timed).",
     ]
 
 
