@@ -6,7 +6,7 @@ fresh subprocess, and its wall time (perf_counter around spawn and wait) and pea
 from ``os.wait4``) are recorded.  The report gives medians, ratios and the acceptance checks, prints
 a Markdown table and saves it to ``bench/results.md``.
 
-    .venv/bin/python bench/run.py [--reps 3] [--quick] [--big] [--only CASE[,CASE…]]
+    .venv/bin/python bench/run.py [--reps 5] [--quick] [--big] [--only CASE[,CASE…]]
 
 Inputs are built once under ``bench/data/`` (git-ignored) and reused; outputs go to
 ``bench/data/out/`` and are deleted after each run, followed by a ``sync`` (before the next one is timed).
@@ -193,6 +193,27 @@ def build_cases(quick: bool, big: bool) -> list[Case]:
                 torch_peer=f"torch-{method}",
             )
         )
+    # Released LLM checkpoints are mostly bfloat16: torch fills bf16 tensors natively, netinit
+    # draws float32 and rounds once.
+    bf16 = make_data.bf16_bundle(quick)
+    cases.append(
+        netinit_case("netinit-bf16", "kaiming-normal", bf16, "model.safetensors", torch_peer="torch-bf16")
+    )
+    cases.append(
+        Case(
+            name="torch-bf16",
+            what="torch script on the bf16 bundle: load_file, nn.init.kaiming_normal_, save_file",
+            argv=lambda out: [
+                PYTHON,
+                str(BENCH / "torch_script.py"),
+                str(bf16.model),
+                str(out / "model.safetensors"),
+                "--init",
+                "kaiming_normal",
+            ],
+            data=bf16,
+        )
+    )
     cases.append(netinit_case("netinit-onnx", "kaiming-normal", onnx, "model.onnx"))
     cases.append(netinit_case("netinit-sharded", "kaiming-normal", shards, "model.safetensors.index.json"))
     if big:
@@ -538,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small inputs, 1 repetition: a smoke run")
     parser.add_argument("--big", action="store_true", help="add the ~3 GB ONNX model (issue 3's figure)")
     parser.add_argument(
@@ -558,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         "with --quick or --only)",
     )
     args = parser.parse_args(argv)
-    reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+    reps = args.reps if args.reps is not None else (1 if args.quick else 5)
 
     cases = build_cases(args.quick, args.big)
     if args.list:

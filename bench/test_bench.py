@@ -167,3 +167,18 @@ def test_a_case_killed_at_the_timeout_is_not_run_again(
     results = run.measure([slow, twin], reps=3, timeout=0.3)
     assert len(results["probe"].runs) == 1 and results["probe"].timed_out
     assert results["probe@1thread"].runs == []
+
+
+def test_bf16_bundle_holds_the_float32_values_rounded(tmp_path: Path) -> None:
+    import ml_dtypes
+
+    tensors = make_data.transformer_tensors(TINY)
+    make_data.write_safetensors(tmp_path / "f32.safetensors", tensors, np.random.default_rng(5))
+    size = make_data.write_safetensors(
+        tmp_path / "bf16.safetensors", tensors, np.random.default_rng(5), dtype="BF16"
+    )
+    assert size == (tmp_path / "bf16.safetensors").stat().st_size
+    wide, narrow = load_file(tmp_path / "f32.safetensors"), load_file(tmp_path / "bf16.safetensors")
+    for name, values in wide.items():
+        assert narrow[name].dtype == ml_dtypes.bfloat16
+        assert np.array_equal(narrow[name].view(np.uint16), values.astype(ml_dtypes.bfloat16).view(np.uint16))

@@ -1,6 +1,6 @@
 """Where netinit's time goes on one benchmark input: a phase breakdown from cProfile plus rusage.
 
-    .venv/bin/python bench/profile.py [--method SPEC] [--quick] [--input onnx|sharded|bundle]
+    .venv/bin/python bench/phases.py [--method SPEC] [--quick] [--input onnx|sharded|bundle]
 
 Runs ``python -m cProfile -m netinit_cli MODEL --all …`` in a fresh process and sums the cumulative
 time of the functions that mark each phase (matched by name, so a phase whose function was renamed
