@@ -87,6 +87,7 @@ class Run:
     others_cpu: float  # CPU seconds other processes used during the run (a shared machine's noise)
     error: str = ""  # last line of stderr when the run failed
     digest: str = ""
+    steal: float = 0.0  # CPU seconds the hypervisor gave to other guests during the run
 
 
 @dataclass
@@ -254,11 +255,14 @@ def digest_folder(folder: Path) -> str:
     return total.hexdigest()
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent not idle since boot (from /proc/stat)."""
+def cpu_seconds() -> tuple[float, float]:
+    """(busy, stolen): CPU seconds the whole machine has spent not idle, and those the
+    hypervisor ran other guests on our virtual CPUs, since boot (from /proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    steal = fields[7]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:7]) - idle) / tick, steal / tick
 
 
 def run_once(case: Case, timeout: float, log: Path) -> Run:
@@ -268,7 +272,7 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
     out.mkdir(parents=True)
     argv = case.argv(out)
     with open(log, "wb") as err:
-        busy = busy_cpu_seconds()
+        busy, steal = cpu_seconds()
         start = time.perf_counter()
         proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=err, env=child_env(case.env), cwd=REPO
@@ -278,7 +282,8 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         killer.cancel()
-        busy = busy_cpu_seconds() - busy
+        busy_after, steal_after = cpu_seconds()
+        busy, steal = busy_after - busy, steal_after - steal
     proc.returncode = os.waitstatus_to_exitcode(status)
     run = Run(
         wall=wall,
@@ -288,6 +293,7 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
         minor_faults=usage.ru_minflt,
         returncode=proc.returncode,
         others_cpu=max(0.0, busy - usage.ru_utime - usage.ru_stime),
+        steal=steal,
     )
     if proc.returncode != 0:
         lines = log.read_text(errors="replace").strip().splitlines()
@@ -325,7 +331,7 @@ def measure(cases: list[Case], reps: int, timeout: float) -> dict[str, Measured]
         state = "ok" if run.returncode == 0 else run.error
         print(
             f"[{k:3}/{len(schedule)}] rep {rep + 1} {case.name:32} {run.wall:7.2f} s "
-            f"{run.max_rss / MB:7.0f} MB  others {100 * load_share(run):3.0f}%  {state}",
+            f"{run.max_rss / MB:7.0f} MB  others {100 * load_share(run):3.0f}%  steal {100 * steal_share(run):3.0f}%  {state}",
             file=sys.stderr,
             flush=True,
         )
@@ -333,6 +339,11 @@ def measure(cases: list[Case], reps: int, timeout: float) -> dict[str, Measured]
 
 
 # ---------------------------------------------------------------- report
+
+
+def steal_share(run: Run) -> float:
+    """The share of our virtual CPUs' time the hypervisor gave to other guests during the run."""
+    return run.steal / (run.wall * (os.cpu_count() or 1))
 
 
 def load_share(run: Run) -> float:
@@ -351,8 +362,8 @@ def _fmt(x: float | None, pattern: str = "{:.2f}") -> str:
 def results_table(results: dict[str, Measured]) -> list[str]:
     floor = results["floor"].wall if "floor" in results else None
     lines = [
-        "| case | median wall s | min–max s | CPU s (user+sys) | sys s | × floor | × torch | peak RSS MB | minor faults | others' CPU | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| case | median wall s | min–max s | CPU s (user+sys) | sys s | × floor | × torch | peak RSS MB | minor faults | others' CPU | steal | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in results.values():
         ok = m.ok_runs
@@ -362,6 +373,7 @@ def results_table(results: dict[str, Measured]) -> list[str]:
         system = statistics.median(r.system for r in ok) if ok else None
         faults = statistics.median(r.minor_faults for r in ok) if ok else None
         others = statistics.median(load_share(r) for r in m.runs) if m.runs else None
+        stolen = statistics.median(steal_share(r) for r in m.runs) if m.runs else None
         failed = [r for r in m.runs if r.returncode != 0]
         status = f"{len(failed)}/{len(m.runs)} FAILED: {failed[0].error}" if failed else f"{len(m.runs)} ok"
         lines.append(
@@ -369,6 +381,7 @@ def results_table(results: dict[str, Measured]) -> list[str]:
             f"| {_fmt(_ratio(m.wall, peer.wall if peer else None), '{:.3f}')} "
             f"| {_fmt(None if m.peak_rss is None else m.peak_rss / MB, '{:.0f}')} "
             f"| {_fmt(faults, '{:,.0f}')} | {_fmt(None if others is None else 100 * others, '{:.0f}%')} "
+            f"| {_fmt(None if stolen is None else 100 * stolen, '{:.0f}%')} "
             f"| {status.replace('|', '/')} |"
         )
     return lines
@@ -604,11 +617,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = measure(cases, reps, args.timeout)
     text = report(results, datasets, reps, command)
-    noisy = [r for m in results.values() for r in m.runs if load_share(r) > 0.10]
+    noisy = [r for m in results.values() for r in m.runs if load_share(r) + steal_share(r) > 0.10]
     if noisy:
         text += (
-            f"\n**Warning:** other processes took more than 10% of the CPU during {len(noisy)} of "
-            f"{sum(len(m.runs) for m in results.values())} runs (column others' CPU); their times are inflated.\n"
+            f"\n**Warning:** other processes or other guests of the hypervisor took more than 10% of the "
+            f"CPU during {len(noisy)} of {sum(len(m.runs) for m in results.values())} runs (columns "
+            "others' CPU and steal); their times are inflated.\n"
         )
     text += f"\nTotal benchmark time {time.perf_counter() - started:.0f} s.\n"
     print(text)
