@@ -339,3 +339,58 @@ def test_like_option_creates_missing_tensors(work: Path) -> None:
         assert handle.get_slice("extra.weight").get_dtype() == "BF16"
         assert "fc1.bias" in set(handle.keys())
     assert "extra.weight" in stdout
+
+
+def _run_on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run netinit with stdout and stderr on a pseudo-terminal; its exit code and what it drew."""
+    import os
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "netinit_cli", *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+    )
+    os.close(follower)
+    drawn = b""
+    while select.select([leader], [], [], 60)[0]:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    return process.wait(timeout=60), drawn.decode("utf-8", "replace")
+
+
+def test_progress_bar_is_drawn_on_a_terminal_and_cleared(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file(
+        {f"l{i}.weight": np.zeros((1024, 1024), np.float32) for i in range(16)},
+        str(tmp_path / "m.safetensors"),
+    )
+    out = tmp_path / "o.safetensors"
+    code, drawn = _run_on_a_terminal(
+        str(tmp_path / "m.safetensors"), "--all", "-o", str(out), "--table", "none"
+    )
+    assert code == 0, drawn
+    assert "generating" in drawn and "0.0/67.1 MB" in drawn  # the bar, by bytes, before the first tensor
+    assert "67.1/67.1 MB" in drawn  # and complete at the end
+    assert "\x1b[?25l" in drawn and "\x1b[?25h" in drawn  # the cursor is hidden, then shown again
+    footer = drawn.rindex("16 filled, 0 kept, 0 constant")
+    assert drawn.rindex("\x1b[2K") < footer  # the bar's line is erased before the footer
+    assert out.exists()
+    code, drawn = _run_on_a_terminal(
+        str(tmp_path / "m.safetensors"), "--all", "-o", str(out), "--force", "-q"
+    )
+    assert code == 0 and drawn == ""
