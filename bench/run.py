@@ -493,6 +493,27 @@ def checks(results: dict[str, Measured], largest: int) -> list[Check]:
     return out
 
 
+def cpu_probe() -> str:
+    """This machine's speed right now: netinit's normal sampler on 1 and 2 threads, in a child.
+    Shared hosts vary (the same probe gave 1.7 and 3.0-3.3 GB/s one hour, 1.0-1.5 and 1.8-2.2
+    GB/s the next), so a table is only comparable with another measured at the same speed."""
+    probe = (
+        "import threading, time, numpy as np\n"
+        "from netinit_cli.distributions import _normal_rows\n"
+        "def work(n, k):\n"
+        "    bits, out = np.random.PCG64DXSM(k), np.empty((8, 1 << 16), np.float32)\n"
+        "    for _ in range(n): _normal_rows(bits, out, 0.0, 1.0)\n"
+        "speeds = []\n"
+        "for threads in (1, 2):\n"
+        "    pool = [threading.Thread(target=work, args=(64 // threads, k)) for k in range(threads)]\n"
+        "    start = time.perf_counter(); [t.start() for t in pool]; [t.join() for t in pool]\n"
+        "    speeds.append(64 * 2 * 2**20 / (time.perf_counter() - start) / 1e9)\n"
+        "print(' / '.join(f'{s:.2f}' for s in speeds))\n"
+    )
+    done = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, env=child_env({}), cwd=REPO)
+    return done.stdout.strip() or f"failed: {done.stderr.strip()[-200:]}"
+
+
 def blas_core() -> str:
     """The OpenBLAS kernel numpy runs in a child with the benchmark's environment."""
     probe = (
@@ -615,8 +636,14 @@ def main(argv: list[str] | None = None) -> int:
 
     command = shlex.join([".venv/bin/python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
+    speed_before = cpu_probe()
     results = measure(cases, reps, args.timeout)
+    speed_after = cpu_probe()
     text = report(results, datasets, reps, command)
+    text += (
+        f"- CPU probe (netinit's normal sampler, GB/s on 1 / 2 threads): {speed_before} before the "
+        f"runs, {speed_after} after\n"
+    )
     noisy = [r for m in results.values() for r in m.runs if load_share(r) + steal_share(r) > 0.10]
     if noisy:
         text += (
