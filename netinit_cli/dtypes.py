@@ -121,9 +121,7 @@ def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
     if values.dtype == target:
         return np.ascontiguousarray(values)
     if values.size:
-        import ml_dtypes
-
-        limit = float(ml_dtypes.finfo(target).max) if dtype != "F64" else float("inf")  # type: ignore[no-untyped-call]
+        limit = _largest_finite(target) if dtype != "F64" else float("inf")
         peak = float(np.max(np.abs(values)))
         if not np.isfinite(peak) or peak > limit:
             raise UsageError(
@@ -133,6 +131,14 @@ def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
     if target == np.float16 and values.dtype == np.float32:
         return float32_to_float16(np.ascontiguousarray(values))
     return np.ascontiguousarray(values.astype(target))
+
+
+def _largest_finite(dtype: np.dtype) -> float:
+    if dtype.kind == "f":  # numpy's own float16/32
+        return float(np.finfo(dtype).max)
+    import ml_dtypes  # bfloat16, float8: numpy's finfo does not know them
+
+    return float(ml_dtypes.finfo(dtype).max)  # type: ignore[no-untyped-call]
 
 
 _U32 = np.uint32
