@@ -119,7 +119,7 @@ def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
     """
     target = numpy_dtype(dtype)
     if values.dtype == target:
-        return np.ascontiguousarray(values)
+        return _contiguous(values)
     if values.size:
         limit = _largest_finite(target) if dtype != "F64" else float("inf")
         peak = float(np.max(np.abs(values)))
@@ -129,8 +129,13 @@ def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
                 f"(largest finite {limit:.4g}); use a smaller scale or a wider dtype"
             )
     if target == np.float16 and values.dtype == np.float32:
-        return float32_to_float16(np.ascontiguousarray(values))
-    return np.ascontiguousarray(values.astype(target))
+        return float32_to_float16(_contiguous(values))
+    return _contiguous(values.astype(target))
+
+
+def _contiguous(values: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping a 0-d array 0-d (``np.ascontiguousarray`` makes it 1-d)."""
+    return np.require(values, requirements="C")
 
 
 def _largest_finite(dtype: np.dtype) -> float:

@@ -394,3 +394,21 @@ def test_progress_bar_is_drawn_on_a_terminal_and_cleared(tmp_path: Path) -> None
         str(tmp_path / "m.safetensors"), "--all", "-o", str(out), "--force", "-q"
     )
     assert code == 0 and drawn == ""
+
+
+def test_a_rule_on_a_scalar_tensor_fills_it(tmp_path: Path) -> None:
+    """CLIP's logit_scale is 0-d: a rule fills it (it used to fail as an internal error)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    save_file(
+        {"logit_scale": np.array(2.0, np.float32), "fc.weight": np.zeros((3, 4), np.float32)},
+        str(tmp_path / "m.safetensors"),
+    )
+    out = tmp_path / "o.safetensors"
+    code, _, stderr = invoke(
+        str(tmp_path / "m.safetensors"), "--all", "--rule", "logit_scale=constant(2.6592)", "-o", str(out)
+    )
+    assert code == 0, stderr
+    filled = load_file(str(out))["logit_scale"]
+    assert filled.shape == () and filled == np.float32(2.6592)

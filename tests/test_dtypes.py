@@ -62,3 +62,11 @@ def test_shape_and_dtype_are_kept(shape: tuple[int, ...]) -> None:
 def test_values_beyond_float16_are_refused_before_rounding() -> None:
     with pytest.raises(UsageError, match=r"does not fit F16 \(largest finite 6.55e\+04\)"):
         cast_checked(np.array([1.0, 70000.0], np.float32), "F16", "t")
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16", "F64"])
+def test_a_scalar_stays_a_scalar(dtype: str) -> None:
+    """A 0-d tensor (CLIP's logit_scale, a weight-norm magnitude with dim=None) keeps shape ()."""
+    values = np.array(2.6592, np.float64 if dtype == "F64" else np.float32)
+    rounded = cast_checked(values, dtype, "logit_scale")
+    assert rounded.shape == () and rounded.flags.c_contiguous
