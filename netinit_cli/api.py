@@ -206,7 +206,7 @@ def _planned_report(
         method=options.method,
         all=options.all,
         fan_mode=options.fan_mode,
-        entries=make_plan(opened.params, options),
+        entries=make_plan(opened.params, options, stored=opened.read_array),
         dry_run=dry_run,
         notes=list(opened.notes),
         rules=options.rules,

@@ -13,9 +13,10 @@ MLX conv ``[out, k…, in]``; MoE stacks keep the expert axis as a batch axis.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netinit_cli.dtypes import FLOAT_DTYPES
 from netinit_cli.model import LINEAR_OUT_IN, MATRIX_IN_OUT, Layout, Param, Role, conv_layout
@@ -551,8 +552,75 @@ def classify_one(param: Param, ctx: NameContext) -> Param:
     raise AssertionError("the last rule matches every tensor")  # pragma: no cover
 
 
+# ---------------------------------------------------------------------------------------------
+# Weight normalization (torch.nn.utils.weight_norm, or its parametrization form): a stored pair
+# (g, v) stands for weight = g · v / ‖v‖, the norm taken over every axis but one (``dim``, whose
+# size g keeps) or over all of them (g a single value).  v is the layer's weight as the method
+# sees it; g is derived from the new v (see plan.py), so that the effective weight is v itself.
+# ---------------------------------------------------------------------------------------------
+WEIGHT_NORM_SUFFIXES = (
+    (".weight_g", ".weight_v"),
+    (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+)
+
+
+@dataclass(frozen=True)
+class WeightNormPair:
+    prefix: str  # the module: its weight would be ``prefix + ".weight"``
+    magnitude: str  # g
+    direction: str  # v
+    axes: tuple[int, ...]  # the axes of v the norm sums over
+
+
+def weight_norm_pair(name: str, shapes: dict[str, Shape]) -> WeightNormPair | None:
+    """The stored weight-norm pair ``name`` belongs to, if both halves are there and their
+    shapes fit (g: v's shape with every axis 1 but the kept one, or a single value)."""
+    for g_suffix, v_suffix in WEIGHT_NORM_SUFFIXES:
+        if name.endswith(g_suffix):
+            prefix = name[: -len(g_suffix)]
+        elif name.endswith(v_suffix):
+            prefix = name[: -len(v_suffix)]
+        else:
+            continue
+        g, v = prefix + g_suffix, prefix + v_suffix
+        if g not in shapes or v not in shapes:
+            return None
+        axes = _norm_axes(shapes[g], shapes[v])
+        return None if axes is None else WeightNormPair(prefix, g, v, axes)
+    return None
+
+
+def _norm_axes(g: Shape, v: Shape) -> tuple[int, ...] | None:
+    if not v or math.prod(v) == 0:
+        return None
+    if math.prod(g) == 1 and (len(g) in (0, len(v))):
+        return tuple(range(len(v)))  # dim=None: one norm over the whole tensor
+    if len(g) != len(v):
+        return None
+    kept = [axis for axis, size in enumerate(g) if size != 1]
+    if len(kept) != 1 or g[kept[0]] != v[kept[0]]:
+        return None
+    return tuple(axis for axis in range(len(v)) if axis != kept[0])
+
+
+def _classify_weight_norm(param: Param, pair: WeightNormPair, ctx: NameContext) -> Param:
+    if param.name == pair.direction:
+        as_weight = classify_one(replace(param, name=pair.prefix + ".weight"), ctx)
+        return param.classified(
+            as_weight.role,
+            f"weight-norm direction v of {pair.prefix}.weight; {as_weight.reason}",
+            as_weight.layout,
+        )
+    over = "all axes" if len(pair.axes) == len(ctx.shapes[pair.direction]) else f"axes {list(pair.axes)}"
+    return param.classified(
+        Role.WEIGHT_NORM_G,
+        f"weight-norm magnitude g of {pair.prefix}.weight: ‖{pair.direction.rsplit('.', 1)[-1]}‖ over {over}",
+    )
+
+
 def classify_params(params: list[Param], format_hint: str | None) -> list[Param]:
-    """Give every param a role, a layout and a reason from :data:`NAME_RULES` (first match wins).
+    """Give every param a role, a layout and a reason from :data:`NAME_RULES` (first match wins);
+    the halves of a weight-norm pair as the layer's weight (v) and its derived magnitude (g).
 
     ``format_hint`` is the bundle's ``__metadata__["format"]`` (pt, tf, flax, mlx, np or None); it
     switches the layout conventions of 2-D weights and convolutions.  Pure: returns new records.
@@ -563,7 +631,25 @@ def classify_params(params: list[Param], format_hint: str | None) -> list[Param]
         format_hint=(format_hint or None) and format_hint.lower(),
         families=detect_families(p.name for p in params),
     )
-    return [classify_one(param, ctx) for param in params]
+    classified = []
+    for param in params:
+        pair = weight_norm_pair(param.name, ctx.shapes) if param.dtype in FLOAT_DTYPES else None
+        if pair is not None and all(
+            ctx.dtypes[name] in FLOAT_DTYPES for name in (pair.magnitude, pair.direction)
+        ):
+            classified.append(_classify_weight_norm(param, pair, ctx))
+        else:
+            classified.append(classify_one(param, ctx))
+    return classified
 
 
-__all__ = ["NAME_RULES", "NameContext", "NameRule", "classify_one", "classify_params", "detect_families"]
+__all__ = [
+    "NAME_RULES",
+    "NameContext",
+    "NameRule",
+    "WeightNormPair",
+    "classify_one",
+    "classify_params",
+    "detect_families",
+    "weight_norm_pair",
+]

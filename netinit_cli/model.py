@@ -27,6 +27,7 @@ class Role(StrEnum):
     PRELU_SLOPE = "prelu_slope"
     LAYER_SCALE = "layer_scale"  # ConvNeXt/CaiT gamma: small constant
     TOKEN = "token"  # cls_token, pos_embed: truncated normal 0.02
+    WEIGHT_NORM_G = "weight_norm_g"  # weight norm's magnitude g = ‖v‖, derived from its direction v
     ZERO = "zero"  # zero by convention (LoRA B)
     CONSTANT = "constant"  # never touched: shapes, integers, buffers, masks
     QUANTIZED = "quantized"  # quantized weights and their scales/zero points: never touched
@@ -59,6 +60,7 @@ LEARNABLE_ROLES = frozenset(
         Role.LAYER_SCALE,
         Role.TOKEN,
         Role.ZERO,
+        Role.WEIGHT_NORM_G,
     }
 )
 

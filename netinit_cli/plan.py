@@ -6,10 +6,14 @@ Pure: no I/O and no random numbers.  ``--dry-run`` and ``netinit inspect`` stop 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from netinit_cli import dtypes
+from netinit_cli.classify_names import weight_norm_pair
 from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.methods import (
@@ -93,8 +97,78 @@ class Options:
         return next((rule for rule in self.rules if rule.matches(param)), None)
 
 
-def make_plan(params: Sequence[Param], options: Options) -> list[Planned]:
-    return [plan_one(param, options) for param in params]
+# The stored values of a tensor, by name (a model file's read_array): weight norm's g needs them
+# when its direction v is kept.
+StoredValues = Callable[[str], np.ndarray]
+
+
+def make_plan(params: Sequence[Param], options: Options, stored: StoredValues | None = None) -> list[Planned]:
+    plan = [plan_one(param, options) for param in params]
+    by_name = {entry.param.name: entry for entry in plan}
+    shapes = {param.name: param.shape for param in params}
+    for entry in plan:
+        if entry.param.role is Role.WEIGHT_NORM_G and entry.action is Action.FILL:
+            rule = options.rule_for(entry.param)
+            if rule is None or rule.method is not None:  # a distribution rule is obeyed as given
+                _derive_weight_norm(entry, by_name, shapes, stored)
+    return plan
+
+
+def _derive_weight_norm(
+    entry: Planned,
+    by_name: dict[str, Planned],
+    shapes: dict[str, tuple[int, ...]],
+    stored: StoredValues | None,
+) -> None:
+    """g = ‖v‖ of the v the output will hold (the new one, or the stored one), so that the
+    layer's effective weight g · v / ‖v‖ is v itself, as torch's weight_norm sets it up."""
+    pair = weight_norm_pair(entry.param.name, shapes)
+    assert pair is not None, entry.param.name
+    direction = by_name[pair.direction]
+    v = direction.param
+    if direction.action is Action.FILL:
+        v_init = direction.initializer
+
+        def values(seed: Seed) -> np.ndarray:
+            generated = np.empty(v.shape, dtypes.compute_dtype(v.dtype))
+            v_init.fill(generated, seed, v.name)
+            return dtypes.cast_checked(generated, v.dtype, v.name)  # as it will be stored
+
+        source = "the new"
+    elif v.has_data and stored is not None:
+        read = stored
+
+        def values(seed: Seed) -> np.ndarray:
+            return read(v.name)
+
+        source = "the stored"
+    else:
+        entry.action, entry.initializer, entry.init = Action.KEEP, None, ""
+        entry.why = f"weight-norm magnitude: its direction {v.name} is neither filled nor stored"
+        return
+    axes, shape = pair.axes, entry.param.shape
+
+    def fill(out: np.ndarray, seed: Seed, name: str) -> None:
+        out[...] = norm_over(values(seed), axes).reshape(shape)
+
+    label = f"‖{v.name.rsplit('.', 1)[-1]}‖ of {source} v (weight norm)"
+    entry.initializer = TensorInit(label, None, None, None, None, fill)
+    entry.init, entry.fan_in, entry.fan_out = label, None, None
+    entry.expected_mean = entry.expected_std = None
+
+
+def norm_over(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The Euclidean norm of ``values`` over ``axes`` (the kept axis first), summed in float64
+    without a float64 copy of ``values``."""
+    kept = [axis for axis in range(values.ndim) if axis not in axes]
+    rows = np.moveaxis(values, kept, list(range(len(kept)))).reshape(
+        math.prod(values.shape[a] for a in kept), -1
+    )
+    if rows.dtype not in (np.float32, np.float64):
+        rows = rows.astype(np.float32)  # bfloat16, float16, float8: exact in float32
+    squares: np.ndarray = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    norms: np.ndarray = np.sqrt(squares)
+    return norms
 
 
 def plan_one(param: Param, options: Options) -> Planned:
