@@ -1,6 +1,8 @@
 """Decide, for every classified tensor, whether it is filled, kept or left constant — and why.
 
-Pure: no I/O and no random numbers.  ``--dry-run`` and ``netinit inspect`` stop after this.
+Pure: no I/O and no random numbers.  ``--dry-run`` and ``netinit inspect`` stop after this.  (A
+weight-norm magnitude's initializer reads or regenerates its direction, but only when the filler
+calls it.)
 """
 
 from __future__ import annotations
