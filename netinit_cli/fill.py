@@ -22,13 +22,12 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
-from netinit_cli import dtypes
+from netinit_cli import dtypes, libc
 from netinit_cli.distributions import SPAN_ELEMENTS, Distribution, generate_span, run_parallel, spans
 from netinit_cli.errors import InputError, NetinitError, OutputError
 from netinit_cli.methods import TensorInit
@@ -141,13 +140,9 @@ def keep_freed_buffers() -> None:
     if _malloc_tuned:
         return
     _malloc_tuned = True
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = libc.function("mallopt", "ii")
+    if mallopt is None:
         return
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     for option, value in _MALLOC_THRESHOLDS:
         mallopt(option, value)
 
@@ -248,18 +243,9 @@ FDATASYNC_BYTES = 128 << 20
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
 
-@cache
-def _sync_file_range_function() -> Callable[[int, int, int, int], int] | None:
-    """Linux's ``sync_file_range(2)`` from the C library, or None."""
-    import ctypes
-
-    try:
-        function = ctypes.CDLL(None).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], function)
+def _sync_file_range_function() -> Callable[..., int] | None:
+    """Linux's ``sync_file_range(2)``, or None."""
+    return libc.function("sync_file_range", "iqqI")
 
 
 def generation_bytes(numel: int, dtype: str) -> int:

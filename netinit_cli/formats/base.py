@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import io
 import os
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 import numpy as np
 
+from netinit_cli import libc
 from netinit_cli.errors import OutputError, OutputExistsError
 from netinit_cli.model import Param, Planned
 
@@ -163,33 +163,12 @@ def _write_failed(out: Path, exc: OSError) -> OutputError:
     return OutputError(f"{out}: write failed: {reason}")
 
 
-@functools.cache
-def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
-    """``fallocate(2)`` from the C library, or None where there is none (not Linux)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    function = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
-    if function is None:
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    function.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], function)
-
-
 def _fallocate(fd: int, offset: int, length: int) -> int:
     """``fallocate(fd, 0, offset, length)``: 0, or the errno it failed with."""
-    function = _libc_fallocate()
+    function = libc.function("fallocate64", "iiqq") or libc.function("fallocate", "iiqq")
     if function is None:
         return errno.ENOSYS
-    if function(fd, 0, offset, length) == 0:
-        return 0
-    import ctypes
-
-    return ctypes.get_errno()
+    return 0 if function(fd, 0, offset, length) == 0 else libc.last_errno()
 
 
 # The filesystem cannot preallocate (FUSE, some network filesystems, old kernels' tmpfs):
