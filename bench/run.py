@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,6 +74,7 @@ class Case:
     torch_peer: str | None = None  # the torch case this one is compared with
     hash_output: bool = False
     repeated: bool = True  # False: run once, after the repetitions
+    cwd: Path = REPO  # the checkout whose netinit_cli ``python -m`` runs (``--baseline``: an older one)
 
 
 @dataclass
@@ -275,7 +276,7 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
         busy, steal = cpu_seconds()
         start = time.perf_counter()
         proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=err, env=child_env(case.env), cwd=REPO
+            argv, stdout=subprocess.DEVNULL, stderr=err, env=child_env(case.env), cwd=case.cwd
         )
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
@@ -308,6 +309,44 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
     # output (a case that fsyncs would otherwise also wait for the previous case's data).
     os.sync()
     return run
+
+
+BASELINE_TAG = "~base"
+
+
+def with_baseline(cases: list[Case], checkout: Path) -> list[Case]:
+    """Each repeated netinit case followed by its twin run from ``checkout``'s netinit_cli."""
+    if not (checkout / "netinit_cli" / "__main__.py").is_file():
+        raise SystemExit(f"--baseline {checkout}: no netinit_cli/ checkout there")
+    paired: list[Case] = []
+    for case in cases:
+        paired.append(case)
+        if case.name.startswith("netinit-") and case.repeated:
+            paired.append(
+                replace(case, name=case.name + BASELINE_TAG, cwd=checkout, torch_peer=None, hash_output=False)
+            )
+    return paired
+
+
+def baseline_lines(results: dict[str, Measured]) -> list[str]:
+    """This checkout's median against the baseline checkout's, case by case."""
+    pairs = [
+        (m, results[m.case.name + BASELINE_TAG])
+        for m in results.values()
+        if m.case.name + BASELINE_TAG in results
+    ]
+    if not pairs:
+        return []
+    lines = [
+        "| case | this checkout s | baseline s | ratio | peak RSS MB this / baseline |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for new, old in pairs:
+        rss = f"{_fmt(None if new.peak_rss is None else new.peak_rss / MB, '{:.0f}')} / {_fmt(None if old.peak_rss is None else old.peak_rss / MB, '{:.0f}')}"
+        lines.append(
+            f"| `{new.case.name}` | {_fmt(new.wall)} | {_fmt(old.wall)} | {_fmt(_ratio(new.wall, old.wall), '{:.3f}')} | {rss} |"
+        )
+    return ["", "Against the baseline checkout (same run, alternating):", "", *lines]
 
 
 def measure(cases: list[Case], reps: int, timeout: float) -> dict[str, Measured]:
@@ -578,6 +617,7 @@ def report(results: dict[str, Measured], datasets: list[Dataset], reps: int, com
         ),
         "",
         *results_table(results),
+        *baseline_lines(results),
         "",
         "| check | target | measured | result |",
         "|---|---|---|---|",
@@ -607,6 +647,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout (e.g. `git worktree add /tmp/base OLD`): every netinit case also runs "
+        "from it, as `<case>~base`, alternating with this checkout's, for before/after ratios",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help=f"where the Markdown goes (default {RESULTS.relative_to(REPO)}; {SCRATCH_RESULTS.relative_to(REPO)} "
@@ -629,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
     # PYTHONDONTWRITEBYTECODE (set in these sandboxes) would otherwise compile every module from
     # source in every timed run, about 70 ms of ~10k lines.  Python reads __pycache__ even then.
     compileall.compile_dir(REPO / "netinit_cli", quiet=1)
+    if args.baseline:
+        cases = with_baseline(cases, args.baseline.resolve())
+        compileall.compile_dir(args.baseline.resolve() / "netinit_cli", quiet=1)
     os.sync()  # freshly built inputs reach the disk before anything is timed
     datasets = list({c.data.key: c.data for c in cases}.values())
     if not any(d.key.endswith("bundle") for d in datasets):
