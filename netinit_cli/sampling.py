@@ -189,12 +189,11 @@ def _truncated_block(bits: np.random.BitGenerator, out: np.ndarray, dist: Distri
 
 
 # Work is split into spans of SPAN_BLOCKS blocks (a chunk holds CHUNK_ELEMENTS / BLOCK_ELEMENTS
-# = 16): enough pieces per tensor that two threads finish together, few enough that the per-span
-# Python work (a stream, a pwrite) and GIL hand-overs stay small (4 blocks: 5–10% slower on the
-# bundle; 16: worse, load imbalance and 4 MiB buffers).  A span that starts inside a
-# chunk advances the chunk's stream past the words of the blocks before it, which is exact for the
-# kinds whose word count per block is fixed (uniform, normal); truncated normal (rejection) keeps
-# one span per chunk.  Spans only schedule work: the values are those of the chunk streams.
+# = 16): enough pieces per tensor that the threads finish together, few enough that the per-span
+# Python work (a stream, a pwrite) and GIL hand-overs stay small; longer spans also need larger
+# buffers.  A span that starts inside a chunk advances the chunk's stream past the words of the
+# blocks before it, which is exact for the kinds whose word count per block is fixed (uniform,
+# normal); truncated normal (rejection) keeps one span per chunk.  Spans only schedule work: the values are those of the chunk streams.
 SPAN_BLOCKS = 8
 SPAN_ELEMENTS = SPAN_BLOCKS * BLOCK_ELEMENTS  # the most a span generates at once
 _FIXED_WORDS = ("normal", "uniform")

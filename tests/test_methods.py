@@ -14,7 +14,15 @@ from netinit_cli.distributions import Distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.initializers import calculate_gain
 from netinit_cli.linalg import orthonormalize
-from netinit_cli.methods import METHOD_NAMES, METHODS, MethodSpec, describe_methods, parse_method
+from netinit_cli.methods import (
+    FLAGS,
+    METHOD_NAMES,
+    METHODS,
+    OVERRIDE_KEYS,
+    MethodSpec,
+    describe_methods,
+    parse_method,
+)
 from netinit_cli.model import (
     LINEAR_OUT_IN,
     MATRIX_IN_OUT,
@@ -192,6 +200,19 @@ def test_describe_methods_lists_every_option_and_default() -> None:
         for option in method.options:
             assert option.name in text
     assert "σ = gain/√n" in text and "√(2/(fan_in + fan_out))" in text
+
+
+def test_registry_gives_every_option_key_one_flag() -> None:
+    keys = [flag.key for flag in FLAGS]
+    assert len(keys) == len(set(keys)) and tuple(keys) == OVERRIDE_KEYS
+    assert set(keys) == {option.name for method in METHODS.values() for option in method.options}
+
+
+def test_kaiming_and_xavier_are_one_variance_scaling_core() -> None:
+    kaiming, xavier = METHODS["kaiming"], METHODS["xavier"]
+    assert kaiming.build is xavier.build
+    assert [o.name for o in kaiming.options] == [o.name for o in xavier.options]
+    assert parse_method("xavier(mode=fan_in, nonlinearity=relu)").options == parse_method("kaiming").options
 
 
 # --- Gains and fans ----------------------------------------------------------------------------
