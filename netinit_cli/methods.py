@@ -110,7 +110,7 @@ Check = Callable[[Mapping[str, object], Mapping[str, str]], None]  # (values, wh
 class Method:
     """One initialization method.
 
-    ``options`` are its own sub-options (:data:`COMMON_OPTIONS` follow them); ``primary`` are
+    ``own_options`` are its sub-options (:attr:`options` adds :data:`COMMON_OPTIONS`); ``primary`` are
     shown by :meth:`MethodSpec.describe` even at their defaults; ``build`` makes a weight's
     initializer; ``check`` may refuse combinations of options after parsing.
     """
