@@ -29,8 +29,8 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "open + classify": [("api.py", "_open")],
     "plan": [("plan.py", "make_plan")],
     "generation (sampler pool)": [
-        ("distributions.py", "sample_into"),
-        ("methods.py", "orthogonal_fill"),
+        ("sampling.py", "sample_into"),
+        ("matrices.py", "orthogonal_fill"),
         ("fill.py", "_write_direct"),  # generation and pwrite together, in the sampler threads
     ],
     "cast to stored dtype": [("dtypes.py", "cast_checked")],

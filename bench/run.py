@@ -538,7 +538,7 @@ def cpu_probe() -> str:
     GB/s the next), so a table is only comparable with another measured at the same speed."""
     probe = (
         "import threading, time, numpy as np\n"
-        "from netinit_cli.distributions import _normal_rows\n"
+        "from netinit_cli.sampling import _normal_rows\n"
         "def work(n, k):\n"
         "    bits, out = np.random.PCG64DXSM(k), np.empty((8, 1 << 16), np.float32)\n"
         "    for _ in range(n): _normal_rows(bits, out, 0.0, 1.0)\n"

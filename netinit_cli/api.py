@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,17 +69,6 @@ class Report:
         from netinit_cli.report import report_json
 
         return report_json(self)
-
-
-def versions() -> dict[str, str]:
-    import onnx
-
-    return {
-        "netinit": __version__,
-        "numpy": np.__version__,
-        "onnx": onnx.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def build_options(

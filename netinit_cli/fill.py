@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from netinit_cli import dtypes, libc
-from netinit_cli.distributions import SPAN_ELEMENTS, Distribution, generate_span, run_parallel, spans
+from netinit_cli.distributions import Distribution
 from netinit_cli.errors import InputError, NetinitError, OutputError
-from netinit_cli.methods import TensorInit
+from netinit_cli.initializers import TensorInit
 from netinit_cli.model import Action, Planned
+from netinit_cli.sampling import SPAN_ELEMENTS, generate_span, run_parallel, spans
 from netinit_cli.seeding import Seed
 
 # Statistics of big tensors come from STATS_RUNS contiguous runs of STATS_RUN elements spread

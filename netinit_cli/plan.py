@@ -18,15 +18,10 @@ from netinit_cli import dtypes
 from netinit_cli.classify_names import weight_norm_pair
 from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
-from netinit_cli.methods import (
-    METHOD_NAMES,
-    MethodSpec,
-    TensorInit,
-    distribution_init,
-    initializer_for,
-    parse_method,
-)
+from netinit_cli.initializers import TensorInit, distribution_init
+from netinit_cli.methods import METHOD_NAMES, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 
 KEEP = "keep"

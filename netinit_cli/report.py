@@ -8,10 +8,14 @@ observed and expected standard deviation; a row whose std is far from the target
 from __future__ import annotations
 
 import math
+import platform
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from netinit_cli import __version__
 from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.model import Action, Planned
 
@@ -265,9 +269,19 @@ def entry_json(entry: Planned) -> dict[str, Any]:
     }
 
 
-def report_json(report: Report) -> dict[str, Any]:
-    from netinit_cli.api import versions
+def versions() -> dict[str, str]:
+    """The versions that produced a report (onnx is imported only when asked)."""
+    import onnx
 
+    return {
+        "netinit": __version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
     return {
         "schema": JSON_SCHEMA_VERSION,
         "input": str(report.input) if report.input else None,

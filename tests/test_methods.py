@@ -12,14 +12,15 @@ from hypothesis import strategies as st
 
 from netinit_cli.distributions import Distribution
 from netinit_cli.errors import UsageError
+from netinit_cli.initializers import calculate_gain
+from netinit_cli.linalg import orthonormalize
 from netinit_cli.methods import (
+    FLAGS,
     METHOD_NAMES,
     METHODS,
+    OVERRIDE_KEYS,
     MethodSpec,
-    calculate_gain,
     describe_methods,
-    initializer_for,
-    orthonormalize,
     parse_method,
 )
 from netinit_cli.model import (
@@ -31,6 +32,7 @@ from netinit_cli.model import (
     conv_layout,
     conv_transpose_layout,
 )
+from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 
 SEED = Seed(5, "explicit")
@@ -92,7 +94,7 @@ def test_method_forms(text: str, overrides: dict[str, str | None] | None, canoni
 
 def test_spec_has_every_option_with_defaults_sorted() -> None:
     spec = parse_method("kaiming")
-    assert [k for k, _ in spec.options] == sorted(o.name for o in METHODS["kaiming"])
+    assert [k for k, _ in spec.options] == sorted(o.name for o in METHODS["kaiming"].options)
     assert spec.get("gain") is None and spec.get("forget_bias") == 0.0 and spec.get("negative_slope") == 0.01
     assert parse_method("random").get("weights") == Distribution("normal", (0.0, 1.0))
     assert parse_method().name == "kaiming"
@@ -193,11 +195,24 @@ def test_describe_round_trips(case: tuple[str, dict[str, str | None]]) -> None:
 
 def test_describe_methods_lists_every_option_and_default() -> None:
     text = describe_methods()
-    for name, options in METHODS.items():
+    for name, method in METHODS.items():
         assert f"\n{name}  " in text or text.startswith(name)
-        for option in options:
+        for option in method.options:
             assert option.name in text
     assert "σ = gain/√n" in text and "√(2/(fan_in + fan_out))" in text
+
+
+def test_registry_gives_every_option_key_one_flag() -> None:
+    keys = [flag.key for flag in FLAGS]
+    assert len(keys) == len(set(keys)) and tuple(keys) == OVERRIDE_KEYS
+    assert set(keys) == {option.name for method in METHODS.values() for option in method.options}
+
+
+def test_kaiming_and_xavier_are_one_variance_scaling_core() -> None:
+    kaiming, xavier = METHODS["kaiming"], METHODS["xavier"]
+    assert kaiming.build is xavier.build
+    assert [o.name for o in kaiming.options] == [o.name for o in xavier.options]
+    assert parse_method("xavier(mode=fan_in, nonlinearity=relu)").options == parse_method("kaiming").options
 
 
 # --- Gains and fans ----------------------------------------------------------------------------

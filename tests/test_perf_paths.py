@@ -19,24 +19,14 @@ from onnx import TensorProto, helper
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import blas, initialize
-from netinit_cli.distributions import (
-    BLOCK_ELEMENTS,
-    Distribution,
-    _fill_block,
-    _fill_blocks,
-    run_parallel,
-    sample_into,
-    spans,
-)
+from netinit_cli.distributions import Distribution
 from netinit_cli.fill import DIRECT_MIN_BYTES, DirectOutput, Filler, StatsSample, histogram, stats_sample
-from netinit_cli.methods import (
-    _orthonormalize_in_place,
-    distribution_init,
-    initializer_for,
-    orthonormalize,
-    parse_method,
-)
+from netinit_cli.initializers import distribution_init
+from netinit_cli.linalg import orthonormalize, orthonormalize_in_place
+from netinit_cli.methods import parse_method
 from netinit_cli.model import LINEAR_OUT_IN, Action, Param, Planned, Role
+from netinit_cli.roles import initializer_for
+from netinit_cli.sampling import BLOCK_ELEMENTS, _fill_block, _fill_blocks, run_parallel, sample_into, spans
 from netinit_cli.seeding import CHUNK_ELEMENTS, Seed
 
 SEED = Seed(99, "explicit")
@@ -276,8 +266,8 @@ def test_blas_orthonormalize_is_the_qr_factor_within_1e_5(shape: tuple[int, int]
 @needs_blas
 def test_blas_path_is_taken_and_fallback_gives_the_same_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
     a = np.random.default_rng(6).standard_normal((200, 320), dtype=np.float32)
-    assert _orthonormalize_in_place(a.copy())  # aspect 0.625: BLAS, one pass
-    assert not _orthonormalize_in_place(np.ones((4, 4), np.float32))  # aspect 1: NumPy path
+    assert orthonormalize_in_place(a.copy())  # aspect 0.625: BLAS, one pass
+    assert not orthonormalize_in_place(np.ones((4, 4), np.float32))  # aspect 1: NumPy path
     fast = orthonormalize(a)
     monkeypatch.setattr(blas, "AVAILABLE", False)
     slow = orthonormalize(a)
@@ -289,7 +279,7 @@ def test_singular_block_falls_back_and_leaves_input_usable() -> None:
     a = np.zeros((50, 80), np.float32)
     a[:, 0] = 1.0  # rank 1: the Gram matrix is singular
     work = a.copy()
-    assert not _orthonormalize_in_place(work)
+    assert not orthonormalize_in_place(work)
     assert (work == a).all()
 
 
