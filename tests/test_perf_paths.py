@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import blas, initialize
+from netinit_cli.classify.layouts import LINEAR_OUT_IN
 from netinit_cli.distributions import (
     BLOCK_ELEMENTS,
     Distribution,
@@ -36,7 +37,7 @@ from netinit_cli.methods import (
     orthonormalize,
     parse_method,
 )
-from netinit_cli.model import LINEAR_OUT_IN, Action, Param, Planned, Role
+from netinit_cli.model import Action, Param, Planned, Role
 from netinit_cli.seeding import CHUNK_ELEMENTS, Seed
 
 SEED = Seed(99, "explicit")
