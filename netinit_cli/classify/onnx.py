@@ -1,15 +1,10 @@
-"""Classify every stored tensor of an ONNX model from the graph's topology.
+"""Classify every stored tensor of an ONNX model: one role, layout and reason from all its uses.
 
-Per use, not per name: from each stored tensor walk forward through pass-through ops (Identity,
-Cast, Transpose, Reshape, …), recording how its axes move, to a terminal *slot* ``(op, input
-index, attributes)``; look the slot up in :data:`~netinit_cli.classify.onnx_slots.SLOTS` (or
-recognize a pattern, :mod:`~netinit_cli.classify.onnx_patterns`); compute the layout on the
-terminal's axes and map it back onto the *stored* tensor's axes.  The roles of all uses are
-merged: agreeing uses give one role (tied weights), disagreeing uses a ``CONFLICT``.
-
-Stored tensors and their scoped names come from :class:`~netinit_cli.formats.onnx.graph.Graphs`.
-Main-graph inputs without an initializer that feed a parameter slot are listed with
-``has_data=False`` (what ``export_params=False`` produces).
+The walk (:mod:`~netinit_cli.classify.onnx_walk`) gives a finding for every use of a stored
+tensor; here they are merged: agreeing uses give one role (tied weights), disagreeing uses a
+``CONFLICT``.  Main-graph inputs without an initializer are parameters (``has_data=False``, what
+``export_params=False`` produces) when they feed a parameter slot; when the model has
+``training_info``, its bindings decide which tensors are learnable.
 """
 
 from __future__ import annotations
@@ -107,6 +102,7 @@ def classify_model(model: onnx.ModelProto) -> tuple[list[Param], list[str]]:
 
 
 def classify_graphs(graphs: Graphs) -> tuple[list[Param], list[str]]:
+    """Every stored tensor indexed in ``graphs`` as a classified :class:`Param`, and notes."""
     model = graphs.model
     inputs = [s for s in graphs.stored if s.source == GRAPH_INPUT]
     first_input = model.graph.input[0].name if model.graph.input else ""

@@ -227,8 +227,6 @@ class Classifier:
 
     # -- pass-through ops ---------------------------------------------------------------------
 
-    # -- pass-through ops ---------------------------------------------------------------------
-
     def _pass(self, path: Path, scope: Scope, node: onnx.NodeProto) -> list[Path] | None:
         op = node.op_type
         attrs = node_attrs(node)
