@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netinit_cli import dtypes
-from netinit_cli.classify_names import weight_norm_pair
+from netinit_cli.classify import weight_norm_pair
 from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.initializers import TensorInit, distribution_init

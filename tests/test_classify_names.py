@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from netinit_cli.classify_names import NAME_RULES, classify_params
+from netinit_cli.classify.names import NAME_RULES, classify_params
 from netinit_cli.model import Param, Role
 
 torch = pytest.importorskip("torch")

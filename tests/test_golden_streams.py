@@ -14,9 +14,10 @@ import hashlib
 import numpy as np
 import pytest
 
+from netinit_cli.classify.layouts import LINEAR_OUT_IN, conv_layout
 from netinit_cli.distributions import Distribution
 from netinit_cli.methods import parse_method
-from netinit_cli.model import LINEAR_OUT_IN, Param, Role, conv_layout
+from netinit_cli.model import Param, Role
 from netinit_cli.roles import initializer_for
 from netinit_cli.sampling import sample_into
 from netinit_cli.seeding import CHUNK_ELEMENTS, Seed, tensor_generator

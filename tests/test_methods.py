@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netinit_cli.classify.layouts import LINEAR_OUT_IN, MATRIX_IN_OUT, conv_layout, conv_transpose_layout
 from netinit_cli.distributions import Distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.initializers import calculate_gain
@@ -23,15 +24,7 @@ from netinit_cli.methods import (
     describe_methods,
     parse_method,
 )
-from netinit_cli.model import (
-    LINEAR_OUT_IN,
-    MATRIX_IN_OUT,
-    Layout,
-    Param,
-    Role,
-    conv_layout,
-    conv_transpose_layout,
-)
+from netinit_cli.model import Layout, Param, Role
 from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from netinit_cli.classify_onnx import VALUE_SAMPLE, structured_value_note
+from netinit_cli.classify.values import VALUE_SAMPLE, structured_value_note
 from netinit_cli.formats.onnx_io import open_onnx
 from netinit_cli.model import Role
 
@@ -140,7 +140,7 @@ def name_model(names: dict[str, tuple[str, list[int]]]) -> onnx.ModelProto:
 
 
 def test_buffer_like_names_are_noted_only_when_the_role_disagrees(tmp_path: Path) -> None:
-    from netinit_cli.classify_onnx import classify_model
+    from netinit_cli.classify import classify_model
 
     params, notes = classify_model(
         name_model(

@@ -19,12 +19,13 @@ from onnx import TensorProto, helper
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import blas, initialize
+from netinit_cli.classify.layouts import LINEAR_OUT_IN
 from netinit_cli.distributions import Distribution
 from netinit_cli.fill import DIRECT_MIN_BYTES, DirectOutput, Filler, StatsSample, histogram, stats_sample
 from netinit_cli.initializers import distribution_init
 from netinit_cli.linalg import orthonormalize, orthonormalize_in_place
 from netinit_cli.methods import parse_method
-from netinit_cli.model import LINEAR_OUT_IN, Action, Param, Planned, Role
+from netinit_cli.model import Action, Param, Planned, Role
 from netinit_cli.roles import initializer_for
 from netinit_cli.sampling import BLOCK_ELEMENTS, _fill_block, _fill_blocks, run_parallel, sample_into, spans
 from netinit_cli.seeding import CHUNK_ELEMENTS, Seed

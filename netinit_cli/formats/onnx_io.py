@@ -49,18 +49,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from onnx import AttributeProto, TensorProto, numpy_helper
 
-from netinit_cli.classify_onnx import (
-    CONSTANT_NODE,
-    DATA_FIELDS,
-    FUNCTION_CONSTANT,
-    GRAPH_INPUT,
-    SPARSE_INITIALIZER,
-    Graphs,
-    StoredTensor,
-    classify_graphs,
-    has_data,
-    structured_value_note,
-)
+from netinit_cli.classify import classify_graphs, structured_value_note
 from netinit_cli.errors import InputError, OutputError, UnsafeInputError
 from netinit_cli.fill import DirectOutput, EarlyWriteback
 from netinit_cli.formats.base import (
@@ -72,6 +61,16 @@ from netinit_cli.formats.base import (
     preallocate,
     remove_stale_temps,
     with_init_suffix,
+)
+from netinit_cli.formats.onnx.graph import (
+    CONSTANT_NODE,
+    DATA_FIELDS,
+    FUNCTION_CONSTANT,
+    GRAPH_INPUT,
+    SPARSE_INITIALIZER,
+    Graphs,
+    StoredTensor,
+    has_data,
 )
 from netinit_cli.model import Action, Param, Planned
 

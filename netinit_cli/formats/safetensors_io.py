@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from netinit_cli.classify_names import classify_params
+from netinit_cli.classify import TIE_PAIRS, classify_params
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError, NetinitError, OutputError, UnsafeInputError, UsageError
 from netinit_cli.fill import DirectOutput, EarlyWriteback
@@ -450,19 +450,6 @@ class _Shard:
     entries: dict[str, TensorEntry]
 
 
-# Known tie pairs (alias, tied-to patterns): the second name is the one kept as the param.
-_TIE_PAIRS: tuple[tuple[str, str], ...] = (
-    (
-        r"^(?P<p>.*)lm_head\.weight$",
-        r"embed_tokens\.weight$|(?:^|\.)wte\.weight$|(?:^|\.)shared\.weight$"
-        r"|word_embeddings\.weight$|embed_in\.weight$|tok_embeddings\.weight$",
-    ),
-    (r"cls\.predictions\.decoder\.weight$", r"word_embeddings\.weight$"),
-    (r"(?:^|\.)proj_out\.weight$", r"decoder\.embed_tokens\.weight$"),
-    (r"(?:^|\.)(?:encoder|decoder)\.embed_tokens\.weight$", r"(?:^|\.)shared\.weight$"),
-)
-
-
 class SafetensorsModel:
     """A safetensors file or sharded bundle, opened header-first (implements ``ModelFile``)."""
 
@@ -851,7 +838,7 @@ def open_safetensors(path: Path) -> SafetensorsModel:
     """Open a ``.safetensors`` file, a ``*.safetensors.index.json`` or a folder with one of them.
 
     Only headers are read.  Params come in shard order, then file order, classified by
-    :func:`netinit_cli.classify_names.classify_params` with the ``__metadata__["format"]`` hint.
+    :func:`netinit_cli.classify.classify_params` with the ``__metadata__["format"]`` hint.
     """
     notes: list[str] = []
     target, is_index = _resolve(Path(path), notes)
@@ -901,7 +888,7 @@ def _detect_ties(model: SafetensorsModel) -> None:
     """Fold known tie pairs with identical bytes into one param with an alias (see module doc)."""
     by_name = {param.name: param for param in model.params}
     folded: set[str] = set()
-    for alias_pattern, target_pattern in _TIE_PAIRS:
+    for alias_pattern, target_pattern in TIE_PAIRS:
         for alias in list(by_name):
             if alias in folded or not re.search(alias_pattern, alias):
                 continue

@@ -1,0 +1,1 @@
+"""ONNX models: the protobuf index, reading, writing and external data."""
