@@ -163,7 +163,7 @@ def test_readme_fan_table(
     torch_fans: tuple[int, int],
     kaiming_stds: tuple[float, float],
 ) -> None:
-    from netinit_cli.model import MATRIX_IN_OUT, conv_layout, conv_transpose_layout
+    from netinit_cli.classify.layouts import MATRIX_IN_OUT, conv_layout, conv_transpose_layout
 
     chosen = {"convT": conv_transpose_layout(4, 1), "conv4": conv_layout(4, 4), "in_out": MATRIX_IN_OUT}[
         layout
