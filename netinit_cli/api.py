@@ -1,5 +1,9 @@
 """The Python API.  The command-line tool is a thin layer over these functions.
 
+:func:`initialize` runs the pipeline, one line a stage: read (:func:`read`) → classify
+(:func:`classify`) → plan (:func:`netinit_cli.plan.make_plan`) → fill (lazy tensors from
+:class:`netinit_cli.fill.Filler`) → write (the format's writer) → report (:class:`Report`).
+
 >>> from netinit_cli import initialize
 >>> report = initialize("model.onnx", out="model.init.onnx", method="xavier", seed=7, all=True)
 >>> report.counts["filled"]
@@ -248,15 +252,15 @@ def initialize(
             "drop --no-fsync or write to -o instead"
         )
     out_path = Path(out) if out is not None else None
-    opened, template = read(model, like, out_path)
-    classified = classify(opened, template)
+    opened, template = read(model, like, out_path)  # read: headers and graphs
+    classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
         out_path, force = opened.path, True
     elif out_path is None:
         out_path = opened.default_output()
     if model is not None and not in_place and _same_file(out_path, opened.path):
         raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
-    report = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)
+    report = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)  # plan
     if dry_run:
         report.elapsed = time.perf_counter() - started
         return report
@@ -265,9 +269,10 @@ def initialize(
     filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
-    tensors = filler.tensors(plan)  # lazy: each is generated as the writer writes it
+    tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
     result = opened.write(out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync)
-    report.observed = filler.observed
+    report.observed = filler.observed  # report: what was written and what the filler observed
     report.files = result.paths
     report.bytes_written = result.bytes_written
     report.notes.extend(result.notes)
