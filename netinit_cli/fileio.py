@@ -428,7 +428,7 @@ class EarlyWriteback:
 
 
 # sync_file_range only queues pages, so it can run often; fdatasync also waits and flushes the
-# disk's cache, so it runs four times less often (bench/results.md has the measurements).
+# disk's cache, so it runs four times less often.
 WRITEBACK_BYTES = 32 << 20
 FDATASYNC_BYTES = 128 << 20
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
