@@ -307,7 +307,7 @@ def _emit(report: Report, kw: dict[str, Any]) -> None:
 def _write_json(path: Path, report: Report) -> None:
     import json
 
-    from netinit_cli.formats.base import atomic_output
+    from netinit_cli.fileio import atomic_output
 
     with atomic_output(path, overwrite=True) as handle:
         handle.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")

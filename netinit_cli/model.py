@@ -2,7 +2,8 @@
 
 Nothing here knows about ONNX or safetensors.  A format reader produces :class:`Param`
 records; a classifier gives each one a :class:`Role` and a :class:`Layout`; the planner turns
-them into :class:`Planned` entries; the filler produces values lazily, one tensor at a time.
+them into frozen :class:`Planned` entries; the filler produces values lazily, one tensor at a
+time, and records what it observed in each as a :class:`Filled`.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class Param:
         return replace(self, role=role, reason=reason, layout=layout)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Planned:
     """What netinit will do with one tensor, and why.  Produced by :mod:`netinit_cli.plan`."""
 
@@ -173,7 +174,13 @@ class Planned:
     expected_mean: float | None = None
     why: str = ""  # why this action (e.g. "has data; use --all to re-initialize")
     initializer: Any = field(default=None, repr=False)  # methods.TensorInit for FILL entries
-    # Filled in by the filler after generation:
-    mean: float | None = None
-    std: float | None = None
-    histogram: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Filled:
+    """What the filler observed in one generated tensor, as stored (after rounding): from a
+    sample of at most 65,536 values (see :mod:`netinit_cli.fill`)."""
+
+    mean: float
+    std: float
+    histogram: tuple[int, ...] | None = None  # counts in equal bins from min to max; None if not finite

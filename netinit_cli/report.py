@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import platform
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from netinit_cli import __version__
 from netinit_cli.fill import STATS_SAMPLE
-from netinit_cli.model import Action, Planned
+from netinit_cli.model import Action, Filled, Planned
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,7 +36,7 @@ ACTION_STYLE = {Action.FILL: "green", Action.KEEP: "yellow", Action.CONSTANT: "d
 JSON_SCHEMA_VERSION = 1
 
 
-def sparkline(histogram: list[int] | None) -> str:
+def sparkline(histogram: Sequence[int] | None) -> str:
     if not histogram:
         return ""
     peak = max(histogram)
@@ -47,18 +47,18 @@ def sparkline(histogram: list[int] | None) -> str:
     )
 
 
-def std_off_target(entry: Planned) -> bool:
+def std_off_target(entry: Planned, filled: Filled | None) -> bool:
     """Observed std differs from the target by more than sampling noise allows.
 
     The standard error of a sample std is about std/sqrt(2n) (n capped at the stats sample,
     65,536 values); we flag beyond 6 standard errors plus 2% (bf16/f8 rounding), so a wrong gain
     or fan (>= 10%) shows while healthy tensors never do.
     """
-    if entry.std is None or entry.expected_std is None or entry.expected_std <= 0:
+    if filled is None or entry.expected_std is None or entry.expected_std <= 0:
         return False
     n = max(1, min(entry.param.numel, STATS_SAMPLE))
     tolerance = 6.0 / math.sqrt(2.0 * n) + 0.02
-    return abs(entry.std / entry.expected_std - 1.0) > tolerance
+    return abs(filled.std / entry.expected_std - 1.0) > tolerance
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -134,7 +134,9 @@ def full_table(report: Report) -> Table:
             layout = entry.param.layout.describe() if entry.param.layout else ""
             cells += [layout, entry.param.reason]
         else:
-            cells += [_num(entry.mean), _std_cell(entry), sparkline(entry.histogram)]
+            filled = report.observed.get(entry.param.name)
+            mean, histogram = (filled.mean, filled.histogram) if filled else (None, None)
+            cells += [_num(mean), _std_cell(entry, filled), sparkline(histogram)]
         table.add_row(*_plain(cells))
     return table
 
@@ -149,13 +151,13 @@ def _plain(cells: list[str | Text]) -> list[Text]:
     return [cell if isinstance(cell, Text) else Text(cell) for cell in cells]
 
 
-def _std_cell(entry: Planned) -> Text:
+def _std_cell(entry: Planned, filled: Filled | None) -> Text:
     from rich.text import Text
 
-    std = _num(entry.std)
+    std = _num(filled.std if filled else None)
     if entry.expected_std is not None:
         std = f"{std} ({_num(entry.expected_std)})" if std else f"({_num(entry.expected_std)})"
-    flagged = std_off_target(entry)
+    flagged = std_off_target(entry, filled)
     return Text(std + (" !" if flagged else ""), style="bold red" if flagged else "")
 
 
@@ -185,12 +187,13 @@ def summary_table(report: Report) -> Table:
         key = (group_key(entry.param.name), entry.param.role.value, entry.action, entry.init or entry.why)
         groups.setdefault(key, []).append(entry)
     for (pattern, role, action, init), entries in groups.items():
-        stds = [e.std for e in entries if e.std is not None]
+        observed = [report.observed.get(e.param.name) for e in entries]
+        stds = [filled.std for filled in observed if filled is not None]
         targets = {round(e.expected_std, 12) for e in entries if e.expected_std is not None}
         std = _num(sum(stds) / len(stds)) if stds else ""
         if len(targets) == 1:
             std = f"{std} ({_num(targets.pop())})"
-        flagged = any(std_off_target(e) for e in entries)
+        flagged = any(std_off_target(e, filled) for e, filled in zip(entries, observed, strict=True))
         table.add_row(
             *_plain(
                 [
@@ -236,7 +239,7 @@ def footer(report: Report) -> Text:
                 "nothing to initialize: the model has no learnable tensor netinit recognizes (see --rule)"
             )
         text.append("\n" + message, style="yellow")
-    flagged = iter_flagged(report.entries)
+    flagged = iter_flagged(report.entries, report.observed)
     if flagged:
         text.append(
             f"\n{len(flagged)} tensor(s) with std far from target (!): {', '.join(flagged[:5])}", style="red"
@@ -244,7 +247,7 @@ def footer(report: Report) -> Text:
     return text
 
 
-def entry_json(entry: Planned) -> dict[str, Any]:
+def entry_json(entry: Planned, filled: Filled | None = None) -> dict[str, Any]:
     param = entry.param
     return {
         "name": param.name,
@@ -262,8 +265,8 @@ def entry_json(entry: Planned) -> dict[str, Any]:
         "why": entry.why,
         "init": entry.init or None,
         "rule": entry.rule or None,
-        "mean": entry.mean,
-        "std": entry.std,
+        "mean": filled.mean if filled else None,
+        "std": filled.std if filled else None,
         "expected_mean": entry.expected_mean,
         "expected_std": entry.expected_std,
     }
@@ -300,9 +303,9 @@ def report_json(report: Report) -> dict[str, Any]:
         "elapsed_seconds": round(report.elapsed, 4),
         "versions": versions(),
         "notes": list(report.notes),
-        "tensors": [entry_json(entry) for entry in report.entries],
+        "tensors": [entry_json(entry, report.observed.get(entry.param.name)) for entry in report.entries],
     }
 
 
-def iter_flagged(entries: Iterable[Planned]) -> list[str]:
-    return [entry.param.name for entry in entries if std_off_target(entry)]
+def iter_flagged(entries: Iterable[Planned], observed: Mapping[str, Filled]) -> list[str]:
+    return [entry.param.name for entry in entries if std_off_target(entry, observed.get(entry.param.name))]

@@ -11,6 +11,7 @@ Modules:
     onnx           merging the findings; graph inputs; training_info
     axes           pure reshape / transpose / einsum axis algebra
     values         warnings about buffers that look learnable
+    stage          the pipeline stage: an opened model's tensors classified (ties folded, notes)
     names          the ordered name rules
     name_context   the conditions and layout builders the name rules use
     families       tie pairs, token tables, weight norm, family markers

@@ -1,12 +1,23 @@
-"""Format detection: which backend opens a path.  Recognized by content, not only by suffix."""
+"""Format detection: which backend opens a path.  Recognized by content, not only by suffix.
+
+Adding a format: a reader (open the file, list or index its stored tensors, ``read_array``), a
+writer (``write`` taking the plan and a :class:`~netinit_cli.fill.LazyTensor` per filled tensor),
+a content test in :func:`sniff` and a branch in :func:`open_model`; see ARCHITECTURE.md.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import ModelFile
+
+if TYPE_CHECKING:
+    from netinit_cli.formats.onnx.reader import OnnxModel
+    from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.template import Manifest
 
 SAFETENSORS = "safetensors"
 ONNX = "onnx"
@@ -60,13 +71,26 @@ def open_model(path: Path) -> ModelFile:
     """Open ``path`` with the backend its content calls for."""
     kind = sniff(path)
     if kind in (SAFETENSORS, INDEX):
-        from netinit_cli.formats.safetensors_io import open_safetensors
+        from netinit_cli.formats.safetensors.bundle import open_safetensors
 
         return open_safetensors(path)
     if kind == ONNX:
-        from netinit_cli.formats.onnx_io import open_onnx
+        from netinit_cli.formats.onnx.reader import open_onnx
 
         return open_onnx(path)
     raise InputError(
         f"{path}: a tensor manifest is not a model; use it as a template: netinit --like {path} -o OUT"
     )
+
+
+def open_template(path: Path) -> OnnxModel | SafetensorsModel | Manifest:
+    """Open ``--like TEMPLATE``: an ONNX model, a JSON manifest, or a safetensors file, index or
+    folder (read only: the classify stage turns it into the params to create)."""
+    if sniff(path) == ONNX:
+        from netinit_cli.formats.onnx.reader import open_onnx
+
+        return open_onnx(path)
+    from netinit_cli.formats.safetensors.bundle import open_safetensors
+    from netinit_cli.formats.safetensors.template import read_manifest
+
+    return read_manifest(path) or open_safetensors(path)

@@ -1,1 +1,2 @@
-"""ONNX models: the protobuf index, reading, writing and external data."""
+"""The ONNX backend: :mod:`.reader` opens and reads, :mod:`.writer` writes, :mod:`.external`
+validates external data, :mod:`.checks` runs onnx.checker and shape checks."""
