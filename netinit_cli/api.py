@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,8 +29,9 @@ from netinit_cli.formats import open_model, open_template
 from netinit_cli.formats.base import ModelFile
 from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
-from netinit_cli.model import Action, Filled, Planned
-from netinit_cli.plan import Options, Rule, counts, make_plan, make_rule, parse_rule
+from netinit_cli.model import Planned
+from netinit_cli.plan import Options, Rule, make_plan, make_rule, parse_rule
+from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
 
 if TYPE_CHECKING:
@@ -50,40 +50,6 @@ class ProgressSink(Protocol):
     def start(self, total_bytes: int) -> None: ...
 
     def advance(self, planned: Planned, nbytes: int) -> None: ...
-
-
-@dataclass
-class Report:
-    """What a run did (or, for a dry run or inspect, would do), tensor by tensor."""
-
-    input: Path | None
-    output: Path | None
-    kind: str
-    seed: Seed
-    method: MethodSpec
-    all: bool
-    fan_mode: str
-    entries: list[Planned]
-    dry_run: bool = False
-    files: list[Path] = field(default_factory=list)
-    bytes_written: int = 0
-    elapsed: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    rules: tuple[Rule, ...] = ()
-    observed: dict[str, Filled] = field(default_factory=dict)  # statistics of each filled tensor, by name
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return counts(self.entries)
-
-    @property
-    def filled(self) -> list[Planned]:
-        return [entry for entry in self.entries if entry.action is Action.FILL]
-
-    def to_json(self) -> dict[str, Any]:
-        from netinit_cli.report import report_json
-
-        return report_json(self)
 
 
 def build_options(

@@ -11,20 +11,23 @@ import math
 import platform
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from netinit_cli import __version__
 from netinit_cli.fill import STATS_SAMPLE
+from netinit_cli.methods import MethodSpec
 from netinit_cli.model import Action, Filled, Planned
+from netinit_cli.plan import Rule, counts
+from netinit_cli.seeding import Seed
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
-
-    from netinit_cli.api import Report
 
 # Rich is imported where a table is drawn, not with this module: a quiet run (``-q``, ``--json``)
 # never loads it (about 20 ms of start-up here).
@@ -34,6 +37,38 @@ AUTO_FULL_LIMIT = 60  # per-tensor rows up to this many tensors, grouped rows be
 SPARK = "▁▂▃▄▅▆▇█"
 ACTION_STYLE = {Action.FILL: "green", Action.KEEP: "yellow", Action.CONSTANT: "dim"}
 JSON_SCHEMA_VERSION = 1
+
+
+@dataclass
+class Report:
+    """What a run did (or, for a dry run or inspect, would do), tensor by tensor."""
+
+    input: Path | None
+    output: Path | None
+    kind: str
+    seed: Seed
+    method: MethodSpec
+    all: bool
+    fan_mode: str
+    entries: list[Planned]
+    dry_run: bool = False
+    files: list[Path] = field(default_factory=list)
+    bytes_written: int = 0
+    elapsed: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    rules: tuple[Rule, ...] = ()
+    observed: dict[str, Filled] = field(default_factory=dict)  # statistics of each filled tensor, by name
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return counts(self.entries)
+
+    @property
+    def filled(self) -> list[Planned]:
+        return [entry for entry in self.entries if entry.action is Action.FILL]
+
+    def to_json(self) -> dict[str, Any]:
+        return report_json(self)
 
 
 def sparkline(histogram: Sequence[int] | None) -> str:

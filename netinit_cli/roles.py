@@ -36,12 +36,6 @@ FIXED_VALUES: dict[Role, float] = {
 # bite at σ = 0.02 (pytorch-image-models#1286); we cut at ±2σ as that code intends.
 TOKEN_DISTRIBUTION = Distribution("truncated_normal", (0.0, 0.02, -0.04, 0.04))
 
-# The ONNX LSTM bias B = [Wb, Rb], gates i, o, f, c each: 8 blocks, Wb's f is block 2.  The ONNX
-# classifier does not set Layout.forget_block, so an 8-block bias is recognized here; this is
-# the only path by which ONNX LSTMs get their forget-gate bias.
-LSTM_BIAS_BLOCKS = 8
-LSTM_FORGET_BLOCK = 2
-
 
 def initializer_for(param: Param, spec: MethodSpec, *, fan_mode: str = "semantic") -> TensorInit:
     """The initializer of ``param`` under ``spec``.
@@ -76,8 +70,6 @@ def bias_init(param: Param, spec: MethodSpec) -> TensorInit:
     if not forget or layout is None or not layout.out_axes:
         return base
     forget_block = layout.forget_block
-    if forget_block is None and layout.blocks == LSTM_BIAS_BLOCKS:
-        forget_block = LSTM_FORGET_BLOCK  # ONNX LSTM B (see LSTM_BIAS_BLOCKS)
     if forget_block is None:
         return base
     axis = layout.out_axes[0]

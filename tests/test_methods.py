@@ -30,7 +30,6 @@ from netinit_cli.seeding import Seed
 
 SEED = Seed(5, "explicit")
 RNN = Layout((2,), (1,), (0,), out_divisor=4, blocks=4)
-LSTM_B = Layout((), (1,), (0,), out_divisor=8, blocks=8)
 
 
 def _fill(
@@ -282,9 +281,33 @@ def test_fixed_roles_whatever_the_method(role: Role, value: float, label: str, m
     assert (_fill(param, method) == np.float32(value)).all()
 
 
+def _onnx_lstm_bias(hidden: int) -> Param:
+    """The ONNX LSTM's B as the classifier sees it (its layout marks Wb's forget block)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from netinit_cli.classify.onnx import classify_model
+
+    dims = {"W": (2, 4 * hidden, 3), "R": (2, 4 * hidden, hidden), "B": (2, 8 * hidden)}
+    weights = [numpy_helper.from_array(np.zeros(shape, np.float32), name) for name, shape in dims.items()]
+    node = helper.make_node(
+        "LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=hidden, direction="bidirectional"
+    )
+    graph = helper.make_graph(
+        [node],
+        "lstm",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [7, 1, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        weights,
+    )
+    params, _ = classify_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    bias = next(param for param in params if param.name == "B")
+    assert bias.role is Role.BIAS and bias.layout is not None
+    return bias
+
+
 def test_lstm_forget_bias_only_in_wb_forget_block() -> None:
     hidden = 5
-    param = Param("lstm.B", (2, 8 * hidden), "F32", role=Role.BIAS, layout=LSTM_B)
+    param = _onnx_lstm_bias(hidden)
     init = initializer_for(param, parse_method("kaiming", {"forget_bias": "1"}))
     assert init.label == "constant 0, forget gate 1"
     values = _fill(param, parse_method("kaiming", {"forget_bias": "1"}))

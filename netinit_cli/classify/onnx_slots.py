@@ -141,11 +141,22 @@ def _rnn_layout(gates: int, recurrent: bool) -> LayoutRule:
     return rule
 
 
+# ONNX LSTM gates are i, o, f, c: the forget gate of B = [Wb, Rb] is Wb's block 2.  Only Wb's gets
+# --forget-bias, so the effective bias Wb + Rb is exactly its value.
+LSTM_FORGET_BLOCK = 2
+
+
 def _rnn_bias(gates: int) -> LayoutRule:
     def rule(ctx: SlotContext) -> Layout:
         blocks = 2 * gates
         return Layout(
-            (), (1,), (0,), out_divisor=blocks, blocks=blocks, label=f"[dirs, {blocks}H] = [Wb, Rb]"
+            (),
+            (1,),
+            (0,),
+            out_divisor=blocks,
+            blocks=blocks,
+            label=f"[dirs, {blocks}H] = [Wb, Rb]",
+            forget_block=LSTM_FORGET_BLOCK if gates == 4 else None,
         )
 
     return rule
