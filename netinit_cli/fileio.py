@@ -17,7 +17,8 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 
 from netinit_cli import libc
-from netinit_cli.errors import InputError, OutputError, OutputExistsError
+from netinit_cli.errors import OutputError, OutputExistsError
+from netinit_cli.inputfile import changed
 
 COPY_CHUNK = 16 << 20  # bytes per read/write when a range is copied through user space
 
@@ -338,19 +339,14 @@ def write_all(fd: int, data: bytes | memoryview, target: Path) -> None:
         raise OutputError(f"{target}: write failed: {exc.strerror or exc}") from exc
 
 
-def open_source(path: Path) -> int:
-    """A read-only descriptor of an input file, for :func:`copy_range`."""
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-
-
 _copy_file_range_works = hasattr(os, "copy_file_range")
 
 
-def copy_range(src_fd: int, offset: int, count: int, dst_fd: int, target: Path) -> None:
-    """Append ``count`` bytes of ``src_fd`` from ``offset`` to ``dst_fd`` at its current position.
+def copy_range(
+    src_fd: int, offset: int, count: int, dst_fd: int, target: Path, *, source: Path | None = None
+) -> None:
+    """Append ``count`` bytes of ``src_fd`` (the file ``source``, named if it turns out shorter)
+    from ``offset`` to ``dst_fd`` at its current position.
 
     ``copy_file_range`` copies inside the kernel (no user-space buffer, nothing mapped into our
     RSS); where it is unavailable (other OS, old kernel, some filesystems) a bounded pread/write
@@ -366,18 +362,14 @@ def copy_range(src_fd: int, offset: int, count: int, dst_fd: int, target: Path) 
             _copy_file_range_works = False  # EXDEV, ENOSYS, EINVAL, EOPNOTSUPP: use the loop
             break
         if done == 0:
-            raise InputError(
-                f"{target}: the input ended early at byte {offset}; was it changed while reading?"
-            )
+            raise changed(source or target, f"it ended at byte {offset}, {count} bytes early")
         offset += done
         count -= done
     buffer = memoryview(bytearray(min(count, COPY_CHUNK))) if count > 0 else memoryview(b"")
     while count > 0:
         got = os.preadv(src_fd, [buffer[: min(count, len(buffer))]], offset)
         if got == 0:
-            raise InputError(
-                f"{target}: the input ended early at byte {offset}; was it changed while reading?"
-            )
+            raise changed(source or target, f"it ended at byte {offset}, {count} bytes early")
         write_all(dst_fd, buffer[:got], target)
         offset += got
         count -= got

@@ -185,7 +185,8 @@ class Filler:
         self._record(planned, observed_stats(sample.values), param.numel * itemsize)
 
     def _record(self, planned: Planned, filled: Filled, nbytes: int) -> None:
-        self.observed[planned.param.name] = filled
+        if planned.param.numel:  # zero elements: no statistics to show
+            self.observed[planned.param.name] = filled
         self.bytes_generated += nbytes
         if self._done is not None:
             self._done(planned, nbytes)

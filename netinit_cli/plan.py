@@ -205,8 +205,11 @@ def _decide(param: Param, options: Options) -> Planned:
         return Planned(param, Action.KEEP, why=why)
     if param.has_data and not options.all:
         return Planned(param, Action.KEEP, rule=rule_text, why="has data; --all re-initializes it")
-    if param.numel == 0:
+    if param.numel == 0 and param.has_data:
         return Planned(param, Action.KEEP, rule=rule_text, why="zero elements: nothing to fill")
+    if param.numel == 0:  # missing: created like any other tensor, with no values
+        why = "missing: zero elements, written empty"
+        return Planned(param, Action.FILL, init=EMPTY.label, rule=rule_text, why=why, initializer=EMPTY)
     init = _initializer(param, options, rule)
     why = "missing: no data in the input" if not param.has_data else "--all"
     return Planned(
@@ -221,6 +224,13 @@ def _decide(param: Param, options: Options) -> Planned:
         why=why,
         initializer=init,
     )
+
+
+def _no_values(out: np.ndarray, seed: Seed, name: str) -> None:
+    """A tensor with zero elements has no values to draw."""
+
+
+EMPTY = TensorInit("empty (zero elements)", None, None, None, None, _no_values)
 
 
 def _initializer(param: Param, options: Options, rule: Rule | None) -> TensorInit:

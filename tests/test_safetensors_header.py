@@ -135,7 +135,10 @@ def test_tensor_count_is_capped_before_parsing(tmp_path: Path, monkeypatch: pyte
     path = _file(tmp_path, "{" + entries + "}", name="many.safetensors")
     with pytest.raises(InputError) as raised:
         read_header(path)
-    assert str(raised.value) == "many.safetensors: header lists more than 3 tensors; refusing to parse it"
+    assert str(raised.value) == (
+        "many.safetensors: 4 tensors, more than netinit's limit of 3 tensors per checkpoint "
+        "(for reading and writing); split the checkpoint"
+    )
 
 
 def test_missing_file_and_folder_errors(tmp_path: Path) -> None:

@@ -102,12 +102,13 @@ def test_output_loads_in_torch_and_has_the_reference_writer_layout(small_file: P
     assert calls == sorted(calls, key=offsets.__getitem__)
 
 
-def test_read_array_is_a_read_only_zero_copy_view(small_file: Path) -> None:
+def test_read_array_is_read_only_and_never_a_memory_map(small_file: Path) -> None:
+    # A mapped file that shrinks kills the reader with SIGBUS: values are read with pread.
     model = open_safetensors(small_file)
     array = model.read_array("embeddings.word_embeddings.weight")
     assert array.dtype == ml_dtypes.bfloat16 and array.shape == (10, 4)
     assert not array.flags.writeable
-    assert isinstance(array.base, np.memmap) or isinstance(array.base.base, np.memmap)  # type: ignore[union-attr]
+    assert not isinstance(array.base, np.memmap) and not isinstance(array.base.base, np.memmap)  # type: ignore[union-attr]
     expected = load_file(str(small_file))["embeddings.word_embeddings.weight"]
     assert array.tobytes() == expected.tobytes()
 

@@ -78,7 +78,7 @@ def template_params(template: OnnxModel | SafetensorsModel | Manifest) -> list[P
 
 def _classify_onnx(model: OnnxModel) -> Classified:
     from netinit_cli.classify.onnx import classify_graphs
-    from netinit_cli.classify.values import structured_value_note
+    from netinit_cli.classify.values import sample_rows, structured_value_note
 
     graphs = model.graphs
     params, notes = classify_graphs(graphs)
@@ -95,7 +95,7 @@ def _classify_onnx(model: OnnxModel) -> Classified:
         if not (param.role.random and param.has_data) or where.sparse is not None or where.tensor is None:
             continue
         try:
-            values = model.read_array(param.name)
+            values = model.read_array(param.name, rows=sample_rows(param.shape))
         except InputError:
             continue
         note = structured_value_note(param.name, param.role, values)

@@ -7,6 +7,7 @@ these notes ask the user to check it.
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -40,12 +41,18 @@ def buffer_name_note(name: str, value: str, role: Role) -> str | None:
     )
 
 
+def sample_rows(shape: tuple[int, ...]) -> int:
+    """Leading rows (entries of axis 0) that hold everything :func:`structured_value_note` reads."""
+    row = math.prod(shape[1:]) or 1
+    return max(ROW_SAMPLE[0], -(-VALUE_SAMPLE // row))
+
+
 def structured_value_note(name: str, role: Role, values: np.ndarray) -> str | None:
     """A note when a weight-slot tensor holds values no training produces: constant,
     integer-valued, arange-like, or rows that are a DFT (sine/cosine) basis.
 
     Reads at most :data:`VALUE_SAMPLE` leading elements and :data:`ROW_SAMPLE` rows, so the
-    cost is bounded whatever the tensor's size (external data is memory-mapped).
+    cost is bounded whatever the tensor's size (read only the :func:`sample_rows` leading rows).
     """
     if values.size < 2:
         return None

@@ -36,8 +36,9 @@ class ModelFile(Protocol):
     metadata: dict[str, str]
     notes: list[str]  # warnings found while reading (shown under the table)
 
-    def read_array(self, name: str) -> np.ndarray:
-        """The stored values of a tensor that has data (memory-mapped where possible)."""
+    def read_array(self, name: str, rows: int | None = None) -> np.ndarray:
+        """The stored values of a tensor that has data, read-only (only the first ``rows`` entries
+        of axis 0 when given), read through the file opened when the model was."""
         ...
 
     def default_output(self) -> Path:

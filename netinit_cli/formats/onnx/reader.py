@@ -10,6 +10,7 @@ tensors is not done here: the classify stage walks :attr:`OnnxModel.graphs`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from netinit_cli.formats.onnx.external import (
 )
 from netinit_cli.formats.onnx.graph import GRAPH_INPUT, Graphs, has_data
 from netinit_cli.formats.onnx.writer import OnnxWriter
+from netinit_cli.inputfile import Identity, InputFile, changed, identity, read_exact
 from netinit_cli.model import Planned
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ class OnnxModel:
         self._load()
 
     def _load(self) -> None:
-        self._proto, self._digest = _load_proto(self.path)
+        self._proto, self._digest, read_from = _load_proto(self.path)
         self.metadata = {p.key: p.value for p in self._proto.metadata_props}
         self._graphs = Graphs(self._proto)
         check_shapes(self._proto, self._graphs, self.path)
@@ -67,6 +69,14 @@ class OnnxModel:
             if tensor.data_location == TensorProto.EXTERNAL:
                 self._external[id(tensor)] = resolve_external(tensor, base, tensor.name)
         check_input(self._proto, self._graphs, self.path)
+        # The data files checked are those of the model read: refuse a model replaced meanwhile
+        # (its data files may be another model's by now).
+        try:
+            now = identity(os.stat(self.path))
+        except OSError:
+            now = None
+        if now != read_from:
+            raise changed(self.path, "it was replaced while its external data was checked", size=False)
         self._stored = {s.name: s for s in self._graphs.stored}
         self._dirty = False
 
@@ -99,8 +109,9 @@ class OnnxModel:
             return location(tensor)
         return None
 
-    def read_array(self, name: str) -> np.ndarray:
-        """The stored values of tensor ``name`` (external data memory-mapped, read-only)."""
+    def read_array(self, name: str, rows: int | None = None) -> np.ndarray:
+        """The stored values of tensor ``name`` (only the first ``rows`` entries of axis 0 when
+        given).  External data is read through the file checked on opening, never mapped."""
         if self._dirty:
             self._load()
         stored = self._stored.get(name)
@@ -118,35 +129,39 @@ class OnnxModel:
         if attribute is not None and attribute.type == AttributeProto.INTS:
             return np.array(attribute.ints, dtype=np.int64)
         if stored.sparse is not None:
-            return self._dense_from_sparse(stored.sparse, name)
+            return _leading(self._dense_from_sparse(stored.sparse, name), rows)
         assert stored.tensor is not None
-        return self._tensor_array(stored.tensor, name)
+        return self._tensor_array(stored.tensor, name, rows)
 
-    def _tensor_array(self, tensor: TensorProto, name: str) -> np.ndarray:
+    def _tensor_array(self, tensor: TensorProto, name: str, rows: int | None = None) -> np.ndarray:
         if tensor.data_location != TensorProto.EXTERNAL:
             if not has_data(tensor):
                 raise InputError(f"{self.path}: tensor {name!r} has no data")
-            return numpy_helper.to_array(tensor)
+            return _leading(numpy_helper.to_array(tensor), rows)
         ref = self._external.get(id(tensor))
         if ref is None:
             raise InputError(
                 f"{self.path}: tensor {name!r}: external data file {location(tensor)!r} is missing"
             )
-        if tensor.data_type in PACKED_PER_BYTE:
-            with open_checked(ref, name) as handle:
-                handle.seek(ref.offset)
-                copy = TensorProto()
-                copy.CopyFrom(tensor)
-                copy.ClearField("external_data")
-                copy.data_location = TensorProto.DEFAULT
-                copy.raw_data = handle.read(ref.length)
-            return numpy_helper.to_array(copy)
-        open_checked(ref, name).close()
-        dtype = _numpy_dtype(tensor.data_type)
+        packed = tensor.data_type in PACKED_PER_BYTE
+        dtype = np.dtype(np.uint8) if packed else _numpy_dtype(tensor.data_type).newbyteorder("<")
         shape = tuple(tensor.dims)
-        if ref.length == 0:
-            return np.zeros(shape, dtype)
-        return np.memmap(ref.path, dtype=dtype.newbyteorder("<"), mode="r", offset=ref.offset, shape=shape)
+        length = ref.length
+        if rows is not None and not packed and shape and rows < shape[0]:
+            shape = (rows, *shape[1:])
+            length = math.prod(shape) * dtype.itemsize
+        with open_checked(ref, name) as handle:
+            raw = np.empty(length, np.uint8)
+            read_exact(handle.fileno(), ref.offset, raw.data, ref.path)
+        if packed:
+            copy = TensorProto()
+            copy.CopyFrom(tensor)
+            copy.ClearField("external_data")
+            copy.data_location = TensorProto.DEFAULT
+            copy.raw_data = raw.tobytes()
+            return _leading(numpy_helper.to_array(copy), rows)
+        raw.flags.writeable = False
+        return raw.view(dtype).reshape(shape)
 
     def _dense_from_sparse(self, sparse: onnx.SparseTensorProto, name: str) -> np.ndarray:
         values = self._tensor_array(sparse.values, name).reshape(-1)
@@ -180,23 +195,25 @@ class OnnxModel:
         return writer.write(out, plan, tensors, provenance, overwrite=overwrite, durable=durable)
 
 
-def _load_proto(path: Path) -> tuple[onnx.ModelProto, str]:
-    """The model's graph (external data not read) and the SHA-256 of the file's bytes."""
+def _leading(values: np.ndarray, rows: int | None) -> np.ndarray:
+    return values if rows is None or values.ndim == 0 else values[:rows]
+
+
+def _load_proto(path: Path) -> tuple[onnx.ModelProto, str, Identity]:
+    """The model's graph (external data not read), the SHA-256 of the file's bytes and the
+    identity of the file they were read from."""
+    source = InputFile(path)
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    if size >= 1 << 31:
-        raise InputError(
-            f"{path}: {size} bytes is over protobuf's 2 GiB limit; an ONNX model this large must keep its "
-            "weights in external data"
-        )
+        if source.size >= 1 << 31:
+            raise InputError(
+                f"{path}: {source.size} bytes is over protobuf's 2 GiB limit; an ONNX model this large must "
+                "keep its weights in external data"
+            )
+        content = source.read(0, source.size)
+    finally:
+        source.close()
     try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        return onnx.load_model_from_string(content), hashlib.sha256(content).hexdigest()
+        return onnx.load_model_from_string(content), hashlib.sha256(content).hexdigest(), source.identity
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(
             f"{path}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else exc})"

@@ -1,13 +1,16 @@
 """Open a safetensors file, a sharded bundle (``*.safetensors.index.json``) or a folder holding one:
-headers only; tensors are then ``np.memmap`` views, so opening a 100 GB bundle costs only its
-headers.  Duplicate tensor names (in one header or across shards) are refused.
+headers only, so opening a 100 GB bundle costs only its headers.  Each file stays open: tensor
+data is read later through the descriptor its header was read from (:mod:`netinit_cli.inputfile`).
+Duplicate tensor names (in one header or across shards) are refused.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,11 +25,13 @@ from netinit_cli.formats.safetensors.header import (
     Index,
     Shard,
     TensorEntry,
+    check_tensor_count,
     quote,
     read_header,
     read_index,
 )
 from netinit_cli.formats.safetensors.writer import SafetensorsWriter, output_shard_names
+from netinit_cli.inputfile import changed, identity
 from netinit_cli.model import Param, Planned
 
 if TYPE_CHECKING:
@@ -64,7 +69,6 @@ class SafetensorsModel:
         self._placement: dict[str, str] = {name: shard.file_name for name, (shard, _) in self._entry.items()}
         self._index_missing = dict(index_missing or {})
         self._placement.update(self._index_missing)
-        self._maps: dict[str, np.memmap[Any, np.dtype[np.uint8]]] = {}
 
     @property
     def created(self) -> bool:
@@ -85,8 +89,9 @@ class SafetensorsModel:
         """The shard new tensors go to when the index names none for them."""
         return self._shards[-1].file_name
 
-    def read_array(self, name: str) -> np.ndarray:
-        """The stored values, as a read-only zero-copy view (BF16/F8 through ml_dtypes).
+    def read_array(self, name: str, rows: int | None = None) -> np.ndarray:
+        """The stored values, read-only (BF16/F8 through ml_dtypes); only the first ``rows``
+        entries of axis 0 when given.  Read from the file the header came from.
 
         Sub-byte dtypes (F4, F6) come back as their raw packed ``uint8`` bytes.
         """
@@ -95,25 +100,14 @@ class SafetensorsModel:
         except KeyError:
             raise InputError(f"{self.path.name}: tensor {quote(name)} has no stored data") from None
         dtype = np.dtype(np.uint8) if entry.dtype in SUB_BYTE else numpy_dtype(entry.dtype)
-        if entry.nbytes == 0:
-            empty = np.zeros(entry.shape if entry.dtype not in SUB_BYTE else (0,), dtype)
-            empty.flags.writeable = False
-            return empty
-        raw = self._memmap(shard)[entry.begin : entry.end]
-        if entry.dtype in SUB_BYTE:
-            return raw
-        return raw.view(dtype).reshape(entry.shape)
-
-    def _memmap(self, shard: Shard) -> np.memmap[Any, np.dtype[np.uint8]]:
-        mapped = self._maps.get(shard.file_name)
-        if mapped is None:
-            assert shard.path is not None and shard.header is not None
-            try:
-                mapped = np.memmap(shard.path, dtype=np.uint8, mode="r", offset=shard.header.data_start)
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{shard.path.name}: cannot map the tensor data: {exc}") from exc
-            self._maps[shard.file_name] = mapped
-        return mapped
+        shape = entry.shape if entry.dtype not in SUB_BYTE else (entry.nbytes,)
+        nbytes = entry.nbytes
+        if rows is not None and shape and rows < shape[0] and entry.dtype not in SUB_BYTE:
+            shape = (rows, *shape[1:])
+            nbytes = math.prod(shape) * dtype.itemsize
+        assert shard.header is not None and shard.header.source is not None
+        raw = shard.header.source.array(shard.header.data_start + entry.begin, nbytes)
+        return raw if entry.dtype in SUB_BYTE else raw.view(dtype).reshape(shape)
 
     def default_output(self) -> Path:
         """``model.safetensors`` → ``model.init.safetensors``; an index
@@ -221,6 +215,8 @@ def open_safetensors(path: Path) -> SafetensorsModel:
             shards.append(Shard(file_name, shard_path, header, header.metadata, header.by_name()))
             notes.extend(header.warnings)
             params.extend(_params_of(header, file_name))
+            check_tensor_count(len(params), target.name)
+        _check_index_unchanged(index)
         index_missing = {name: file_name for name, file_name in index.weight_map.items() if name not in seen}
         if index_missing:
             listed = ", ".join(sorted(index_missing)[:5])
@@ -231,3 +227,14 @@ def open_safetensors(path: Path) -> SafetensorsModel:
             )
         model = SafetensorsModel(target, shards, index, params, notes, index_missing)
     return model
+
+
+def _check_index_unchanged(index: Index) -> None:
+    """The shards opened are those of the index read: refuse an index replaced meanwhile (its
+    shards may then be a mix of two bundles)."""
+    try:
+        now = identity(os.stat(index.path))
+    except OSError:
+        now = None
+    if now != index.identity:
+        raise changed(index.path, "it was replaced while its shards were opened", size=False)

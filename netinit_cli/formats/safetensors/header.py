@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from netinit_cli.errors import InputError, UnsafeInputError
+from netinit_cli.inputfile import Identity, InputFile
 
-# Limits checked before anything is allocated.  The reference caps the header at 100 MB; a
-# header that size with tiny entries costs ~17x its size in Python objects, so the tensor count
-# is capped too (real shards hold a few thousand tensors).
+# Limits checked before anything is allocated.  The reference caps the header at 100 MB.
 MAX_HEADER_BYTES = 100_000_000
-MAX_TENSORS = 1_000_000 // 4
+# Tensors in one checkpoint (a file, a sharded bundle or a manifest), read or written: the same
+# limit both ways, so netinit never writes what it will not read.  The largest mixture-of-experts
+# checkpoints hold about 10^5 (DeepSeek-V3 in FP8: 58 MoE layers x 256 experts x 3 projections x
+# weight and scale ~ 91,000; Kimi K2: 60 x 384 x 3 x 2 ~ 138,000; a GPTQ copy of Kimi K2 with
+# qweight, qzeros, scales and g_idx ~ 277,000); 10^6 leaves room for larger ones.
+MAX_TENSORS = 1_000_000
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 U64_LIMIT = 1 << 64
 
@@ -81,6 +85,9 @@ class Header:
     tensors: list[TensorEntry]
     metadata: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    # The file the header was read from: its tensor data is read through it too, so a file
+    # renamed over the path meanwhile is never mixed in (see netinit_cli.inputfile).
+    source: InputFile | None = None
 
     @property
     def data_start(self) -> int:
@@ -172,6 +179,15 @@ def encodable(text: str) -> bool:
     return True
 
 
+def check_tensor_count(count: int, where: object) -> None:
+    """The one tensor-count limit, for every file, bundle and manifest read and every output."""
+    if count > MAX_TENSORS:
+        raise InputError(
+            f"{where}: {count:,} tensors, more than netinit's limit of {MAX_TENSORS:,} tensors per "
+            "checkpoint (for reading and writing); split the checkpoint"
+        )
+
+
 def read_header(path: Path) -> Header:
     """Read and validate the header of one ``.safetensors`` file (no tensor data is read).
 
@@ -188,38 +204,25 @@ def read_header(path: Path) -> Header:
     def fail(problem: str) -> InputError:
         return InputError(f"{label}: {problem}")
 
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file")
-    size = stat.st_size
-    try:
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise fail(
-                    f"file is {size} bytes, too short for safetensors (it starts with an 8-byte header length)"
-                )
-            header_size = int.from_bytes(prefix, "little")
-            if header_size > MAX_HEADER_BYTES:
-                raise fail(
-                    f"declared header length {header_size} bytes exceeds the limit of {MAX_HEADER_BYTES}; "
-                    "the file is corrupt or not safetensors"
-                )
-            if 8 + header_size > size:
-                raise fail(
-                    f"declared header length {header_size} bytes runs past the end of the file "
-                    f"({size} bytes); the file is truncated or not safetensors"
-                )
-            raw = handle.read(header_size)
-    except OSError as exc:
-        raise fail(f"cannot read: {exc.strerror}") from exc
-    if raw.count(b'"data_offsets"') > MAX_TENSORS:
-        raise fail(f"header lists more than {MAX_TENSORS} tensors; refusing to parse it")
+    source = InputFile(path)
+    size = source.size
+    if size < 8:
+        raise fail(
+            f"file is {size} bytes, too short for safetensors (it starts with an 8-byte header length)"
+        )
+    header_size = int.from_bytes(source.read(0, 8), "little")
+    if header_size > MAX_HEADER_BYTES:
+        raise fail(
+            f"declared header length {header_size} bytes exceeds the limit of {MAX_HEADER_BYTES}; "
+            "the file is corrupt or not safetensors"
+        )
+    if 8 + header_size > size:
+        raise fail(
+            f"declared header length {header_size} bytes runs past the end of the file "
+            f"({size} bytes); the file is truncated or not safetensors"
+        )
+    raw = source.read(8, header_size)
+    check_tensor_count(raw.count(b'"data_offsets"'), label)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -240,8 +243,7 @@ def read_header(path: Path) -> Header:
         raise fail(f"header is a JSON {type(document).__name__}, not an object of tensors")
 
     metadata = _header_metadata(document.pop("__metadata__", None), fail)
-    if len(document) > MAX_TENSORS:
-        raise fail(f"header lists {len(document)} tensors, more than the limit of {MAX_TENSORS}")
+    check_tensor_count(len(document), label)
     warnings: list[str] = []
     entries = [_header_entry(name, value, fail, warnings, label) for name, value in document.items()]
 
@@ -277,7 +279,7 @@ def read_header(path: Path) -> Header:
         raise fail(
             f"the tensors need {expected} data bytes but only {data_size} follow the header; the file is truncated"
         )
-    return Header(path, header_size, size, entries, metadata, warnings)
+    return Header(path, header_size, size, entries, metadata, warnings, source)
 
 
 def _header_metadata(value: Any, fail: Any) -> dict[str, str]:
@@ -338,20 +340,26 @@ class Index:
     path: Path
     metadata: dict[str, Any]
     weight_map: dict[str, str]
+    identity: Identity | None = None  # of the file read, to notice it being replaced meanwhile
 
 
 def load_json_file(path: Path, what: str) -> Any:
+    return _load_json(path, what)[0]
+
+
+def _load_json(path: Path, what: str) -> tuple[Any, Identity]:
+    """The document, and the identity of the file it was read from."""
+    source = InputFile(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            raise InputError(f"{path.name}: {what} is {size} bytes, over the {MAX_INDEX_BYTES} byte limit")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+        if source.size > MAX_INDEX_BYTES:
+            raise InputError(
+                f"{path.name}: {what} is {source.size} bytes, over the {MAX_INDEX_BYTES} byte limit"
+            )
+        raw = source.read(0, source.size)
+    finally:
+        source.close()
     try:
-        return load_strict_json(raw.decode("utf-8"))
+        return load_strict_json(raw.decode("utf-8")), source.identity
     except UnicodeDecodeError as exc:
         raise InputError(f"{path.name}: {what} is not valid UTF-8 (byte {exc.start})") from None
     except HeaderProblem as exc:
@@ -365,7 +373,7 @@ def load_json_file(path: Path, what: str) -> Any:
 
 
 def read_index(path: Path) -> Index:
-    document = load_json_file(path, "index")
+    document, read_from = _load_json(path, "index")
     if not isinstance(document, dict) or not isinstance(document.get("weight_map"), dict):
         raise InputError(
             f'{path.name}: not a safetensors index (no "weight_map" object of tensor -> shard file)'
@@ -386,7 +394,7 @@ def read_index(path: Path) -> Index:
         weight_map[name] = shard
     if not weight_map:
         raise InputError(f"{path.name}: the index's weight_map is empty")
-    return Index(path, metadata, weight_map)
+    return Index(path, metadata, weight_map, read_from)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from netinit_cli.formats.safetensors.header import (
     DTYPE_BITS,
     FILE_SUFFIX,
     U64_LIMIT,
+    check_tensor_count,
     encodable,
     is_u64,
     load_json_file,
@@ -78,6 +79,7 @@ def _manifest_params(path: Path, document: dict[str, Any]) -> tuple[list[Param],
     metadata = document.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise InputError(f'{label}: "__metadata__" must be an object of strings')
+    check_tensor_count(len(document), label)
     params: list[Param] = []
     for name, spec in document.items():
         what = f"{label}: tensor {quote(name)}"

@@ -23,7 +23,6 @@ kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netinit_cli.errors import NetinitError, UsageError
-from netinit_cli.fileio import AtomicFileSet, EarlyWriteback, copy_range, open_source, preallocate, write_all
+from netinit_cli.fileio import AtomicFileSet, EarlyWriteback, copy_range, preallocate, write_all
 from netinit_cli.formats.base import WriteResult
 from netinit_cli.formats.safetensors.header import (
     DTYPE_BITS,
@@ -46,9 +45,11 @@ from netinit_cli.formats.safetensors.header import (
     Index,
     Shard,
     TensorEntry,
+    check_tensor_count,
     quote,
     shape_text,
 )
+from netinit_cli.inputfile import InputFile
 from netinit_cli.model import Planned
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class _Progress:
     total_params: int = 0
     weight_map: dict[str, str] = field(default_factory=dict)
     produced: dict[str, tuple[int, int]] = field(default_factory=dict)  # primary -> (fd, offset)
-    sources: dict[Path, int] = field(default_factory=dict)  # input shard -> open fd
+    sources: dict[Path, InputFile] = field(default_factory=dict)  # input shards copied from
 
 
 class SafetensorsWriter:
@@ -120,10 +121,10 @@ class SafetensorsWriter:
                 raise NetinitError(f"internal error: provenance {key!r} must map strings to strings")
         shard_out = self._output_names(out)
         items, notes = self._items(plan, tensors)
+        check_tensor_count(sum(len(shard_items) for shard_items in items.values()), out.name)
         done = _Progress()
         written: list[Path] = []
-        with AtomicFileSet(overwrite=overwrite, durable=durable) as files, contextlib.ExitStack() as closing:
-            closing.callback(_close_all, done.sources)
+        with AtomicFileSet(overwrite=overwrite, durable=durable) as files:
             for shard in self._shards:
                 target = out.with_name(shard_out[shard.file_name])
                 metadata = {**shard.metadata, **provenance}
@@ -132,6 +133,8 @@ class SafetensorsWriter:
             if self._index is not None:
                 self._write_index(files, out, done)
                 written.append(out)
+            for source in done.sources.values():
+                source.check_unchanged()  # nothing wrote into an input while it was copied
             files.commit()
         size = sum(path.stat().st_size for path in written)
         return WriteResult(paths=written, bytes_written=size, notes=notes)
@@ -160,12 +163,12 @@ class SafetensorsWriter:
         for entry in plan:
             param = entry.param
             tensor = tensors.get(param.name)
-            if not param.has_data and tensor is None:
+            if not param.has_data and tensor is None and param.numel:
                 notes.append(
                     f"tensor {quote(param.name)} was not written: it has no data and the plan does not fill it"
                 )
                 continue
-            if tensor is None and param.name not in self._entries:
+            if tensor is None and param.name not in self._entries and param.numel:
                 raise NetinitError(
                     f"internal error: the plan names tensor {quote(param.name)}, which the model lacks"
                 )
@@ -214,6 +217,8 @@ class SafetensorsWriter:
     def _write_item(self, item: _Item, fd: int, position: int, target: Path, done: _Progress) -> None:
         """One tensor at ``position``, the file's current offset, which it leaves past the tensor."""
         nbytes = item.nbytes
+        if nbytes == 0:  # zero elements (stored or not): the header entry is the whole tensor
+            return
         if item.primary in done.produced:  # a tied name of a tensor filled before
             src_fd, src_offset = done.produced[item.primary]
             copy_range(src_fd, src_offset, nbytes, fd, target)
@@ -225,11 +230,11 @@ class SafetensorsWriter:
         else:
             assert item.source is not None, item.name
             src_shard, src_entry = item.source
-            assert src_shard.path is not None and src_shard.header is not None
-            if src_shard.path not in done.sources:
-                done.sources[src_shard.path] = open_source(src_shard.path)
-            src_offset = src_shard.header.data_start + src_entry.begin
-            copy_range(done.sources[src_shard.path], src_offset, nbytes, fd, target)
+            source = src_shard.header.source if src_shard.header is not None else None
+            assert source is not None
+            done.sources[source.path] = source
+            src_offset = src_shard.header.data_start + src_entry.begin  # type: ignore[union-attr]
+            copy_range(source.fd, src_offset, nbytes, fd, target, source=source.path)
 
     def _write_index(self, files: AtomicFileSet, out: Path, done: _Progress) -> None:
         assert self._index is not None
@@ -296,9 +301,3 @@ def _check_fillable(item: _Item, tensor: LazyTensor) -> None:
             f"internal error: tensor {quote(item.name)} is filled as {tensor.dtype} {shape_text(tensor.shape)}, "
             f"expected {item.dtype} {shape_text(item.shape)}"
         )
-
-
-def _close_all(fds: dict[Path, int]) -> None:
-    for fd in fds.values():
-        with contextlib.suppress(OSError):
-            os.close(fd)
