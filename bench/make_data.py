@@ -328,6 +328,45 @@ def onnx_model(quick: bool, big: bool = False, root: Path = DATA_ROOT) -> Datase
     return _build(key, spec, "model.onnx", writer, root)
 
 
+# A mixture of experts at the scale of the largest released checkpoints' tensor counts, with
+# tiny tensors: what it measures is netinit's cost per tensor.  50 layers x 666 experts x 3
+# projections + a router and a norm per layer = 100,000 tensors (10,010 with quick).
+MANY_TINY = (50, 666)
+QUICK_MANY_TINY = (10, 333)
+MANIFEST = "manifest.json"
+
+
+def many_tiny_tensors(layers: int, experts: int) -> list[Tensor]:
+    tensors: list[Tensor] = []
+    for n in range(layers):
+        p = f"model.layers.{n}"
+        tensors += [Tensor(f"{p}.input_layernorm.weight", (8,)), Tensor(f"{p}.mlp.gate.weight", (experts, 8))]
+        for e in range(experts):
+            q = f"{p}.mlp.experts.{e}"
+            tensors += [
+                Tensor(f"{q}.gate_proj.weight", (4, 8)),
+                Tensor(f"{q}.up_proj.weight", (4, 8)),
+                Tensor(f"{q}.down_proj.weight", (8, 4)),
+            ]
+    return tensors
+
+
+def many_tiny(quick: bool, root: Path = DATA_ROOT) -> Dataset:
+    """10^5 tiny tensors: ``manifest.json`` (for ``--like``) and ``model.safetensors`` holding them."""
+    layers, experts = QUICK_MANY_TINY if quick else MANY_TINY
+    tensors = many_tiny_tensors(layers, experts)
+    key = "quick-many-tiny" if quick else "many-tiny"
+
+    def writer(folder: Path) -> dict[str, int]:
+        manifest = {"__metadata__": {"format": "pt"}} | {t.name: {"shape": list(t.shape)} for t in tensors}
+        (folder / MANIFEST).write_text(json.dumps(manifest) + "\n")
+        write_safetensors(folder / "model.safetensors", tensors, np.random.default_rng(4))
+        return _stats(tensors)
+
+    spec = {"kind": "many-tiny", "layers": layers, "experts": experts}
+    return _build(key, spec, "model.safetensors", writer, root)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -341,6 +380,7 @@ def main() -> None:
         bf16_bundle(args.quick, args.root),
         sharded(args.quick, args.root),
         onnx_model(args.quick, root=args.root),
+        many_tiny(args.quick, args.root),
     ]
     if args.big:
         datasets.append(onnx_model(args.quick, big=True, root=args.root))

@@ -218,6 +218,29 @@ def build_cases(quick: bool, big: bool) -> list[Case]:
     )
     cases.append(netinit_case("netinit-onnx", "kaiming-normal", onnx, "model.onnx"))
     cases.append(netinit_case("netinit-sharded", "kaiming-normal", shards, "model.safetensors.index.json"))
+    tiny = make_data.many_tiny(quick)
+    cases += [
+        Case(
+            name="netinit-many-tiny-create",
+            what=f"netinit --like manifest.json -o model.safetensors ({tiny.key}: per-tensor cost)",
+            argv=lambda out: [
+                *NETINIT,
+                "--like",
+                str(tiny.folder / make_data.MANIFEST),
+                "-o",
+                str(out / "model.safetensors"),
+                "-q",
+            ],
+            data=tiny,
+        ),
+        netinit_case("netinit-many-tiny-all", "kaiming-normal", tiny, "model.safetensors"),
+        Case(
+            name="netinit-many-tiny-inspect",
+            what=f"netinit inspect ({tiny.key}: read, classify, plan, table)",
+            argv=lambda out: [*NETINIT, "inspect", str(tiny.model)],
+            data=tiny,
+        ),
+    ]
     if big:
         cases.append(
             netinit_case(

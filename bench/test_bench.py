@@ -182,3 +182,9 @@ def test_bf16_bundle_holds_the_float32_values_rounded(tmp_path: Path) -> None:
     for name, values in wide.items():
         assert narrow[name].dtype == ml_dtypes.bfloat16
         assert np.array_equal(narrow[name].view(np.uint16), values.astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
+def test_many_tiny_is_10_to_the_5_tensors_with_unique_names() -> None:
+    tensors = make_data.many_tiny_tensors(*make_data.MANY_TINY)
+    assert len(tensors) == len({t.name for t in tensors}) == 100_000
+    assert max(t.count for t in tensors) <= 8 * 666

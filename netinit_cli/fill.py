@@ -75,7 +75,7 @@ class LazyTensor:
         if (
             not isinstance(values, np.ndarray)
             or values.shape != self.shape
-            or values.dtype.name != expected.name
+            or (values.dtype != expected and values.dtype.name != expected.name)  # .name is slow
         ):
             got = f"{getattr(values, 'dtype', type(values).__name__)} {getattr(values, 'shape', '')}"
             raise NetinitError(
@@ -294,31 +294,37 @@ def stats_sample(flat: np.ndarray) -> np.ndarray:
 def observed_stats(stored: np.ndarray) -> Filled:
     """Mean, std and a coarse histogram of the values as stored (after rounding)."""
     sample = stats_sample(stored.reshape(-1)).astype(np.float64)
-    mean = float(sample.mean()) if sample.size else 0.0
-    std = float(sample.std()) if sample.size else 0.0
+    if not sample.size:
+        return Filled(0.0, 0.0, None)
+    # ndarray.mean() and .std() in their own steps (the same sums), without their per-call
+    # overhead, which dominates for the tiny tensors of a large mixture of experts.
+    total = np.add.reduce(sample)
+    mean = float(total / sample.size)
+    deviations = sample - total / sample.size
+    std = math.sqrt(float(np.add.reduce(np.multiply(deviations, deviations, out=deviations)) / sample.size))
     counts: tuple[int, ...] | None = None
-    if sample.size and np.isfinite(sample).all():
-        low, high = float(sample.min()), float(sample.max())
+    low, high = float(np.minimum.reduce(sample)), float(np.maximum.reduce(sample))
+    if math.isfinite(low) and math.isfinite(high):  # a NaN makes both NaN
         counts = tuple(histogram(sample, low, high).tolist()) if high > low else (sample.size,)
     return Filled(mean, std, counts)
 
 
+def _edges(low: float, high: float, bins: int) -> np.ndarray:
+    """``np.linspace(low, high, bins + 1)``, computed as it does (``k * step + low``, the last
+    edge ``high``), without its per-call overhead."""
+    edges: np.ndarray = np.arange(bins + 1, dtype=np.float64) * ((high - low) / bins) + low
+    edges[-1] = high
+    return edges
+
+
 def histogram(sample: np.ndarray, low: float, high: float, bins: int = HISTOGRAM_BINS) -> np.ndarray:
     """``np.histogram(sample, bins, range=(low, high))[0]`` for float64 ``sample`` within
-    [low, high], about 5x faster (its bin-edge corrections, which cost ~1 ms per tensor on the main
-    thread while the sampler threads wait, are only applied to the few values near an edge)."""
+    [low, high]: each value counted in the bin whose edges (NumPy's) hold it, found by binary
+    search.  As fast as NumPy's bin formula for 65,536 values, and 4x faster for a few dozen (the
+    tensors of a large mixture of experts), without the corrections NumPy needs near an edge."""
     if (abs(low) + abs(high)) / (high - low) > 1e6:  # edges not resolvable to 1e-6 of a bin
         counts: np.ndarray = np.histogram(sample, bins=bins, range=(low, high))[0]
         return counts
-    position = (sample - low) / (high - low) * bins  # NumPy's own index formula
-    index = position.astype(np.intp)
-    np.minimum(index, bins - 1, out=index)  # the last bin includes ``high``
-    fraction = position - index
-    near = np.flatnonzero((fraction < 1e-6) | (fraction > 1 - 1e-6))
-    if near.size:  # NumPy's corrections: compare with the edges themselves
-        edges = np.linspace(low, high, bins + 1)
-        values, moved = sample[near], index[near]
-        moved -= values < edges[moved]
-        moved += (values >= edges[moved + 1]) & (moved != bins - 1)
-        index[near] = moved
-    return np.bincount(index, minlength=bins)
+    interior = _edges(low, high, bins)[1:-1]  # the last bin includes ``high``
+    found: np.ndarray = np.bincount(np.searchsorted(interior, sample, side="right"), minlength=bins)
+    return found

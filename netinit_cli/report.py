@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 TABLE_MODES = ("auto", "full", "summary", "none")
 AUTO_FULL_LIMIT = 60  # per-tensor rows up to this many tensors, grouped rows beyond
+INSPECT_FULL_LIMIT = 1000  # the same for ``netinit inspect`` (Rich draws ~300 rows a second)
 SPARK = "▁▂▃▄▅▆▇█"
 ACTION_STYLE = {Action.FILL: "green", Action.KEEP: "yellow", Action.CONSTANT: "dim"}
 JSON_SCHEMA_VERSION = 1

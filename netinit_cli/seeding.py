@@ -22,9 +22,11 @@ SeedSequence's zero-padding of short entropy cannot make two different seeds col
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -102,8 +104,10 @@ def _check_integer(value: int, text: str) -> int:
 
 
 def _digest_words(data: bytes) -> list[int]:
-    digest = hashlib.sha256(data).digest()
-    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 32, 4)]
+    return list(_EIGHT_WORDS.unpack(hashlib.sha256(data).digest()))
+
+
+_EIGHT_WORDS = struct.Struct("<8I")  # a SHA-256 digest as eight little-endian 32-bit words
 
 
 def seed_words(seed: Seed) -> list[int]:
@@ -145,4 +149,9 @@ def thread_count() -> int:
         if count < 1:
             raise UsageError(f"NETINIT_THREADS={text!r} must be at least 1")
         return count
-    return os.cpu_count() or 1
+    return _cpu_count()
+
+
+@functools.cache
+def _cpu_count() -> int:
+    return os.cpu_count() or 1  # reads /sys each time: once per process is enough

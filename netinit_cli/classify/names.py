@@ -9,6 +9,7 @@ learnables before the generic Linear/Conv rules, and the fallback "unknown" come
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 
@@ -312,28 +313,31 @@ NAME_RULES: tuple[NameRule, ...] = (
 )
 
 
-def _matches(rule: NameRule, param: Param, ctx: NameContext) -> re.Match[str] | None:
-    if rule.ranks is not None and len(param.shape) not in rule.ranks:
-        return None
-    is_float = param.dtype in FLOAT_DTYPES
+def _applies(rule: NameRule, rank: int, is_float: bool, packed: bool, format_hint: str | None) -> bool:
+    """Whether ``rule`` can apply to a tensor of this rank, dtype class and format, by name."""
+    if rule.ranks is not None and rank not in rule.ranks:
+        return False
     if rule.floats is True and not is_float:
-        return None
-    if rule.floats is False and (is_float or param.dtype in _PACKED_DTYPES):
-        return None
-    if rule.formats is not None and ctx.format_hint not in rule.formats:
-        return None
-    match = rule.compiled.search(param.name)
-    if match is None:
-        return None
-    if not all(condition(param, ctx, match) for condition in rule.when):
-        return None
-    return match
+        return False
+    if rule.floats is False and (is_float or packed):
+        return False
+    return rule.formats is None or format_hint in rule.formats
+
+
+@functools.cache
+def _rules_for(rank: int, is_float: bool, packed: bool, format_hint: str | None) -> tuple[NameRule, ...]:
+    """The rules :func:`_applies` keeps, in order: computed once per kind of tensor, so that a
+    checkpoint of 10^5 tensors pays only for the name patterns of the rules that can apply."""
+    return tuple(rule for rule in NAME_RULES if _applies(rule, rank, is_float, packed, format_hint))
 
 
 def classify_one(param: Param, ctx: NameContext) -> Param:
-    for rule in NAME_RULES:
-        match = _matches(rule, param, ctx)
-        if match is None:
+    rules = _rules_for(
+        len(param.shape), param.dtype in FLOAT_DTYPES, param.dtype in _PACKED_DTYPES, ctx.format_hint
+    )
+    for rule in rules:
+        match = rule.compiled.search(param.name)
+        if match is None or not all(condition(param, ctx, match) for condition in rule.when):
             continue
         layout, extra = rule.layout(param, ctx) if rule.layout is not None else (None, "")
         words = {key: value for key, value in match.groupdict().items() if value is not None}

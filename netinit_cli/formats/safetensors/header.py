@@ -159,8 +159,13 @@ def show(value: Any) -> str:
 
 def quote(name: str) -> str:
     """A tensor name in single quotes, with control characters and quotes escaped (one line)."""
+    if name.isascii() and name.isprintable() and not _ESCAPED.intersection(name):
+        return f"'{name}'"  # nothing to escape: the common case, once per tensor of a header
     inner = json.dumps(name, ensure_ascii=not encodable(name))[1:-1].replace('\\"', '"')
     return "'" + inner.replace("'", "\\'") + "'"
+
+
+_ESCAPED = frozenset("\"\\'")
 
 
 def shape_text(shape: Sequence[int]) -> str:

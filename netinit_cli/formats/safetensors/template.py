@@ -81,30 +81,34 @@ def _manifest_params(path: Path, document: dict[str, Any]) -> tuple[list[Param],
         raise InputError(f'{label}: "__metadata__" must be an object of strings')
     check_tensor_count(len(document), label)
     params: list[Param] = []
+    source = f"template {label}"
     for name, spec in document.items():
-        what = f"{label}: tensor {quote(name)}"
         if not name or not encodable(name) or "\x00" in name:
-            raise InputError(f"{what}: names must be non-empty text without NUL characters")
+            raise _bad(label, name, "names must be non-empty text without NUL characters")
         if not isinstance(spec, dict) or "shape" not in spec:
-            raise InputError(f'{what}: expected {{"shape": [...], "dtype": "F32"}}, got {show(spec)}')
+            raise _bad(label, name, f'expected {{"shape": [...], "dtype": "F32"}}, got {show(spec)}')
         unknown = sorted(set(spec) - _MANIFEST_FIELDS)
         if unknown:
-            raise InputError(
-                f"{what}: unknown field(s) {', '.join(unknown)}; a manifest entry has shape and dtype"
+            raise _bad(
+                label, name, f"unknown field(s) {', '.join(unknown)}; a manifest entry has shape and dtype"
             )
         shape = spec["shape"]
         if not isinstance(shape, list) or not all(is_u64(dim) for dim in shape):
-            raise InputError(f"{what}: shape {show(shape)} must be a list of non-negative integers")
+            raise _bad(label, name, f"shape {show(shape)} must be a list of non-negative integers")
         dtype = spec.get("dtype", "F32")
         if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-            raise InputError(f"{what}: unknown dtype {show(dtype)} (expected one of {', '.join(DTYPE_BITS)})")
+            raise _bad(label, name, f"unknown dtype {show(dtype)} (expected one of {', '.join(DTYPE_BITS)})")
         if math.prod(shape) * DTYPE_BITS[dtype] % 8 or math.prod(shape) * DTYPE_BITS[dtype] >= U64_LIMIT:
-            raise InputError(f"{what}: shape {shape_text(shape)} x {dtype} is not a storable size")
-        params.append(Param(name, tuple(shape), dtype, has_data=False, source=f"template {label}"))
+            raise _bad(label, name, f"shape {shape_text(shape)} x {dtype} is not a storable size")
+        params.append(Param(name, tuple(shape), dtype, has_data=False, source=source))
     if not params:
         raise InputError(f"{label}: the manifest lists no tensors")
     hint = metadata.get("format")
     return params, hint if isinstance(hint, str) else None
+
+
+def _bad(label: str, name: str, problem: str) -> InputError:
+    return InputError(f"{label}: tensor {quote(name)}: {problem}")
 
 
 def storable(params: list[Param], notes: list[str]) -> list[Param]:

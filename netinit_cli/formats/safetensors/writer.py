@@ -23,6 +23,7 @@ kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -67,7 +68,7 @@ class _Item:
     tensor: LazyTensor | None
     source: tuple[Shard, TensorEntry] | None
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return math.prod(self.shape) * DTYPE_BITS[self.dtype] // 8
 
