@@ -199,13 +199,14 @@ def test_aliases_are_the_dropped_tied_names(family: tuple[Any, Path, Path]) -> N
         assert dropped not in written and kept in written
 
 
-@pytest.mark.parametrize("fraction", [2, 5])
+@pytest.mark.parametrize("fraction", [2, 5, 20])
 def test_shard_plan_matches_save_pretrained(
     family: tuple[Any, Path, Path], fraction: int, tmp_path: Path
 ) -> None:
     template, config_path, _ = family
     total = sum(len(v[2]) for v in read_safetensors(family[2] / "model.safetensors").values())
-    limit = max(total // fraction, 1)  # small enough that the largest tensors exceed it at fraction 5
+    # At fraction 20 the largest tensors exceed the limit and get a shard of their own.
+    limit = max(total // fraction, 1)
     reference_save(config_path, tmp_path, max_shard_size=limit)
     plan = template.shard_plan(limit)
     files = sorted(path.name for path in tmp_path.glob("*.safetensors"))
@@ -381,3 +382,79 @@ def test_bad_dtype_is_a_usage_error(tmp_path: Path) -> None:
         hf_config.load_template(
             write_config(tmp_path, "MistralForCausalLM", FAMILIES["MistralForCausalLM"]), dtype="f64"
         )
+
+
+def test_aliases_name_what_save_pretrained_drops(tmp_path: Path) -> None:
+    t5 = hf_config.load_template(
+        write_config(tmp_path / "t5", "T5ForConditionalGeneration", FAMILIES["T5ForConditionalGeneration"])
+    )
+    assert t5.aliases == {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+        "lm_head.weight": "shared.weight",
+    }
+    qwen2 = hf_config.load_template(
+        write_config(tmp_path / "q", "Qwen2ForCausalLM", FAMILIES["Qwen2ForCausalLM"])
+    )
+    assert qwen2.aliases == {"lm_head.weight": "model.embed_tokens.weight"}
+    mistral = hf_config.load_template(
+        write_config(tmp_path / "m", "MistralForCausalLM", FAMILIES["MistralForCausalLM"])
+    )
+    assert mistral.aliases == {}
+
+
+REMOTE_CONFIG = """
+from transformers import PretrainedConfig
+
+
+class XConfig(PretrainedConfig):
+    model_type = "x_remote"
+
+    def __init__(self, width=8, **kwargs):
+        self.width = width
+        super().__init__(**kwargs)
+"""
+
+REMOTE_MODEL = """
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .configuration_x import XConfig
+
+
+class XModel(PreTrainedModel):
+    config_class = XConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.proj = nn.Linear(config.width, 2 * config.width)
+        self.register_buffer("table", torch.arange(config.width, dtype=torch.float32) / 4)
+        self.post_init()
+"""
+
+
+def test_remote_code_runs_with_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / "configuration_x.py").write_text(REMOTE_CONFIG, encoding="utf-8")
+    (folder / "modeling_x.py").write_text(REMOTE_MODEL, encoding="utf-8")
+    fields = {
+        "model_type": "x_remote",
+        "architectures": ["XModel"],
+        "width": 8,
+        "auto_map": {"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel"},
+    }
+    (folder / "config.json").write_text(json.dumps(fields), encoding="utf-8")
+    with pytest.raises(UsageError, match="--trust-remote-code"):
+        hf_config.load_template(folder)
+    template = hf_config.load_template(folder, trust_remote_code=True)
+    assert [(t.name, t.shape, t.dtype, t.role) for t in template.tensors] == [
+        ("table", (8,), "F32", "buffer"),  # state_dict order: a module's own tensors before its children's
+        ("proj.weight", (16, 8), "F32", "linear.weight"),
+        ("proj.bias", (16,), "F32", "linear.bias"),
+    ]
+    assert template.tensors[0].value == torch.arange(8, dtype=torch.float32).div(4).numpy().tobytes()
