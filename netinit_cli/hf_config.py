@@ -354,10 +354,13 @@ def _parameters_on_meta(nn: ModuleType) -> Iterator[None]:
 def _template(
     torch: ModuleType, transformers: ModuleType, model: Any, config_file: Path, raw: dict[str, Any]
 ) -> HfTemplate:
-    from huggingface_hub.serialization._torch import get_torch_storage_id, get_torch_storage_size
-    from transformers.core_model_loading import revert_weight_conversion
-    from transformers.modeling_utils import remove_tied_weights_from_state_dict
-    from transformers.pytorch_utils import Conv1D
+    try:  # save_pretrained's own steps; revert_weight_conversion exists from transformers 5
+        from huggingface_hub.serialization._torch import get_torch_storage_id, get_torch_storage_size
+        from transformers.core_model_loading import revert_weight_conversion
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+        from transformers.pytorch_utils import Conv1D
+    except ImportError as error:
+        raise UsageError(f"{HF_EXTRA_HINT} (transformers 5 or newer)") from error
 
     # The steps of save_pretrained, in its order.
     state = model.state_dict()
