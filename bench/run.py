@@ -585,6 +585,14 @@ def blas_core() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def _version(package: str) -> str:
+    """The installed version; the start-up cases also run in `make run`'s venv, without torch."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def environment_lines() -> list[str]:
     cpu = next(
         (
@@ -600,9 +608,7 @@ def environment_lines() -> list[str]:
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "netinit_cli"], capture_output=True, text=True, cwd=REPO
     ).stdout
-    versions = ", ".join(
-        f"{p} {importlib.metadata.version(p)}" for p in ("numpy", "torch", "safetensors", "onnx", "ml_dtypes")
-    )
+    versions = ", ".join(f"{p} {_version(p)}" for p in ("numpy", "torch", "safetensors", "onnx", "ml_dtypes"))
     unset = [k for k in OPENBLAS_OVERRIDES if k in os.environ]
     return [
         f"- machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; Python {platform.python_version()}, {versions}",
