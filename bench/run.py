@@ -153,33 +153,32 @@ STARTUP_LIMIT = 3.0
 def startup_cases() -> list[Case]:
     """``python -c "import numpy"``, then netinit (default method, every tensor, the table rendered
     as a user sees it, the output written and fsynced) on each committed 4 KB fixture."""
-    first = make_data.fixture("cnn.onnx", STARTUP_FIXTURES["startup-onnx"])
-    cases = [
-        Case(
-            name=STARTUP_BASELINE,
-            what='python -c "import numpy"',
-            argv=lambda out: [PYTHON, "-c", "import numpy"],
-            data=first,
-        )
-    ]
-    for name, path in STARTUP_FIXTURES.items():
-        data = make_data.fixture(path.name, path)
-        cases.append(
+    inputs = {name: make_data.fixture(path.name, path) for name, path in STARTUP_FIXTURES.items()}
+    baseline = Case(
+        name=STARTUP_BASELINE,
+        what='python -c "import numpy"',
+        argv=lambda out: [PYTHON, "-c", "import numpy"],
+        data=inputs["startup-onnx"],  # it reads none; a Case names one
+    )
+    return [
+        baseline,
+        *(
             Case(
                 name=name,
-                what=f"netinit {path.relative_to(REPO)} --all -o OUT --force (end to end)",
-                argv=lambda out, path=path: [
+                what=f"netinit {data.model.relative_to(REPO)} --all -o OUT --force (end to end)",
+                argv=lambda out, model=data.model: [
                     *NETINIT,
-                    str(path),
+                    str(model),
                     "--all",
                     "-o",
-                    str(out / path.name),
+                    str(out / model.name),
                     "--force",
                 ],
                 data=data,
             )
-        )
-    return cases
+            for name, data in inputs.items()
+        ),
+    ]
 
 
 def build_cases(quick: bool, big: bool) -> list[Case]:
@@ -187,7 +186,7 @@ def build_cases(quick: bool, big: bool) -> list[Case]:
     bundle = make_data.bundle(quick)
     shards = make_data.sharded(quick)
     onnx = make_data.onnx_model(quick)
-    cases = [*startup_cases()]
+    cases = startup_cases()
     cases += [
         Case(
             name="floor",
