@@ -227,6 +227,9 @@ def test_unknown_damaged_and_oversized_zips_are_not_looked_into(monkeypatch: pyt
     monkeypatch.setattr(foreign, "MAX_ZIP_ENTRIES", foreign.MAX_ZIP_ENTRIES + 1)
     line = describe("many.npz")
     assert line is not None and line.startswith("many.npz: a NumPy .npz archive")
+    # A central directory over its byte limit is refused too (zipfile would read it all).
+    monkeypatch.setattr(foreign, "MAX_ZIP_DIRECTORY_BYTES", 1_000_000)  # its directory: about 3.7 MB
+    assert describe("many.npz") is None
 
 
 def test_an_onnx_tensor_file_named_pb_is_not_a_graphdef() -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 # Every signature below lies within a file's first HEAD_BYTES bytes.
 HEAD_BYTES = 16
-# Zip archives with more members are not looked into (zipfile reads the whole central directory);
-# a torch.save checkpoint has a few entries per tensor, so this is far above any real one.
+# Zip archives with more members, or a larger central directory, are not looked into: zipfile reads
+# and parses the whole directory.  A torch.save checkpoint has a few entries per tensor (about 100
+# bytes each), so these are far above any real one.
 MAX_ZIP_ENTRIES = 65_536
+MAX_ZIP_DIRECTORY_BYTES = 16 * 1024 * 1024
 # Folder entries looked at for a TensorFlow SavedModel or a checkpoint without safetensors files.
 MAX_FOLDER_ENTRIES = 4_096
 
@@ -125,10 +127,10 @@ def _describe_zip(path: Path) -> str | None:
 
 
 def _zip_names(path: Path) -> list[str] | None:
-    """The member names of a zip archive, or None when it is damaged or has too many members."""
+    """The member names of a zip archive, or None when it is damaged or too large to list."""
     try:
-        count = _zip_entry_count(path)
-        if count is None or count > MAX_ZIP_ENTRIES:
+        directory = _zip_directory(path)
+        if directory is None or directory[0] > MAX_ZIP_ENTRIES or directory[1] > MAX_ZIP_DIRECTORY_BYTES:
             return None
         with zipfile.ZipFile(path) as archive:
             return archive.namelist()
@@ -136,9 +138,9 @@ def _zip_names(path: Path) -> list[str] | None:
         return None
 
 
-def _zip_entry_count(path: Path) -> int | None:
-    """The member count from the end-of-central-directory record (zip64 too), read before zipfile
-    parses the whole directory; None when there is no such record."""
+def _zip_directory(path: Path) -> tuple[int, int] | None:
+    """(members, central directory bytes) from the end-of-central-directory record (or its zip64
+    form), read before zipfile parses the directory; None when there is no such record."""
     with path.open("rb") as handle:
         size = handle.seek(0, os.SEEK_END)
         tail_size = min(size, 22 + 0xFFFF)  # the record and the longest comment
@@ -148,14 +150,17 @@ def _zip_entry_count(path: Path) -> int | None:
         if at < 0 or at + 22 > len(tail):
             return None
         count = int.from_bytes(tail[at + 10 : at + 12], "little")
-        if count != 0xFFFF or at < 20 or tail[at - 20 : at - 16] != b"PK\x06\x07":
-            return count
-        # zip64: the locator before the record points at the zip64 record, which holds the count.
-        handle.seek(int.from_bytes(tail[at - 12 : at - 4], "little"))
-        record = handle.read(40)
-        if record[:4] != b"PK\x06\x06" or len(record) < 40:
+        directory_bytes = int.from_bytes(tail[at + 12 : at + 16], "little")
+        if count != 0xFFFF and directory_bytes != 0xFFFFFFFF:  # else the zip64 record holds them
+            return count, directory_bytes
+        # zip64: the locator just before the record gives the offset of the zip64 record.
+        if at < 20 or tail[at - 20 : at - 16] != b"PK\x06\x07":
             return None
-        return int.from_bytes(record[32:40], "little")
+        handle.seek(int.from_bytes(tail[at - 12 : at - 4], "little"))
+        record = handle.read(56)
+        if len(record) < 56 or record[:4] != b"PK\x06\x06":
+            return None
+        return int.from_bytes(record[32:40], "little"), int.from_bytes(record[40:48], "little")
 
 
 def _describe_folder(path: Path) -> str | None:
