@@ -235,3 +235,28 @@ def test_unknown_damaged_and_oversized_zips_are_not_looked_into(monkeypatch: pyt
 def test_an_onnx_tensor_file_named_pb_is_not_a_graphdef() -> None:
     Path("input_0.pb").write_bytes(b"\x08\x01\x08\x03\x10\x01")  # ONNX TensorProto: dims, data_type
     assert describe("input_0.pb") is None
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "saved_model.pb"])
+def test_the_command_names_the_format_in_one_line_and_exits_3(name: str) -> None:
+    from click.testing import CliRunner
+
+    from netinit_cli.cli import cli
+
+    if name.endswith(".bin"):
+        torch = pytest.importorskip("torch")
+        torch.save({"w": torch.zeros(2)}, name)
+    else:
+        Path(name).write_bytes(b"\x08\x01\x12\x04" + bytes(60))
+        Path("variables").mkdir()
+    before = Path(name).read_bytes()
+    result = CliRunner().invoke(cli, [name])
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    # A SavedModel's graph file names its folder: the SavedModel is the folder.
+    named = f"{name}: a PyTorch checkpoint" if name.endswith(".bin") else ".: a TensorFlow SavedModel"
+    assert len(lines) == 1 and lines[0].startswith(f"netinit: error: {named}")
+    assert Path(name).read_bytes() == before
+    assert sorted(p.name for p in Path().iterdir()) == sorted(
+        [name, *(["variables"] if name.endswith(".pb") else [])]
+    )
