@@ -1,4 +1,7 @@
-"""Issue 16 figures: a config.json template (``netinit_cli.hf_config``) against ``from_config`` + ``save_pretrained``.
+"""Issue 16 figures: a config.json template (``formats/safetensors/hf_template.py``) against ``from_config`` + ``save_pretrained``.
+
+``make bench`` (bench/run.py) runs ``netinit --like config.json -o OUTDIR`` end to end against this script's
+``save`` case and ``import`` case (:func:`hf_cases`); run alone, it measures the template step by itself:
 
 Every case runs in a fresh subprocess that measures itself: the time to import torch and transformers
 (including the lazily imported modules of the model class, which otherwise land inside the first call),
@@ -75,7 +78,9 @@ def child(case: str, config_dir: str, out_dir: str) -> None:
     imported = time.perf_counter()
     rss_after_import = peak_rss_mb()
     result: dict[str, Any] = {}
-    if case == "save":
+    if case == "import":
+        pass
+    elif case == "save":
         config = transformers.AutoConfig.from_pretrained(config_dir)
         model = transformers.AutoModelForCausalLM.from_config(config)
         built = time.perf_counter()
@@ -83,7 +88,7 @@ def child(case: str, config_dir: str, out_dir: str) -> None:
         result["build_s"] = built - imported
         result["parameters"] = model.num_parameters()
     else:
-        from netinit_cli.hf_config import load_template
+        from netinit_cli.formats.safetensors.hf_template import load_template
 
         template = load_template(Path(config_dir))
         result["tensors"] = len(template.tensors)
@@ -97,6 +102,28 @@ def child(case: str, config_dir: str, out_dir: str) -> None:
         rss_peak_mb=peak_rss_mb(),
     )
     print(json.dumps(result))
+
+
+def parameters(config: dict[str, Any]) -> int:
+    """A LLaMA-shaped config's parameter count (biases none, norms 2 per layer + 1)."""
+    hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    kv = hidden * config["num_key_value_heads"] // config["num_attention_heads"]
+    tables = config["vocab_size"] * hidden * (1 if config["tie_word_embeddings"] else 2)
+    return (
+        tables + layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter + 2 * hidden) + hidden
+    )
+
+
+def config_dataset(key: str, config: dict[str, Any], data_root: Path, dataset: Any) -> Any:
+    """bench/run.py's Dataset for a config folder under ``data_root`` (``dataset``: its class)."""
+    folder = data_root / key
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2) + "\n"
+    if not (folder / "config.json").exists() or (folder / "config.json").read_text() != text:
+        (folder / "config.json").write_text(text, encoding="utf-8")
+    count = parameters(config)
+    largest = config["vocab_size"] * config["hidden_size"] * 2
+    return dataset(key, folder, folder / "config.json", count, largest, count * 2)
 
 
 def run_case(case: str, config: dict[str, Any]) -> dict[str, Any]:

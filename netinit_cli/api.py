@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from netinit_cli.classify.stage import classify as classify_model
 from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import InputError, UsageError
 from netinit_cli.fill import Filler, check_fits_in_memory
-from netinit_cli.formats import open_model, open_template
+from netinit_cli.formats import ConfigOptions, open_model, open_template
 from netinit_cli.formats.base import ModelFile
 from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
@@ -37,9 +37,10 @@ from netinit_cli.seeding import Seed, parse_seed
 if TYPE_CHECKING:
     from netinit_cli.formats.onnx.reader import OnnxModel
     from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.hf_template import HfTemplate
     from netinit_cli.formats.safetensors.template import Manifest
 
-    Template = OnnxModel | SafetensorsModel | Manifest
+    Template = OnnxModel | SafetensorsModel | Manifest | HfTemplate
 
 FAN_MODES = ("semantic", "torch")
 
@@ -111,23 +112,57 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 def read(
-    model: str | os.PathLike[str] | None, like: str | os.PathLike[str] | None, out: Path | None
+    model: str | os.PathLike[str] | None,
+    like: str | os.PathLike[str] | None,
+    out: Path | None,
+    config_options: ConfigOptions | None = None,
 ) -> tuple[ModelFile, Template | None]:
     """The read stage: open ``model`` (or, with ``--like`` alone, a new checkpoint at ``out``) and
-    the ``--like`` template, reading headers and graphs only."""
+    the ``--like`` template, reading headers and graphs only (a transformers config template builds
+    its model class on the meta device: see :mod:`netinit_cli.formats.safetensors.hf_template`)."""
     if model is None and like is None:
         raise UsageError("give a MODEL, or --like TEMPLATE with -o OUT to create a new checkpoint")
+    if like is None and config_options is not None and config_options.given():
+        raise UsageError("--dtype, --max-shard-size and --trust-remote-code need --like CONFIG")
     if model is None:
         if out is None:
             raise UsageError("--like without a MODEL creates a new checkpoint: give its path with -o")
-        template = open_template(Path(like))  # type: ignore[arg-type]
+        template = open_template(Path(like), config_options)  # type: ignore[arg-type]
+        if template.kind == "hf-config":
+            from netinit_cli.formats.safetensors.hf_folder import HfFolder
+
+            options = config_options or ConfigOptions()
+            config = cast("HfTemplate", template)
+            given = options.dtype is not None
+            return HfFolder(out, config, max_shard_size=options.max_shard_size, dtype_given=given), config
         return new_safetensors(out), template
     opened = open_model(Path(model))
     if like is None:
         return opened, None
     if opened.kind != "safetensors":
         raise UsageError("--like adds missing tensors to safetensors bundles; an ONNX graph defines its own")
-    return opened, open_template(Path(like))
+    template = open_template(Path(like), config_options)
+    if template.kind == "hf-config":
+        raise UsageError(
+            f"--like {like} creates a new model folder from a config: drop MODEL, give -o OUTDIR"
+        )
+    return opened, template
+
+
+def config_options(
+    dtype: str | None = None, max_shard_size: str | int | None = None, trust_remote_code: bool = False
+) -> ConfigOptions:
+    """``--dtype``, ``--max-shard-size`` (bytes, or text such as ``500MB``) and ``--trust-remote-code``."""
+    size = max_shard_size
+    if isinstance(size, str):
+        from netinit_cli.formats.safetensors.hf_template import parse_size
+
+        size = parse_size(size)
+    elif size is not None and (isinstance(size, bool) or size <= 0):
+        raise UsageError(f"max shard size {size!r} must be at least one byte, e.g. 5GB")
+    if dtype is not None and dtype not in ("f32", "f16", "bf16"):
+        raise UsageError(f"--dtype {dtype!r}: choose one of f32, f16, bf16")
+    return ConfigOptions(dtype=dtype, trust_remote_code=trust_remote_code, max_shard_size=size)
 
 
 def classify(opened: ModelFile, template: Template | None) -> Classified:
@@ -140,11 +175,15 @@ def inspect(
     *,
     like: str | os.PathLike[str] | None = None,
     options: Options | None = None,
+    dtype: str | None = None,
+    max_shard_size: str | int | None = None,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Report:
     """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
     options = options or build_options(**kwargs)
-    opened, template = read(model, like, None)
+    hf = config_options(dtype, max_shard_size, trust_remote_code)
+    opened, template = read(model, like, None, hf)
     classified = classify(opened, template)
     return _planned_report(model, opened, classified, options, None, dry_run=True)
 
@@ -185,12 +224,17 @@ def initialize(
     fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
+    dtype: str | None = None,
+    max_shard_size: str | int | None = None,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Report:
     """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
 
     Keyword arguments are those of :func:`build_options` (``method``, ``seed``, ``all``,
     ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
+    With ``like`` a transformers config.json and no ``model``, ``out`` is a new model folder;
+    ``dtype`` (f32, f16, bf16), ``max_shard_size`` and ``trust_remote_code`` apply to it.
     ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
@@ -206,7 +250,8 @@ def initialize(
             "drop --no-fsync or write to -o instead"
         )
     out_path = Path(out) if out is not None else None
-    opened, template = read(model, like, out_path)  # read: headers and graphs
+    hf = config_options(dtype, max_shard_size, trust_remote_code)
+    opened, template = read(model, like, out_path, hf)  # read: headers and graphs
     classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
         out_path, force = opened.path, True

@@ -33,6 +33,7 @@ Examples:
   netinit model.onnx --method random --weights 'normal(0,0.02)' --biases 0.01 --all
   netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
+  netinit --like config.json -o new-model/    a transformers model folder (pip install 'netinit[hf]')
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
 Exit codes: """ + ", ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items())
@@ -172,6 +173,21 @@ def cli() -> None:
     help="Skip the fsync before the rename: faster, still atomic for readers and a killed run, "
     "but a power loss or OS crash soon after may leave the output empty or partial.",
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(["f32", "f16", "bf16"]),
+    help="With --like CONFIG: the new model's dtype [default: the config's dtype].",
+)
+@click.option(
+    "--max-shard-size",
+    metavar="SIZE",
+    help="With --like CONFIG: split files past SIZE (500MB, 5GB, bytes), as save_pretrained does [default: 50GB].",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="With --like CONFIG: run the config's own model code (auto_map).",
+)
 @method_options
 def init_command(
     model: Path | None,
@@ -180,6 +196,9 @@ def init_command(
     in_place: bool,
     dry_run: bool,
     no_fsync: bool,
+    dtype: str | None,
+    max_shard_size: str | None,
+    trust_remote_code: bool,
     **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
@@ -201,6 +220,9 @@ def init_command(
             fsync=not no_fsync,
             options=options,
             progress=progress,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            trust_remote_code=trust_remote_code,
         )
     finally:
         if progress:

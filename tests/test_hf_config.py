@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from netinit_cli import hf_config  # noqa: E402
 from netinit_cli.errors import InputError, UsageError  # noqa: E402
+from netinit_cli.formats.safetensors import hf_template as hf_config  # noqa: E402
 
 DECODER = {
     "vocab_size": 96,

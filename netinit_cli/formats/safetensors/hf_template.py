@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from netinit_cli.errors import InputError, UsageError
 
@@ -107,10 +107,14 @@ class HfTensor:
     storage_key: int  # tensors sharing one storage in save_pretrained's state dict share this key
     storage_bytes: int  # that storage's size, which is what huggingface_hub's split counts
     value: bytes | None = None
+    groups: int = 1  # a convolution's ``groups``
+    transposed: bool = False  # an experts module that stores ``[experts, in, out]`` (``is_transposed``)
 
 
 @dataclass(frozen=True)
 class HfTemplate:
+    kind: ClassVar[str] = "hf-config"
+
     config_path: Path
     config: dict[str, Any]  # the config.json as read
     model_class: str  # the class from_config builds, e.g. "Qwen2ForCausalLM"
@@ -118,6 +122,7 @@ class HfTemplate:
     tensors: tuple[HfTensor, ...]  # in save_pretrained's state-dict order
     aliases: dict[str, str]  # tied names save_pretrained drops → the name it keeps
     total_parameters: int  # model.num_parameters(): tied parameters once; written to the index
+    generation_config: str | None = None  # generation_config.json as save_pretrained writes it
 
     def roles(self) -> dict[str, str]:
         return roles(self)
@@ -418,6 +423,8 @@ def _template(
                 storage_key=storage_keys.setdefault(storage, len(storage_keys)),
                 storage_bytes=int(get_torch_storage_size(tensor)),
                 value=value,
+                groups=int(module.groups) if isinstance(module, torch.nn.modules.conv._ConvNd) else 1,
+                transposed=bool(getattr(module, "is_transposed", False)),
             )
         )
     return HfTemplate(
@@ -428,6 +435,11 @@ def _template(
         tensors=tuple(tensors),
         aliases=aliases,
         total_parameters=int(model.num_parameters()),
+        generation_config=(
+            model.generation_config.to_json_string(use_diff=True, keys_to_pop=["compile_config"])
+            if model.can_generate() and model.generation_config is not None
+            else None
+        ),
     )
 
 
