@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-# The one import of the name classifier (it may move to netinit_cli.classify).
-from netinit_cli.classify_names import classify_params
+from netinit_cli.classify import classify_params
 from netinit_cli.distributions import Distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.model import Param, Role
