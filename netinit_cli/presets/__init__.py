@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from netinit_cli.spec import Node, SpecSyntaxError, format_number, parse_expression
 from netinit_cli.errors import UsageError
 from netinit_cli.model import Param
+from netinit_cli.spec import Node, SpecSyntaxError, format_number, parse_expression
 
 from . import hf
 from .choice import KINDS, ModelContext, PresetChoice, TensorContext

@@ -44,7 +44,6 @@ class PresetChoice:
     per_block: bool = True
     zero_rows: tuple[int, ...] = ()
     block_values: tuple[tuple[int, float], ...] = ()
-    note: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -1,7 +1,8 @@
 """Building preset contexts: ``config.json`` beside the checkpoint, the layer count, and — for
 checkpoints that only have names — each tensor's fans, its layer's fan_in, RNN hidden size and
-MultiheadAttention tags.  ONNX models get the same :class:`TensorContext` from the topology
-(the planner fills ``layer_fan_in``, ``rnn_hidden`` and ``tags`` from the ops)."""
+MultiheadAttention tags.  ONNX models get the same :class:`TensorContext` from the topology: the
+classifier records in ``Param.layer`` the op each tensor feeds, a bias's weight in that op and
+an RNN's ``hidden_size``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ CONFIG_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _RNN_NAME = re.compile(
     r"^(?P<module>.*?)(?P<kind>weight|bias)_(?P<which>ih|hh|hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$"
 )
+RNN_OPS = frozenset({"LSTM", "GRU", "RNN"})
 _MHA_IN = re.compile(r"(?:^|\.)(?:in_proj_weight|in_proj_bias|q_proj_weight|k_proj_weight|v_proj_weight)$")
 
 
@@ -129,19 +131,40 @@ def _tags(param: Param, by_name: dict[str, Param]) -> frozenset[str]:
     return frozenset()
 
 
+def _weight_fan_in(weight: Param | None) -> int | None:
+    fans = torch_fans_of(weight.shape, weight.layout) if weight is not None else None
+    return fans[0] if fans is not None else None
+
+
+def _from_topology(param: Param, by_name: dict[str, Param], model: ModelContext) -> TensorContext:
+    """An ONNX tensor's context from the op it feeds (``Param.layer``), never from its name."""
+    layer = param.layer
+    assert layer is not None
+    layout = param.layout
+    fans = layout.fans(param.shape) if layout is not None and len(param.shape) >= 2 else None
+    weight = by_name.get(layer.weight) if layer.weight is not None and param.role is Role.BIAS else None
+    return TensorContext(
+        model,
+        fans,
+        torch_fans_of(param.shape, layout),
+        _weight_fan_in(weight),
+        layer.hidden_size,
+        frozenset({"rnn"}) if layer.op in RNN_OPS else frozenset(),
+    )
+
+
 def tensor_contexts(params: Sequence[Param], model: ModelContext) -> dict[str, TensorContext]:
-    """A :class:`TensorContext` for every classified param of a checkpoint, from names alone."""
+    """A :class:`TensorContext` for every classified param: from the topology where the
+    classifier recorded the op a tensor feeds (ONNX), else from the names (checkpoints)."""
     by_name = {p.name: p for p in params}
     contexts: dict[str, TensorContext] = {}
     for param in params:
+        if param.layer is not None:
+            contexts[param.name] = _from_topology(param, by_name, model)
+            continue
         layout = param.layout
         fans = layout.fans(param.shape) if layout is not None and len(param.shape) >= 2 else None
-        layer_fan_in = None
-        if param.role is Role.BIAS:
-            weight = _layer_weight(param.name, by_name)
-            if weight is not None:
-                weight_fans = torch_fans_of(weight.shape, weight.layout)
-                layer_fan_in = weight_fans[0] if weight_fans is not None else None
+        layer_fan_in = _weight_fan_in(_layer_weight(param.name, by_name)) if param.role is Role.BIAS else None
         match = _RNN_NAME.search(param.name)
         hidden = _rnn_hidden(match, by_name) if match is not None else None
         contexts[param.name] = TensorContext(

@@ -1,8 +1,10 @@
 """The torch, keras, flax and megatron presets: one function per preset, role by role.
 
 Each function takes the classified Param, its :class:`TensorContext` and the preset's option
-values and returns a :class:`PresetChoice` (without the ``preset:`` label prefix).  Sources,
-with line numbers, are in shared/reference/presets.md.
+values and returns a :class:`PresetChoice` (without the ``preset:`` label prefix).  Sources:
+torch/nn/modules (linear.py, conv.py, rnn.py, activation.py, sparse.py), keras/src/layers and
+keras/src/initializers/random_initializers.py, flax/linen (linear.py, recurrent.py) with
+jax/_src/nn/initializers.py, megatron/core/utils.py (init_method_normal, scaled_init_method_normal).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``hf`` preset: what transformers' ``_init_weights`` gives (5.24; shared/reference/presets.md).
+"""The ``hf`` preset: what transformers' ``_init_weights`` gives (transformers 5.24).
 
 The generic ``PreTrainedModel._init_weights`` (modeling_utils.py): Linear, Conv1-3d and
 ConvTranspose1-2d weights N(0, σ), biases 0; Embedding N(0, σ) with the padding row 0; nn.LSTM
