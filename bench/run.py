@@ -1,5 +1,5 @@
-"""``make bench``: netinit against the hand-written torch script and the machine's floor (issue 7),
-plus the bounded-memory figures of issues 5 (2 GB sharded bundle) and 3 (``--big``: 3 GB ONNX).
+"""``make bench``: netinit against the hand-written torch script and the machine's floor, plus
+the bounded-memory figures of a 2 GB sharded bundle and (``--big``) a 3 GB ONNX model.
 
 One run measures every case side by side: the cases alternate within each repetition, each run is a
 fresh subprocess, and its wall time (perf_counter around spawn and wait) and peak RSS (``ru_maxrss``
@@ -493,15 +493,12 @@ def checks(results: dict[str, Measured], largest: int) -> list[Check]:
                 "PASS" if worst[1] <= limit else "FAIL",
             )
         )
-    for key, label, source in (
-        ("netinit-sharded", "sharded bundle", "issue 5"),
-        ("netinit-onnx-big", "big ONNX model", "issue 3"),
-    ):
+    for key, label in (("netinit-sharded", "sharded bundle"), ("netinit-onnx-big", "big ONNX model")):
         m = results.get(key)
         if m is None:
             continue
         size = m.case.data.total_bytes
-        target = f"{label}: peak RSS < 25% of {size / 1e9:.2f} GB = {0.25 * size / MB:.0f} MB ({source})"
+        target = f"{label}: peak RSS < 25% of {size / 1e9:.2f} GB = {0.25 * size / MB:.0f} MB"
         if m.peak_rss is None:
             out.append(Check(f"{label} memory", target, "failed", "FAIL" if m.runs else "SKIP"))
         else:
@@ -635,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small inputs, 1 repetition: a smoke run")
-    parser.add_argument("--big", action="store_true", help="add the ~3 GB ONNX model (issue 3's figure)")
+    parser.add_argument("--big", action="store_true", help="add the ~3 GB ONNX model (a peak-memory case)")
     parser.add_argument(
         "--only", metavar="CASE[,CASE…]", help="run only these cases (shell patterns allowed)"
     )
