@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 # Rich is imported where a table is drawn, not with this module: a quiet run (``-q``, ``--json``)
-# never loads it (about 20 ms of start-up here).
+# never loads it (about 20 ms of start-up).
 
 TABLE_MODES = ("auto", "full", "summary", "none")
 AUTO_FULL_LIMIT = 60  # per-tensor rows up to this many tensors, grouped rows beyond
