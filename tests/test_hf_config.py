@@ -187,9 +187,8 @@ def test_tensors_match_save_pretrained(family: tuple[Any, Path, Path]) -> None:
     for tensor in template.tensors:
         if tensor.is_buffer:
             assert tensor.role == "buffer"
+        if tensor.value is not None:  # buffers and frozen parameters (Whisper's encoder positions)
             assert tensor.value == written[tensor.name][2], tensor.name
-        else:
-            assert tensor.value is None
 
 
 def test_aliases_are_the_dropped_tied_names(family: tuple[Any, Path, Path]) -> None:

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 def classify_modules(tensors: Sequence[HfTensor], source: str) -> list[Param]:
     """Every template tensor as a classified param to create (``has_data=False``), except
-    persistent buffers, which carry the model class's values (``has_data=True``, CONSTANT)."""
+    persistent buffers and frozen parameters, which carry the model class's values
+    (``has_data=True``, CONSTANT)."""
     params = [
-        Param(tensor.name, tensor.shape, tensor.dtype, has_data=tensor.is_buffer, source=source)
+        Param(tensor.name, tensor.shape, tensor.dtype, has_data=tensor.value is not None, source=source)
         for tensor in tensors
     ]
     by_names = classify_params(params, "pt")
@@ -44,6 +45,8 @@ def _by_module(tensor: HfTensor, param: Param) -> Param:
     owner = tensor.module_class or "the model"
     if tensor.is_buffer:
         return param.classified(Role.CONSTANT, f"persistent buffer of {owner}: the model class's values")
+    if tensor.value is not None:
+        return param.classified(Role.CONSTANT, f"frozen parameter of {owner}: the model class's values")
     kind, _, attribute = tensor.role.partition(".")
     found = _role_layout(kind, attribute, tensor)
     if found is None:

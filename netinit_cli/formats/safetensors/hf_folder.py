@@ -60,11 +60,12 @@ class HfFolder:
         self.notes: list[str] = []
         self.max_shard_size = max_shard_size
         self.dtype_given = dtype_given
-        self._buffers = {tensor.name: tensor for tensor in template.tensors if tensor.is_buffer}
+        # Persistent buffers and frozen parameters: the model class's values.
+        self._fixed = {tensor.name: tensor for tensor in template.tensors if tensor.value is not None}
 
     def read_array(self, name: str) -> np.ndarray:
-        """A persistent buffer's values (the only tensors of a new folder that have data)."""
-        tensor = self._buffers.get(name)
+        """A persistent buffer's or frozen parameter's values (the tensors of a new folder that have data)."""
+        tensor = self._fixed.get(name)
         if tensor is None or tensor.value is None:
             raise InputError(f"{self.template.config_path.name}: tensor {quote(name)} has no stored data")
         return np.frombuffer(tensor.value, numpy_dtype(tensor.dtype)).reshape(tensor.shape)
@@ -94,7 +95,7 @@ class HfFolder:
         created = dict(tensors)
         for entry in plan:  # buffers: the model class's values, as save_pretrained stores them
             name = entry.param.name
-            if name in self._buffers and name not in created and entry.param.has_data:
+            if name in self._fixed and name not in created and entry.param.has_data:
                 values = partial(self.read_array, name)
                 created[name] = LazyTensor(name, entry.param.shape, entry.param.dtype, values)
         with atomic_folder(out, overwrite=overwrite, durable=durable) as folder:

@@ -91,9 +91,9 @@ class HfTensor:
 
     ``module_class`` and ``attribute`` describe the in-memory tensor it comes from (``source``): for most
     tensors ``source == name``; when transformers renames or splits on save (Mixtral's fused experts are
-    stored per expert as ``…experts.E.w1.weight``) they differ.  ``value`` holds a persistent buffer's bytes
-    (C order, little-endian, ``dtype``); it is None for parameters, and for a buffer only if the model
-    derived it from a parameter (then it is unknown on the meta device).
+    stored per expert as ``…experts.E.w1.weight``) they differ.  ``value`` holds a persistent buffer's or a
+    frozen parameter's bytes (C order, little-endian, ``dtype``); it is None for trained parameters, and for
+    a buffer only if the model derived it from a parameter (then it is unknown on the meta device).
     """
 
     name: str
@@ -367,6 +367,7 @@ def _template(
     except ImportError as error:
         raise UsageError(f"{HF_EXTRA_HINT} (transformers 5 or newer)") from error
 
+    frozen = _materialize_frozen(model)
     # The steps of save_pretrained, in its order.
     state = model.state_dict()
     for key in model._keys_to_ignore_on_save or ():
@@ -409,7 +410,7 @@ def _template(
         else:
             storage = get_torch_storage_id(tensor)
             flat = tensor.detach().contiguous().reshape(-1)
-            value = flat.view(torch.uint8).numpy().tobytes() if is_buffer else None
+            value = flat.view(torch.uint8).numpy().tobytes() if is_buffer or source in frozen else None
         tensors.append(
             HfTensor(
                 name=name,
@@ -441,6 +442,20 @@ def _template(
             else None
         ),
     )
+
+
+def _materialize_frozen(model: Any) -> set[str]:
+    """Parameters the model never trains (``requires_grad=False``: Whisper's sinusoidal encoder
+    positions) get their real values: the owner is moved off the meta device alone, and the model's
+    own ``_init_weights`` runs on it and each module above it (where families set such values)."""
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    for name in frozen:
+        prefix = name.rpartition(".")[0]
+        model.get_submodule(prefix).to_empty(device="cpu", recurse=False)
+        parts = prefix.split(".") if prefix else []
+        for depth in range(len(parts), -1, -1):
+            model._init_weights(model.get_submodule(".".join(parts[:depth])))
+    return frozen
 
 
 def _sources(
