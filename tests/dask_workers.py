@@ -97,7 +97,7 @@ def toy_worker(folder: str, k: int, n: int, seed: int = 1, pause: float = 0.0) -
         os.replace(tmp, out / file)
         written.append(file)
     result = shard.publish_index_if_complete(out / INDEX_NAME, index_bytes, sizes, metadata, durable=False)
-    return {"k": k, "written": written, "skipped": skipped, "published": result.published}
+    return {"k": k, "written": written, "skipped": skipped, "published": result.published, "pid": os.getpid()}
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ Decisions documented here:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -400,6 +399,7 @@ def test_worker_killed_and_rerun_completes_the_same_bytes(tmp_path: Path) -> Non
 def test_workers_as_dask_tasks(tmp_path: Path) -> None:
     pytest.importorskip("distributed")
     single = reference_bundle(tmp_path / "single")
+    pids: set[int] = set()
     with dw.local_cluster() as client:
         for n in (1, 2, 3, 5, 8):
             out = tmp_path / f"n{n}"
@@ -407,5 +407,6 @@ def test_workers_as_dask_tasks(tmp_path: Path) -> None:
             results = dw.run_tasks(client, dw.toy_worker, [(str(out), k, n) for k in range(n)])
             assert sorted(f for r in results for f in r["written"]) == sorted(dw.TOY_BUNDLE)
             assert any(r["published"] for r in results)
+            pids.update(r["pid"] for r in results)
             assert {name: (out / name).read_bytes() for name in os.listdir(out)} == single, n
-    json.loads(single[dw.INDEX_NAME])
+    assert len(pids) == 2 and os.getpid() not in pids  # both worker processes, not this one
