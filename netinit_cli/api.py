@@ -1,5 +1,9 @@
 """The Python API.  The command-line tool is a thin layer over these functions.
 
+:func:`initialize` runs the pipeline, one line a stage: read (:func:`read`) → classify
+(:func:`classify`) → plan (:func:`netinit_cli.plan.make_plan`) → fill (lazy tensors from
+:class:`netinit_cli.fill.Filler`) → write (the format's writer) → report (:class:`Report`).
+
 >>> from netinit_cli import initialize
 >>> report = initialize("model.onnx", out="model.init.onnx", method="xavier", seed=7, all=True)
 >>> report.counts["filled"]
@@ -8,25 +12,35 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from netinit_cli import __version__
+from netinit_cli.classify.stage import Classified, classify_with_template
+from netinit_cli.classify.stage import classify as classify_model
 from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import InputError, UsageError
-from netinit_cli.fill import DirectOutput, Filler, check_fits_in_memory
-from netinit_cli.formats import open_model
+from netinit_cli.fill import Filler, check_fits_in_memory
+from netinit_cli.formats import open_model, open_template
 from netinit_cli.formats.base import ModelFile
+from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
-from netinit_cli.model import Action, Planned
-from netinit_cli.plan import Options, Rule, counts, make_plan, make_rule, parse_rule
+from netinit_cli.model import Planned
+from netinit_cli.plan import Options, Rule, make_plan, make_rule, parse_rule
+from netinit_cli.presets import PresetSpec, model_context, parse_preset, preset_notes
+from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
+
+if TYPE_CHECKING:
+    from netinit_cli.formats.onnx.reader import OnnxModel
+    from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.template import Manifest
+
+    Template = OnnxModel | SafetensorsModel | Manifest
 
 FAN_MODES = ("semantic", "torch")
 
@@ -39,53 +53,10 @@ class ProgressSink(Protocol):
     def advance(self, planned: Planned, nbytes: int) -> None: ...
 
 
-@dataclass
-class Report:
-    """What a run did (or, for a dry run or inspect, would do), tensor by tensor."""
-
-    input: Path | None
-    output: Path | None
-    kind: str
-    seed: Seed
-    method: MethodSpec
-    all: bool
-    fan_mode: str
-    entries: list[Planned]
-    dry_run: bool = False
-    files: list[Path] = field(default_factory=list)
-    bytes_written: int = 0
-    elapsed: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    rules: tuple[Rule, ...] = ()
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return counts(self.entries)
-
-    @property
-    def filled(self) -> list[Planned]:
-        return [entry for entry in self.entries if entry.action is Action.FILL]
-
-    def to_json(self) -> dict[str, Any]:
-        from netinit_cli.report import report_json
-
-        return report_json(self)
-
-
-def versions() -> dict[str, str]:
-    import onnx
-
-    return {
-        "netinit": __version__,
-        "numpy": np.__version__,
-        "onnx": onnx.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def build_options(
     *,
-    method: str | MethodSpec = "kaiming",
+    method: str | MethodSpec | None = None,
+    preset: str | PresetSpec | None = None,
     seed: str | int | Seed | None = None,
     all: bool = False,
     fan_mode: str = "semantic",
@@ -95,14 +66,19 @@ def build_options(
 ) -> Options:
     """Turn user-level values (strings, as on the command line) into planning options.
 
-    A config file (TOML) supplies defaults: keys ``method``, ``seed``, ``all``, ``fan_mode`` and a
-    ``[rules]`` table of ``"GLOB" = "SPEC"``.  Explicit arguments win over the file; rules given
-    here come before the file's rules (the first matching rule wins).
+    ``method`` defaults to kaiming; ``preset`` (``"hf"``, ``"torch"``, …, see
+    :mod:`netinit_cli.presets`) replaces it: giving both, a method sub-option, or a torch fan
+    mode with a preset is a :class:`UsageError`.  A config file (TOML) supplies defaults: keys
+    ``method`` or ``preset``, ``seed``, ``all``, ``fan_mode`` and a ``[rules]`` table of
+    ``"GLOB" = "SPEC"``.  Explicit arguments win over the file (a method given here replaces the
+    file's preset, and the other way round); rules given here come before the file's rules (the
+    first matching rule wins).
     """
     file_rules: list[Rule] = []
     if config is not None:
         settings = load_config(Path(config))
-        method = settings.get("method", method) if method == "kaiming" else method
+        if method is None and preset is None:
+            method, preset = settings.get("method"), settings.get("preset")
         seed = settings.get("seed", seed) if seed is None else seed
         all = bool(settings.get("all", all)) or all
         fan_mode = settings.get("fan_mode", fan_mode) if fan_mode == "semantic" else fan_mode
@@ -110,15 +86,48 @@ def build_options(
             file_rules.append(make_rule(str(pattern), str(spec), origin=f"{config} [rules]"))
     if fan_mode not in FAN_MODES:
         raise UsageError(f"--fan-mode {fan_mode!r}: choose one of {', '.join(FAN_MODES)}")
+    preset_spec = None
+    if preset is not None:
+        preset_spec = preset if isinstance(preset, PresetSpec) else parse_preset(str(preset))
+        _check_preset_alone(preset_spec, method, method_options or {}, fan_mode)
+    if method is None:
+        method = "kaiming"
     spec = method if isinstance(method, MethodSpec) else parse_method(str(method), method_options or {})
     seed_value = seed if isinstance(seed, Seed) else parse_seed(seed)
     parsed_rules = tuple(rule if isinstance(rule, Rule) else parse_rule(rule) for rule in rules)
     return Options(
-        method=spec, seed=seed_value, all=all, fan_mode=fan_mode, rules=parsed_rules + tuple(file_rules)
+        method=spec,
+        seed=seed_value,
+        all=all,
+        fan_mode=fan_mode,
+        rules=parsed_rules + tuple(file_rules),
+        preset=preset_spec,
     )
 
 
-CONFIG_KEYS = {"method", "seed", "all", "fan_mode", "rules"}
+def _check_preset_alone(
+    preset: PresetSpec, method: object, method_options: Mapping[str, str | None], fan_mode: str
+) -> None:
+    """A preset decides every formula and its framework's fans: nothing of a method may come with it."""
+    if method is not None:
+        raise UsageError(
+            f"--preset {preset} and --method are exclusive: a preset sets every tensor's formula; "
+            "use --rule 'GLOB=METHOD' for exceptions"
+        )
+    flags = ["--" + key.replace("_", "-") for key, value in method_options.items() if value is not None]
+    if flags:
+        raise UsageError(
+            f"{flags[0]} is a --method sub-option and does not apply with --preset {preset}; "
+            "change a preset's constants with its own options, e.g. --preset 'hf(initializer_range=0.01)'"
+        )
+    if fan_mode != "semantic":
+        raise UsageError(
+            f"--fan-mode {fan_mode} does not apply with --preset {preset}: each preset uses its "
+            "framework's own fans (the init column names them)"
+        )
+
+
+CONFIG_KEYS = {"method", "preset", "seed", "all", "fan_mode", "rules"}
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -136,45 +145,36 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UsageError(
             f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}"
         )
+    if "method" in settings and "preset" in settings:
+        raise UsageError(f"--config {path}: give method or preset, not both (a preset replaces the method)")
     if "rules" in settings and not isinstance(settings["rules"], dict):
         raise UsageError(f'--config {path}: [rules] must be a table of "GLOB" = "SPEC"')
     return settings
 
 
-def _open(
+def read(
     model: str | os.PathLike[str] | None, like: str | os.PathLike[str] | None, out: Path | None
-) -> ModelFile:
+) -> tuple[ModelFile, Template | None]:
+    """The read stage: open ``model`` (or, with ``--like`` alone, a new checkpoint at ``out``) and
+    the ``--like`` template, reading headers and graphs only."""
     if model is None and like is None:
         raise UsageError("give a MODEL, or --like TEMPLATE with -o OUT to create a new checkpoint")
     if model is None:
-        from netinit_cli.formats.safetensors_io import new_safetensors
-
         if out is None:
             raise UsageError("--like without a MODEL creates a new checkpoint: give its path with -o")
-        return new_safetensors(out, _template_params(Path(like)))  # type: ignore[arg-type]
+        template = open_template(Path(like))  # type: ignore[arg-type]
+        return new_safetensors(out), template
     opened = open_model(Path(model))
-    if like is not None:
-        if opened.kind != "safetensors":
-            raise UsageError(
-                "--like adds missing tensors to safetensors bundles; an ONNX graph defines its own"
-            )
-        from netinit_cli.formats.safetensors_io import merge_template
-
-        merge_template(opened, _template_params(Path(like)))  # type: ignore[arg-type]
-    return opened
+    if like is None:
+        return opened, None
+    if opened.kind != "safetensors":
+        raise UsageError("--like adds missing tensors to safetensors bundles; an ONNX graph defines its own")
+    return opened, open_template(Path(like))
 
 
-def _template_params(path: Path) -> list[Any]:
-    from netinit_cli.formats import ONNX, sniff
-
-    if sniff(path) == ONNX:
-        from netinit_cli.formats.onnx_io import open_onnx
-
-        template = open_onnx(path)
-        return [param for param in template.params if param.source in ("initializer", "graph_input")]
-    from netinit_cli.formats.safetensors_io import params_from_template
-
-    return params_from_template(path)
+def classify(opened: ModelFile, template: Template | None) -> Classified:
+    """The classify stage: the model's tensors (with the template's it lacks) as classified params."""
+    return classify_model(opened) if template is None else classify_with_template(opened, template)
 
 
 def inspect(
@@ -186,18 +186,28 @@ def inspect(
 ) -> Report:
     """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
     options = options or build_options(**kwargs)
-    return _planned_report(model, _open(model, like, None), options, None, dry_run=True)
+    opened, template = read(model, like, None)
+    classified = classify(opened, template)
+    return _planned_report(model, opened, classified, options, None, dry_run=True)
 
 
 def _planned_report(
     model: str | os.PathLike[str] | None,
     opened: ModelFile,
+    classified: Classified,
     options: Options,
     out: Path | None,
     *,
     dry_run: bool,
 ) -> Report:
-    """Classification is done by the backend; planning is pure: the report of what will happen."""
+    """The plan stage (pure but for a preset reading config.json): the report of what will happen."""
+    names = [name for param in classified.params for name in (param.name, *param.aliases)]
+    context = None
+    notes = list(classified.notes)
+    if options.preset is not None:
+        # A preset knows the model's config.json (beside MODEL, or the template of a new one).
+        context = model_context(names, Path(model) if model is not None else opened.path)
+        notes += preset_notes(options.preset, context)
     return Report(
         input=Path(model) if model is not None else None,
         output=out,
@@ -206,10 +216,11 @@ def _planned_report(
         method=options.method,
         all=options.all,
         fan_mode=options.fan_mode,
-        entries=make_plan(opened.params, options, stored=opened.read_array),
+        entries=make_plan(classified.params, options, stored=opened.read_array, model=context),
         dry_run=dry_run,
-        notes=list(opened.notes),
+        notes=notes,
         rules=options.rules,
+        preset=options.preset,
     )
 
 
@@ -228,8 +239,8 @@ def initialize(
 ) -> Report:
     """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
 
-    Keyword arguments are those of :func:`build_options` (``method``, ``seed``, ``all``,
-    ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
+    Keyword arguments are those of :func:`build_options` (``method`` or ``preset``, ``seed``,
+    ``all``, ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
     ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
@@ -245,30 +256,27 @@ def initialize(
             "drop --no-fsync or write to -o instead"
         )
     out_path = Path(out) if out is not None else None
-    opened = _open(model, like, out_path)
+    opened, template = read(model, like, out_path)  # read: headers and graphs
+    classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
         out_path, force = opened.path, True
     elif out_path is None:
         out_path = opened.default_output()
     if model is not None and not in_place and _same_file(out_path, opened.path):
         raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
-    report = _planned_report(model, opened, options, out_path, dry_run=dry_run)
-    plan = report.entries
+    report = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)  # plan
     if dry_run:
         report.elapsed = time.perf_counter() - started
         return report
+    plan = report.entries
     check_fits_in_memory(report.filled)
-    filler = Filler(options.seed)
+    filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
-
-    def produce(planned: Planned, place: DirectOutput | None = None) -> np.ndarray:
-        values = filler.produce(planned, place)
-        if progress is not None:
-            progress.advance(planned, values.nbytes)
-        return values
-
-    result = opened.write(out_path, plan, produce, provenance(options), overwrite=force, durable=fsync)
+    tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
+    result = opened.write(out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync)
+    report.observed = filler.observed  # report: what was written and what the filler observed
     report.files = result.paths
     report.bytes_written = result.bytes_written
     report.notes.extend(result.notes)
@@ -281,7 +289,11 @@ def provenance(options: Options) -> dict[str, str]:
     record = {
         "netinit.version": __version__,
         "netinit.seed": str(options.seed),
-        "netinit.method": options.method.describe(),
+        **(
+            {"netinit.preset": str(options.preset)}
+            if options.preset is not None
+            else {"netinit.method": options.method.describe()}
+        ),
         "netinit.scope": "all" if options.all else "missing",
         "netinit.fan_mode": options.fan_mode,
         "netinit.numpy": np.__version__,

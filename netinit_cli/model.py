@@ -2,7 +2,8 @@
 
 Nothing here knows about ONNX or safetensors.  A format reader produces :class:`Param`
 records; a classifier gives each one a :class:`Role` and a :class:`Layout`; the planner turns
-them into :class:`Planned` entries; the filler produces values lazily, one tensor at a time.
+them into frozen :class:`Planned` entries; the filler produces values lazily, one tensor at a
+time, and records what it observed in each as a :class:`Filled`.
 """
 
 from __future__ import annotations
@@ -130,19 +131,15 @@ class Layout:
         return self.label or f"in={list(self.in_axes)} out={list(self.out_axes)}"
 
 
-# Common layouts.  Classifiers build the rest with dataclasses.replace or Layout(...).
-LINEAR_OUT_IN = Layout((1,), (0,), label="[out, in]")
-MATRIX_IN_OUT = Layout((0,), (1,), torch_perm=(1, 0), label="[in, out]")
+@dataclass(frozen=True)
+class Layer:
+    """The op a tensor of an ONNX graph feeds, from the topology: its type, the stored weight of
+    that op (set for a bias: the tensor whose fans its layer has) and an RNN's ``hidden_size``.
+    Presets read it (torch's bias bound 1/√fan_in of its layer, RNN 1/√hidden)."""
 
-
-def conv_layout(rank: int, groups: int = 1) -> Layout:
-    """Conv weight ``[out, in/g, k…]``: the out axis holds all outputs, split in ``groups``."""
-    return Layout((1,), (0,), out_divisor=groups, label="[out, in/g, k…]" if rank > 2 else "[out, in]")
-
-
-def conv_transpose_layout(rank: int, groups: int = 1) -> Layout:
-    """ConvTranspose weight ``[in, out/g, k…]``: the in axis holds all inputs."""
-    return Layout((0,), (1,), in_divisor=groups, torch_perm=None, label="[in, out/g, k…]")
+    op: str
+    weight: str | None = None
+    hidden_size: int | None = None
 
 
 class Action(StrEnum):
@@ -165,6 +162,7 @@ class Param:
     source: str = "initializer"
     aliases: tuple[str, ...] = ()  # other names that refer to the same stored tensor
     notes: list[str] = field(default_factory=list)
+    layer: Layer | None = None  # ONNX: the op it feeds (classify/onnx.py); None for names
 
     @property
     def numel(self) -> int:
@@ -174,7 +172,7 @@ class Param:
         return replace(self, role=role, reason=reason, layout=layout)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Planned:
     """What netinit will do with one tensor, and why.  Produced by :mod:`netinit_cli.plan`."""
 
@@ -188,7 +186,13 @@ class Planned:
     expected_mean: float | None = None
     why: str = ""  # why this action (e.g. "has data; use --all to re-initialize")
     initializer: Any = field(default=None, repr=False)  # methods.TensorInit for FILL entries
-    # Filled in by the filler after generation:
-    mean: float | None = None
-    std: float | None = None
-    histogram: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Filled:
+    """What the filler observed in one generated tensor, as stored (after rounding): from a
+    sample of at most 65,536 values (see :mod:`netinit_cli.fill`)."""
+
+    mean: float
+    std: float
+    histogram: tuple[int, ...] | None = None  # counts in equal bins from min to max; None if not finite

@@ -1,5 +1,8 @@
 """Decide, for every classified tensor, whether it is filled, kept or left constant — and why.
 
+A matching ``--rule`` decides first; then the method through the role policy
+(:mod:`netinit_cli.roles`), or a framework preset (:mod:`netinit_cli.presets`) when one is given.
+
 Pure: no I/O and no random numbers.  ``--dry-run`` and ``netinit inspect`` stop after this.  (A
 weight-norm magnitude's initializer reads or regenerates its direction, but only when the filler
 calls it.)
@@ -10,23 +13,20 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from netinit_cli import dtypes
-from netinit_cli.classify_names import weight_norm_pair
+from netinit_cli.classify import weight_norm_pair
 from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
-from netinit_cli.methods import (
-    METHOD_NAMES,
-    MethodSpec,
-    TensorInit,
-    distribution_init,
-    initializer_for,
-    parse_method,
-)
+from netinit_cli.initializers import TensorInit, distribution_init
+from netinit_cli.methods import METHOD_NAMES, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.presets import ModelContext, PresetSpec, TensorContext, decide, tensor_contexts
+from netinit_cli.presets.tensor_init import tensor_init
+from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 
 KEEP = "keep"
@@ -93,6 +93,7 @@ class Options:
     all: bool = False
     fan_mode: str = "semantic"
     rules: tuple[Rule, ...] = field(default_factory=tuple)
+    preset: PresetSpec | None = None  # replaces ``method`` for every tensor no rule matches
 
     def rule_for(self, param: Param) -> Rule | None:
         """First matching rule wins (command-line rules come before config-file rules)."""
@@ -104,16 +105,33 @@ class Options:
 StoredValues = Callable[[str], np.ndarray]
 
 
-def make_plan(params: Sequence[Param], options: Options, stored: StoredValues | None = None) -> list[Planned]:
-    plan = [plan_one(param, options) for param in params]
+def make_plan(
+    params: Sequence[Param],
+    options: Options,
+    stored: StoredValues | None = None,
+    model: ModelContext | None = None,
+) -> list[Planned]:
+    """The plan of every param.  ``model`` (its config.json, its names) is what a preset may know
+    about the whole model (:func:`netinit_cli.presets.model_context`)."""
+    contexts: dict[str, TensorContext] = {}
+    if options.preset is not None:
+        contexts = tensor_contexts(params, model or ModelContext(names=frozenset(p.name for p in params)))
+    plan = [plan_one(param, options, contexts.get(param.name)) for param in params]
     by_name = {entry.param.name: entry for entry in plan}
     shapes = {param.name: param.shape for param in params}
-    for entry in plan:
-        if entry.param.role is Role.WEIGHT_NORM_G and entry.action is Action.FILL:
-            rule = options.rule_for(entry.param)
-            if rule is None or rule.method is not None:  # a distribution rule is obeyed as given
-                _derive_weight_norm(entry, by_name, shapes, stored)
-    return plan
+    return [
+        _derive_weight_norm(entry, by_name, shapes, stored) if _derived(entry, options) else entry
+        for entry in plan
+    ]
+
+
+def _derived(entry: Planned, options: Options) -> bool:
+    """A filled weight-norm magnitude whose value follows from its direction (a distribution
+    rule is obeyed as given)."""
+    if entry.param.role is not Role.WEIGHT_NORM_G or entry.action is not Action.FILL:
+        return False
+    rule = options.rule_for(entry.param)
+    return rule is None or rule.method is not None
 
 
 def _derive_weight_norm(
@@ -121,7 +139,7 @@ def _derive_weight_norm(
     by_name: dict[str, Planned],
     shapes: dict[str, tuple[int, ...]],
     stored: StoredValues | None,
-) -> None:
+) -> Planned:
     """g = ‖v‖ of the v the output will hold (the new one, or the stored one), so that the
     layer's effective weight g · v / ‖v‖ is v itself, as torch's weight_norm sets it up."""
     pair = weight_norm_pair(entry.param.name, shapes)
@@ -145,18 +163,23 @@ def _derive_weight_norm(
 
         source = "the stored"
     else:
-        entry.action, entry.initializer, entry.init = Action.KEEP, None, ""
-        entry.why = f"weight-norm magnitude: its direction {v.name} is neither filled nor stored"
-        return
+        why = f"weight-norm magnitude: its direction {v.name} is neither filled nor stored"
+        return replace(entry, action=Action.KEEP, initializer=None, init="", why=why)
     axes, shape = pair.axes, entry.param.shape
 
     def fill(out: np.ndarray, seed: Seed, name: str) -> None:
         out[...] = norm_over(values(seed), axes).reshape(shape)
 
     label = f"‖{v.name.rsplit('.', 1)[-1]}‖ of {source} v (weight norm)"
-    entry.initializer = TensorInit(label, None, None, None, None, fill)
-    entry.init, entry.fan_in, entry.fan_out = label, None, None
-    entry.expected_mean = entry.expected_std = None
+    return replace(
+        entry,
+        initializer=TensorInit(label, None, None, None, None, fill),
+        init=label,
+        fan_in=None,
+        fan_out=None,
+        expected_mean=None,
+        expected_std=None,
+    )
 
 
 def norm_over(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -173,8 +196,8 @@ def norm_over(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return norms
 
 
-def plan_one(param: Param, options: Options) -> Planned:
-    planned = _decide(param, options)
+def plan_one(param: Param, options: Options, context: TensorContext | None = None) -> Planned:
+    planned = _decide(param, options, context)
     if planned.fan_in is None and param.layout is not None and len(param.shape) >= 2:
         # Kept tensors show their fans too (inspect, --dry-run): the layout decides them.
         fans = (
@@ -182,11 +205,11 @@ def plan_one(param: Param, options: Options) -> Planned:
             if options.fan_mode == "torch"
             else param.layout.fans(param.shape)
         )
-        planned.fan_in, planned.fan_out = fans
+        return replace(planned, fan_in=fans[0], fan_out=fans[1])
     return planned
 
 
-def _decide(param: Param, options: Options) -> Planned:
+def _decide(param: Param, options: Options, context: TensorContext | None = None) -> Planned:
     rule = options.rule_for(param)
     rule_text = rule.describe() if rule else ""
     if param.role in NEVER_ROLES or not dtypes.is_float(param.dtype):
@@ -200,8 +223,14 @@ def _decide(param: Param, options: Options) -> Planned:
         return Planned(param, Action.KEEP, rule=rule_text, why="has data; --all re-initializes it")
     if param.numel == 0:
         return Planned(param, Action.KEEP, rule=rule_text, why="zero elements: nothing to fill")
-    init = _initializer(param, options, rule)
     why = "missing: no data in the input" if not param.has_data else "--all"
+    if rule is None and options.preset is not None:
+        choice = decide(options.preset, param, context or TensorContext())
+        if not choice.writes:
+            return Planned(param, Action.KEEP, why=choice.label)
+        init = tensor_init(choice, param)
+    else:
+        init = _initializer(param, options, rule)
     return Planned(
         param,
         Action.FILL,
