@@ -35,6 +35,7 @@ Examples:
   netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
   netinit ckpt.safetensors --preset hf --all   what transformers' from_config would give
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
+  netinit --like manifest.json -o ckpt/model.safetensors.index.json --shard auto   one worker of many
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
 Exit codes: """ + ", ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items())
@@ -177,6 +178,17 @@ def cli() -> None:
     help="Skip the fsync before the rename: faster, still atomic for readers and a killed run, "
     "but a power loss or OS crash soon after may leave the output empty or partial.",
 )
+@click.option(
+    "--shard",
+    metavar="K/N|auto|auto/N",
+    help="Write only worker K's files of N of a sharded bundle; the last worker to finish writes the index. "
+    "auto: K (and N) from a Slurm array, Kubernetes Indexed Job, GitLab parallel or NETINIT_SHARD_INDEX/_COUNT.",
+)
+@click.option(
+    "--max-shard-size",
+    metavar="SIZE",
+    help="Largest file of a new bundle (--like T -o NAME.safetensors.index.json), e.g. 5GB or 2GiB. [default: 5GB]",
+)
 @method_options
 def init_command(
     model: Path | None,
@@ -185,6 +197,8 @@ def init_command(
     in_place: bool,
     dry_run: bool,
     no_fsync: bool,
+    shard: str | None,
+    max_shard_size: str | None,
     **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
@@ -206,6 +220,8 @@ def init_command(
             fsync=not no_fsync,
             options=options,
             progress=progress,
+            shard=shard,
+            max_shard_size=max_shard_size,
         )
     finally:
         if progress:

@@ -60,6 +60,7 @@ class Report:
     rules: tuple[Rule, ...] = ()
     observed: dict[str, Filled] = field(default_factory=dict)  # statistics of each filled tensor, by name
     preset: PresetSpec | None = None  # replaces the method (then each init names the preset's formula)
+    shard: tuple[int, int] | None = None  # (k, n): this run wrote worker k's files of n (--shard)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -338,6 +339,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "rules": [rule.describe() for rule in report.rules],
         "counts": report.counts,
         "bytes_written": report.bytes_written,
+        "shard": None if report.shard is None else {"index": report.shard[0], "count": report.shard[1]},
         "elapsed_seconds": round(report.elapsed, 4),
         "versions": versions(),
         "notes": list(report.notes),
