@@ -206,7 +206,7 @@ def init_command(
     options = _options(kw)
     keep_freed_buffers()
     err = None if kw["quiet"] else _stderr_console()
-    if options.seed.source == "automatic" and err is not None:
+    if options.seed.source == "automatic" and err is not None and shard is None:  # with --shard: an error
         err.print(f"netinit: seed {options.seed} (automatic); repeat this run with --seed {options.seed}")
     progress = None if err is None else _progress(err, enabled=not dry_run)
     try:

@@ -185,7 +185,8 @@ class BrokenShardError(InputError):
     """A shard file present in the output is not a complete safetensors file of this plan."""
 
 
-def _metadata_of(path: Path, size: int) -> dict[str, str]:  # header only: u64 LE length, JSON
+def metadata_of(path: Path, size: int) -> dict[str, str]:
+    """A safetensors file's ``__metadata__``, from its header alone."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -211,19 +212,23 @@ def existing_shard(path: Path, size: int, expected: Mapping[str, str]) -> bool:
         raise BrokenShardError(f"{path}: cannot be examined ({exc.strerror}); check the folder") from exc
     if not stat.S_ISREG(info.st_mode):
         raise BrokenShardError(f"{path}: not a regular file (a symbolic link or folder?); remove it")
-    found = _metadata_of(path, info.st_size)
+    found = metadata_of(path, info.st_size)
     for key in sorted(expected, key=lambda key: (key == PLAN_KEY, key)):
         if found.get(key) != expected[key]:
-            there = f"{key}={found[key]}" if key in found else f"no {key}"
-            raise ShardMismatchError(
-                f"{path} was written with {there}, this worker has {key}={expected[key]}: give every "
-                "worker the same options and versions, or delete the file if it is from another run"
-            )
+            raise mismatch(path, found, key, expected[key])
     if info.st_size != size:
         raise BrokenShardError(
             f"{path}: {info.st_size} bytes, planned {size}; delete it and rerun its worker"
         )
     return True
+
+
+def mismatch(path: Path, found: Mapping[str, str], key: str, value: str) -> ShardMismatchError:
+    there = f"{key}={found[key]}" if key in found else f"no {key}"
+    return ShardMismatchError(
+        f"{path} was written with {there}, this worker has {key}={value}: give every "
+        "worker the same options and versions, or delete the file if it is from another run"
+    )
 
 
 # -- publication ---------------------------------------------------------------------------------

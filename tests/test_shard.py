@@ -397,7 +397,6 @@ def test_worker_killed_and_rerun_completes_the_same_bytes(tmp_path: Path) -> Non
 
 
 def test_workers_as_dask_tasks(tmp_path: Path) -> None:
-    pytest.importorskip("distributed")
     single = reference_bundle(tmp_path / "single")
     pids: set[int] = set()
     with dw.local_cluster() as client:

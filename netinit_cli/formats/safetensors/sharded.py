@@ -20,10 +20,13 @@ from netinit_cli.fileio import AtomicFileSet
 from netinit_cli.formats.base import WriteResult
 from netinit_cli.formats.safetensors.header import FILE_SUFFIX, INDEX_SUFFIX
 from netinit_cli.shard import (
+    PLAN_KEY,
     BrokenShardError,
     ShardMismatchError,
     assign,
     existing_shard,
+    metadata_of,
+    mismatch,
     publish_index_if_complete,
 )
 
@@ -117,6 +120,8 @@ def write_worker(
             if not overwrite:
                 raise
             stale.append(file.name)
+    if not overwrite:
+        _check_other_runs(out_index, {file.name for file in files}, expected)
     _check_index(out_index, index_bytes, overwrite=overwrite, remove=bool(stale))
     written: list[Path] = []
     for number in mine:
@@ -149,6 +154,25 @@ def write_worker(
         bytes_written=sum(sizes[path.name] for path in written),
         notes=notes,
     )
+
+
+def _check_other_runs(out_index: Path, planned: set[str], expected: Mapping[str, str]) -> None:
+    """A file of this output's name that another plan wrote (another split gives other names)."""
+    name = out_index.name
+    stem = name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else name.removesuffix(".json")
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(out_index.parent), key=lambda entry: entry.name):
+            if (
+                entry.name in planned
+                or not entry.name.startswith(stem)
+                or not entry.name.endswith(FILE_SUFFIX)
+            ):
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            found = metadata_of(Path(entry.path), entry.stat().st_size)
+            if PLAN_KEY in found and found[PLAN_KEY] != expected[PLAN_KEY]:
+                raise mismatch(Path(entry.path), found, PLAN_KEY, expected[PLAN_KEY])
 
 
 def _check_index(out_index: Path, index_bytes: bytes, *, overwrite: bool, remove: bool) -> None:
