@@ -29,12 +29,12 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "open + classify": [("api.py", "_open")],
     "plan": [("plan.py", "make_plan")],
     "generation (sampler pool)": [
-        ("distributions.py", "sample_into"),
-        ("methods.py", "orthogonal_fill"),
-        ("fill.py", "_write_direct"),  # generation and pwrite together, in the sampler threads
+        ("sampling.py", "sample_into"),
+        ("matrices.py", "orthogonal_fill"),
+        ("fill.py", "generate_into"),  # generation and pwrite together, in the sampler threads
     ],
     "cast to stored dtype": [("dtypes.py", "cast_checked")],
-    "statistics for the table": [("fill.py", "record_stats")],
+    "statistics for the table": [("fill.py", "observed_stats")],
     "write (os.write/pwrite/file.write)": [("~", "posix.write"), ("~", "posix.pwrite"), ("~", "write")],
     "fsync": [("~", "posix.fsync")],
     "onnx.checker": [("checker.py", "check_model")],

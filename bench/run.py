@@ -1,5 +1,6 @@
 """``make bench``: netinit against the hand-written torch script and the machine's floor (issue 7),
-plus the bounded-memory figures of issues 5 (2 GB sharded bundle) and 3 (``--big``: 3 GB ONNX).
+plus the bounded-memory figures of issues 5 (2 GB sharded bundle) and 3 (``--big``: 3 GB ONNX), and
+start-up (issue 14): netinit end to end on a 4 KB model against ``python -c "import numpy"``.
 
 One run measures every case side by side: the cases alternate within each repetition, each run is a
 fresh subprocess, and its wall time (perf_counter around spawn and wait) and peak RSS (``ru_maxrss``
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,6 +75,7 @@ class Case:
     torch_peer: str | None = None  # the torch case this one is compared with
     hash_output: bool = False
     repeated: bool = True  # False: run once, after the repetitions
+    cwd: Path = REPO  # the checkout whose netinit_cli ``python -m`` runs (``--baseline``: an older one)
 
 
 @dataclass
@@ -138,12 +140,55 @@ def netinit_case(
     )
 
 
+# Start-up: what a user waits for on a tiny model, interpreter and imports included, against the
+# least any numpy program pays.  A slow release of a dependency (ml_dtypes 0.7.0's 0.7 s import,
+# issue 14) shows here as a ratio far above STARTUP_LIMIT.
+STARTUP_FIXTURES = {
+    "startup-onnx": REPO / "fixtures" / "cnn.onnx",
+    "startup-safetensors": REPO / "fixtures" / "cnn.safetensors",
+}
+STARTUP_BASELINE = "startup-import-numpy"
+STARTUP_LIMIT = 3.0
+
+
+def startup_cases() -> list[Case]:
+    """``python -c "import numpy"``, then netinit (default method, every tensor, the table rendered
+    as a user sees it, the output written and fsynced) on each committed 4 KB fixture."""
+    inputs = {name: make_data.fixture(path.name, path) for name, path in STARTUP_FIXTURES.items()}
+    baseline = Case(
+        name=STARTUP_BASELINE,
+        what='python -c "import numpy"',
+        argv=lambda out: [PYTHON, "-c", "import numpy"],
+        data=inputs["startup-onnx"],  # it reads none; a Case names one
+    )
+    return [
+        baseline,
+        *(
+            Case(
+                name=name,
+                what=f"netinit {data.model.relative_to(REPO)} --all -o OUT --force (end to end)",
+                argv=lambda out, model=data.model: [
+                    *NETINIT,
+                    str(model),
+                    "--all",
+                    "-o",
+                    str(out / model.name),
+                    "--force",
+                ],
+                data=data,
+            )
+            for name, data in inputs.items()
+        ),
+    ]
+
+
 def build_cases(quick: bool, big: bool) -> list[Case]:
     """Every case, in the order they alternate within a repetition."""
     bundle = make_data.bundle(quick)
     shards = make_data.sharded(quick)
     onnx = make_data.onnx_model(quick)
-    cases = [
+    cases = startup_cases()
+    cases += [
         Case(
             name="floor",
             what=f"numpy random(float32) on {os.cpu_count()} threads + pwrite, {bundle.float_values:,} values",
@@ -275,7 +320,7 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
         busy, steal = cpu_seconds()
         start = time.perf_counter()
         proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=err, env=child_env(case.env), cwd=REPO
+            argv, stdout=subprocess.DEVNULL, stderr=err, env=child_env(case.env), cwd=case.cwd
         )
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
@@ -308,6 +353,44 @@ def run_once(case: Case, timeout: float, log: Path) -> Run:
     # output (a case that fsyncs would otherwise also wait for the previous case's data).
     os.sync()
     return run
+
+
+BASELINE_TAG = "~base"
+
+
+def with_baseline(cases: list[Case], checkout: Path) -> list[Case]:
+    """Each repeated netinit case followed by its twin run from ``checkout``'s netinit_cli."""
+    if not (checkout / "netinit_cli" / "__main__.py").is_file():
+        raise SystemExit(f"--baseline {checkout}: no netinit_cli/ checkout there")
+    paired: list[Case] = []
+    for case in cases:
+        paired.append(case)
+        if case.name.startswith("netinit-") and case.repeated:
+            paired.append(
+                replace(case, name=case.name + BASELINE_TAG, cwd=checkout, torch_peer=None, hash_output=False)
+            )
+    return paired
+
+
+def baseline_lines(results: dict[str, Measured]) -> list[str]:
+    """This checkout's median against the baseline checkout's, case by case."""
+    pairs = [
+        (m, results[m.case.name + BASELINE_TAG])
+        for m in results.values()
+        if m.case.name + BASELINE_TAG in results
+    ]
+    if not pairs:
+        return []
+    lines = [
+        "| case | this checkout s | baseline s | ratio | peak RSS MB this / baseline |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for new, old in pairs:
+        rss = f"{_fmt(None if new.peak_rss is None else new.peak_rss / MB, '{:.0f}')} / {_fmt(None if old.peak_rss is None else old.peak_rss / MB, '{:.0f}')}"
+        lines.append(
+            f"| `{new.case.name}` | {_fmt(new.wall)} | {_fmt(old.wall)} | {_fmt(_ratio(new.wall, old.wall), '{:.3f}')} | {rss} |"
+        )
+    return ["", "Against the baseline checkout (same run, alternating):", "", *lines]
 
 
 def measure(cases: list[Case], reps: int, timeout: float) -> dict[str, Measured]:
@@ -411,8 +494,20 @@ def _ratio_check(results: dict[str, Measured], name: str, a: str, b: str, limit:
     return Check(name, target, measured, "PASS" if r <= limit else "FAIL")
 
 
+def _startup_check(results: dict[str, Measured], name: str) -> Check:
+    """The wall-time ratio decides; the CPU-time ratio beside it is what a busy machine barely moves."""
+    check = _ratio_check(results, f"start-up, {name}", name, STARTUP_BASELINE, STARTUP_LIMIT)
+    if check.status != "SKIP" and results[name].ok_runs and results[STARTUP_BASELINE].ok_runs:
+        cpu_a, cpu_b = (
+            statistics.median(r.user + r.system for r in results[n].ok_runs) for n in (name, STARTUP_BASELINE)
+        )
+        check.measured += f"; CPU {cpu_a:.2f} s / {cpu_b:.2f} s = {_fmt(_ratio(cpu_a, cpu_b))}×"
+    return check
+
+
 def checks(results: dict[str, Measured], largest: int) -> list[Check]:
     out = [
+        *(_startup_check(results, name) for name in STARTUP_FIXTURES),
         _ratio_check(results, "kaiming uniform near the floor", "netinit-kaiming-uniform", "floor", 1.5),
         _ratio_check(
             results, "kaiming uniform vs torch", "netinit-kaiming-uniform", "torch-kaiming-uniform", 0.12
@@ -499,7 +594,7 @@ def cpu_probe() -> str:
     GB/s the next), so a table is only comparable with another measured at the same speed."""
     probe = (
         "import threading, time, numpy as np\n"
-        "from netinit_cli.distributions import _normal_rows\n"
+        "from netinit_cli.sampling import _normal_rows\n"
         "def work(n, k):\n"
         "    bits, out = np.random.PCG64DXSM(k), np.empty((8, 1 << 16), np.float32)\n"
         "    for _ in range(n): _normal_rows(bits, out, 0.0, 1.0)\n"
@@ -528,6 +623,14 @@ def blas_core() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def _version(package: str) -> str:
+    """The installed version; the start-up cases also run in `make run`'s venv, without torch."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def environment_lines() -> list[str]:
     cpu = next(
         (
@@ -543,9 +646,7 @@ def environment_lines() -> list[str]:
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "netinit_cli"], capture_output=True, text=True, cwd=REPO
     ).stdout
-    versions = ", ".join(
-        f"{p} {importlib.metadata.version(p)}" for p in ("numpy", "torch", "safetensors", "onnx")
-    )
+    versions = ", ".join(f"{p} {_version(p)}" for p in ("numpy", "torch", "safetensors", "onnx", "ml_dtypes"))
     unset = [k for k in OPENBLAS_OVERRIDES if k in os.environ]
     return [
         f"- machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; Python {platform.python_version()}, {versions}",
@@ -562,8 +663,9 @@ def environment_lines() -> list[str]:
 
 
 def report(results: dict[str, Measured], datasets: list[Dataset], reps: int, command: str) -> str:
-    bundle = next(d for d in datasets if d.key.endswith("bundle"))
-    found = checks(results, bundle.largest_tensor_bytes)
+    # The memory check's limit comes from the bundle; a run without it (--only startup-*) skips it.
+    bundle = next((d for d in datasets if d.key.endswith("bundle")), None)
+    found = checks(results, bundle.largest_tensor_bytes if bundle else 0)
     lines = [
         "# netinit benchmark",
         "",
@@ -578,6 +680,7 @@ def report(results: dict[str, Measured], datasets: list[Dataset], reps: int, com
         ),
         "",
         *results_table(results),
+        *baseline_lines(results),
         "",
         "| check | target | measured | result |",
         "|---|---|---|---|",
@@ -607,6 +710,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout (e.g. `git worktree add /tmp/base OLD`): every netinit case also runs "
+        "from it, as `<case>~base`, alternating with this checkout's, for before/after ratios",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help=f"where the Markdown goes (default {RESULTS.relative_to(REPO)}; {SCRATCH_RESULTS.relative_to(REPO)} "
@@ -615,13 +725,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reps = args.reps if args.reps is not None else (1 if args.quick else 5)
 
-    cases = build_cases(args.quick, args.big)
+    patterns = [p.strip() for p in (args.only or "").split(",") if p.strip()]
+    # Start-up cases alone need none of the large inputs: they are not built for them.
+    only_startup = bool(patterns) and all(p.startswith("startup") for p in patterns)
+    cases = startup_cases() if only_startup else build_cases(args.quick, args.big)
     if args.list:
         for c in cases:
             print(f"{c.name:28} {c.what}")
         return 0
-    if args.only:
-        patterns = [p.strip() for p in args.only.split(",") if p.strip()]
+    if patterns:
         cases = [c for c in cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
         if not cases:
             parser.error(f"--only {args.only!r} matches no case; see --list")
@@ -629,10 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     # PYTHONDONTWRITEBYTECODE (set in these sandboxes) would otherwise compile every module from
     # source in every timed run, about 70 ms of ~10k lines.  Python reads __pycache__ even then.
     compileall.compile_dir(REPO / "netinit_cli", quiet=1)
+    if args.baseline:
+        cases = with_baseline(cases, args.baseline.resolve())
+        compileall.compile_dir(args.baseline.resolve() / "netinit_cli", quiet=1)
     os.sync()  # freshly built inputs reach the disk before anything is timed
     datasets = list({c.data.key: c.data for c in cases}.values())
-    if not any(d.key.endswith("bundle") for d in datasets):
-        datasets.insert(0, make_data.bundle(args.quick))
 
     command = shlex.join([".venv/bin/python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()

@@ -13,11 +13,12 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["netinit_cli"]):
-    from netinit_cli.formats.onnx_io import open_onnx
+    from netinit_cli.classify.stage import classify
+    from netinit_cli.formats.onnx.reader import open_onnx
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _harness import make_target
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, make_target(open_onnx, ".onnx"))
+    atheris.Setup(sys.argv, make_target(lambda path: classify(open_onnx(path)), ".onnx"))
     atheris.Fuzz()

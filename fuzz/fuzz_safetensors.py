@@ -12,11 +12,12 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["netinit_cli"]):
-    from netinit_cli.formats.safetensors_io import open_safetensors
+    from netinit_cli.classify.stage import classify
+    from netinit_cli.formats.safetensors.bundle import open_safetensors
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _harness import make_target
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, make_target(open_safetensors, ".safetensors"))
+    atheris.Setup(sys.argv, make_target(lambda path: classify(open_safetensors(path)), ".safetensors"))
     atheris.Fuzz()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Report": "netinit_cli.api",
+    "Report": "netinit_cli.report",
     "build_options": "netinit_cli.api",
     "initialize": "netinit_cli.api",
     "inspect": "netinit_cli.api",
@@ -30,7 +30,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from netinit_cli.api import Report, build_options, initialize, inspect
+    from netinit_cli.api import build_options, initialize, inspect
     from netinit_cli.errors import (
         InputError,
         NetinitError,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         UnsafeInputError,
         UsageError,
     )
+    from netinit_cli.report import Report
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,9 @@
 """The Python API.  The command-line tool is a thin layer over these functions.
 
+:func:`initialize` runs the pipeline, one line a stage: read (:func:`read`) → classify
+(:func:`classify`) → plan (:func:`netinit_cli.plan.make_plan`) → fill (lazy tensors from
+:class:`netinit_cli.fill.Filler`) → write (the format's writer) → report (:class:`Report`).
+
 >>> from netinit_cli import initialize
 >>> report = initialize("model.onnx", out="model.init.onnx", method="xavier", seed=7, all=True)
 >>> report.counts["filled"]
@@ -8,25 +12,34 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from netinit_cli import __version__
+from netinit_cli.classify.stage import Classified, classify_with_template
+from netinit_cli.classify.stage import classify as classify_model
 from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import InputError, UsageError
-from netinit_cli.fill import DirectOutput, Filler, check_fits_in_memory
-from netinit_cli.formats import open_model
+from netinit_cli.fill import Filler, check_fits_in_memory
+from netinit_cli.formats import open_model, open_template
 from netinit_cli.formats.base import ModelFile
+from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
-from netinit_cli.model import Action, Planned
-from netinit_cli.plan import Options, Rule, counts, make_plan, make_rule, parse_rule
+from netinit_cli.model import Planned
+from netinit_cli.plan import Options, Rule, make_plan, make_rule, parse_rule
+from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
+
+if TYPE_CHECKING:
+    from netinit_cli.formats.onnx.reader import OnnxModel
+    from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.template import Manifest
+
+    Template = OnnxModel | SafetensorsModel | Manifest
 
 FAN_MODES = ("semantic", "torch")
 
@@ -37,50 +50,6 @@ class ProgressSink(Protocol):
     def start(self, total_bytes: int) -> None: ...
 
     def advance(self, planned: Planned, nbytes: int) -> None: ...
-
-
-@dataclass
-class Report:
-    """What a run did (or, for a dry run or inspect, would do), tensor by tensor."""
-
-    input: Path | None
-    output: Path | None
-    kind: str
-    seed: Seed
-    method: MethodSpec
-    all: bool
-    fan_mode: str
-    entries: list[Planned]
-    dry_run: bool = False
-    files: list[Path] = field(default_factory=list)
-    bytes_written: int = 0
-    elapsed: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    rules: tuple[Rule, ...] = ()
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return counts(self.entries)
-
-    @property
-    def filled(self) -> list[Planned]:
-        return [entry for entry in self.entries if entry.action is Action.FILL]
-
-    def to_json(self) -> dict[str, Any]:
-        from netinit_cli.report import report_json
-
-        return report_json(self)
-
-
-def versions() -> dict[str, str]:
-    import onnx
-
-    return {
-        "netinit": __version__,
-        "numpy": np.__version__,
-        "onnx": onnx.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def build_options(
@@ -141,40 +110,29 @@ def load_config(path: Path) -> dict[str, Any]:
     return settings
 
 
-def _open(
+def read(
     model: str | os.PathLike[str] | None, like: str | os.PathLike[str] | None, out: Path | None
-) -> ModelFile:
+) -> tuple[ModelFile, Template | None]:
+    """The read stage: open ``model`` (or, with ``--like`` alone, a new checkpoint at ``out``) and
+    the ``--like`` template, reading headers and graphs only."""
     if model is None and like is None:
         raise UsageError("give a MODEL, or --like TEMPLATE with -o OUT to create a new checkpoint")
     if model is None:
-        from netinit_cli.formats.safetensors_io import new_safetensors
-
         if out is None:
             raise UsageError("--like without a MODEL creates a new checkpoint: give its path with -o")
-        return new_safetensors(out, _template_params(Path(like)))  # type: ignore[arg-type]
+        template = open_template(Path(like))  # type: ignore[arg-type]
+        return new_safetensors(out), template
     opened = open_model(Path(model))
-    if like is not None:
-        if opened.kind != "safetensors":
-            raise UsageError(
-                "--like adds missing tensors to safetensors bundles; an ONNX graph defines its own"
-            )
-        from netinit_cli.formats.safetensors_io import merge_template
-
-        merge_template(opened, _template_params(Path(like)))  # type: ignore[arg-type]
-    return opened
+    if like is None:
+        return opened, None
+    if opened.kind != "safetensors":
+        raise UsageError("--like adds missing tensors to safetensors bundles; an ONNX graph defines its own")
+    return opened, open_template(Path(like))
 
 
-def _template_params(path: Path) -> list[Any]:
-    from netinit_cli.formats import ONNX, sniff
-
-    if sniff(path) == ONNX:
-        from netinit_cli.formats.onnx_io import open_onnx
-
-        template = open_onnx(path)
-        return [param for param in template.params if param.source in ("initializer", "graph_input")]
-    from netinit_cli.formats.safetensors_io import params_from_template
-
-    return params_from_template(path)
+def classify(opened: ModelFile, template: Template | None) -> Classified:
+    """The classify stage: the model's tensors (with the template's it lacks) as classified params."""
+    return classify_model(opened) if template is None else classify_with_template(opened, template)
 
 
 def inspect(
@@ -186,18 +144,21 @@ def inspect(
 ) -> Report:
     """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
     options = options or build_options(**kwargs)
-    return _planned_report(model, _open(model, like, None), options, None, dry_run=True)
+    opened, template = read(model, like, None)
+    classified = classify(opened, template)
+    return _planned_report(model, opened, classified, options, None, dry_run=True)
 
 
 def _planned_report(
     model: str | os.PathLike[str] | None,
     opened: ModelFile,
+    classified: Classified,
     options: Options,
     out: Path | None,
     *,
     dry_run: bool,
 ) -> Report:
-    """Classification is done by the backend; planning is pure: the report of what will happen."""
+    """The plan stage (pure): the report of what will happen."""
     return Report(
         input=Path(model) if model is not None else None,
         output=out,
@@ -206,9 +167,9 @@ def _planned_report(
         method=options.method,
         all=options.all,
         fan_mode=options.fan_mode,
-        entries=make_plan(opened.params, options, stored=opened.read_array),
+        entries=make_plan(classified.params, options, stored=opened.read_array),
         dry_run=dry_run,
-        notes=list(opened.notes),
+        notes=list(classified.notes),
         rules=options.rules,
     )
 
@@ -245,30 +206,27 @@ def initialize(
             "drop --no-fsync or write to -o instead"
         )
     out_path = Path(out) if out is not None else None
-    opened = _open(model, like, out_path)
+    opened, template = read(model, like, out_path)  # read: headers and graphs
+    classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
         out_path, force = opened.path, True
     elif out_path is None:
         out_path = opened.default_output()
     if model is not None and not in_place and _same_file(out_path, opened.path):
         raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
-    report = _planned_report(model, opened, options, out_path, dry_run=dry_run)
-    plan = report.entries
+    report = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)  # plan
     if dry_run:
         report.elapsed = time.perf_counter() - started
         return report
+    plan = report.entries
     check_fits_in_memory(report.filled)
-    filler = Filler(options.seed)
+    filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
-
-    def produce(planned: Planned, place: DirectOutput | None = None) -> np.ndarray:
-        values = filler.produce(planned, place)
-        if progress is not None:
-            progress.advance(planned, values.nbytes)
-        return values
-
-    result = opened.write(out_path, plan, produce, provenance(options), overwrite=force, durable=fsync)
+    tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
+    result = opened.write(out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync)
+    report.observed = filler.observed  # report: what was written and what the filler observed
     report.files = result.paths
     report.bytes_written = result.bytes_written
     report.notes.extend(result.notes)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from netinit_cli import __version__
-from netinit_cli.api import Report, build_options, initialize, inspect
+from netinit_cli.api import build_options, initialize, inspect
 from netinit_cli.errors import EXIT_CODES, NetinitError
 from netinit_cli.fill import keep_freed_buffers
-from netinit_cli.methods import METHOD_NAMES, OVERRIDE_KEYS, describe_methods
+from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
-from netinit_cli.report import TABLE_MODES, render
+from netinit_cli.report import TABLE_MODES, Report, render
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -92,31 +92,7 @@ def method_options(func: F) -> F:
             metavar="SPEC",
             help=f"{'|'.join(METHOD_NAMES)}, or a compact spec such as 'kaiming(distribution=uniform)'.",
         ),
-        click.option(
-            "--distribution",
-            metavar="DIST",
-            help="Kaiming/Xavier: normal|uniform|truncated_normal.  Identity: the noise "
-            "(default normal(0,0.01); a bare number is its std; none for an exact identity).",
-        ),
-        click.option(
-            "--weights",
-            metavar="DIST",
-            help="Random: weight distribution (default normal(0,1)), e.g. 0.02 or 'uniform(-0.1,0.1)'.",
-        ),
-        click.option(
-            "--biases", metavar="DIST", help="Random: bias distribution (default none = zero), e.g. 0.01."
-        ),
-        click.option("--mode", metavar="FAN", help="Kaiming/Xavier: fan_in|fan_out|fan_avg."),
-        click.option(
-            "--nonlinearity",
-            metavar="NAME",
-            help="Kaiming/Xavier gain: linear|sigmoid|tanh|relu|leaky_relu|selu.",
-        ),
-        click.option("--negative-slope", metavar="X", help="leaky_relu slope for the gain (default 0.01)."),
-        click.option("--gain", metavar="X", help="Override the gain (Kaiming/Xavier/Orthogonal)."),
-        click.option(
-            "--forget-bias", metavar="X", help="LSTM forget-gate bias (ONNX gate order; Wb half only)."
-        ),
+        *(click.option(flag.flag, metavar=flag.metavar, help=flag.help) for flag in FLAGS),
         click.option(
             "--seed",
             "-s",
@@ -331,7 +307,7 @@ def _emit(report: Report, kw: dict[str, Any]) -> None:
 def _write_json(path: Path, report: Report) -> None:
     import json
 
-    from netinit_cli.formats.base import atomic_output
+    from netinit_cli.fileio import atomic_output
 
     with atomic_output(path, overwrite=True) as handle:
         handle.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")

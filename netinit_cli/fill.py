@@ -1,37 +1,37 @@
-"""Generate one planned tensor's values on demand, and record what came out.
+"""Fill: each planned tensor becomes a :class:`LazyTensor`, whose values are produced only when a
+writer asks for them, and the filler records what came out (:class:`~netinit_cli.model.Filled`).
 
-The writer calls :meth:`Filler.produce` once per filled tensor, in write order, so at most one
+A writer lays out its file from the lazy tensors' shapes and dtypes, then asks each one, in write
+order, for its bytes: :meth:`LazyTensor.array` for values stored in memory (inline ONNX tensors,
+attributes), :meth:`LazyTensor.write_into` for bytes at an offset of an open file.  At most one
 generated tensor is alive at a time: memory is bounded by the largest tensor, not the model.
 
-Direct output.  A writer that knows where a tensor's bytes go (an open file and a byte offset)
-may offer that place as a :class:`DirectOutput`, the second argument of ``produce``.  A large tensor
-drawn from a plain distribution is then never held in memory: the sampler threads generate it
-span by span into per-thread reused buffers (a few MiB, never page-faulted again), round each
-span to the stored dtype and ``pwrite`` it at its offset, so both cores generate *and* write.
-``produce`` then returns a zero-stride stand-in of the right shape and dtype, and the writer,
-seeing ``DirectOutput.written``, writes nothing.  The bytes are the same as ``produce`` without
-it (the blocks are those of the chunk streams), for any thread count.
+Written into a file, a large tensor drawn from a plain distribution is never held in memory: the
+sampler threads generate it span by span into per-thread reused buffers (a few MiB, never
+page-faulted again), round each span to the stored dtype and ``pwrite`` it at its offset, so both
+cores generate *and* write.  The bytes are those of the in-memory path (the blocks are those of
+the chunk streams), for any thread count.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-import errno
+import math
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from netinit_cli import dtypes, libc
-from netinit_cli.distributions import SPAN_ELEMENTS, Distribution, generate_span, run_parallel, spans
-from netinit_cli.errors import InputError, NetinitError, OutputError
-from netinit_cli.methods import TensorInit
-from netinit_cli.model import Action, Planned
+from netinit_cli.distributions import Distribution
+from netinit_cli.errors import InputError, NetinitError
+from netinit_cli.fileio import pwrite_all
+from netinit_cli.initializers import TensorInit
+from netinit_cli.model import Action, Filled, Planned
+from netinit_cli.sampling import SPAN_ELEMENTS, generate_span, run_parallel, spans
 from netinit_cli.seeding import Seed
 
 # Statistics of big tensors come from STATS_RUNS contiguous runs of STATS_RUN elements spread
@@ -44,42 +44,109 @@ STATS_SAMPLE = STATS_RUN * STATS_RUNS
 HISTOGRAM_BINS = 8
 
 
-# Tensors smaller than this are generated in memory even when direct output is offered: a
-# handful of blocks gains nothing from the thread pool.
+# Tensors smaller than this are generated in memory even when written into a file: a handful of
+# blocks gains nothing from the thread pool.
 DIRECT_MIN_BYTES = 1 << 20
 
 
-@dataclass
-class DirectOutput:
-    """A place offered by a writer for one tensor's bytes: ``fd`` at byte ``offset``."""
+class LazyTensor:
+    """A tensor whose name, shape and dtype are known now and whose values are produced later.
 
-    fd: int
-    offset: int
-    target: Path  # named in write errors
-    written: bool = False  # set by produce() when it wrote the bytes itself
+    ``values`` is called once, when a writer asks for the bytes through :meth:`array` or
+    :meth:`write_into`; a writer uses exactly one of them per tensor.
+    """
+
+    def __init__(
+        self, name: str, shape: tuple[int, ...], dtype: str, values: Callable[[], np.ndarray]
+    ) -> None:
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype  # safetensors-style name: F32, BF16, …
+        self._values = values
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * dtypes.itemsize(self.dtype)
+
+    def array(self) -> np.ndarray:
+        """The values in the tensor's own dtype and shape, C-contiguous and little-endian."""
+        values = self._values()
+        expected = dtypes.numpy_dtype(self.dtype)
+        if (
+            not isinstance(values, np.ndarray)
+            or values.shape != self.shape
+            or values.dtype.name != expected.name
+        ):
+            got = f"{getattr(values, 'dtype', type(values).__name__)} {getattr(values, 'shape', '')}"
+            raise NetinitError(
+                f"internal error: the values produced for tensor {self.name!r} are {got}, "
+                f"expected {expected.name} {list(self.shape)}"
+            )
+        values = np.ascontiguousarray(values)
+        if values.dtype.byteorder == ">":
+            values = values.astype(values.dtype.newbyteorder("<"))
+        return values
+
+    def write_into(self, fd: int, offset: int, target: Path) -> None:
+        """Write the tensor's bytes at ``offset`` of ``fd`` (``target`` is named in errors)."""
+        pwrite_all(fd, self.array(), offset, target)
+
+
+def lazy_tensors(plan: Iterable[Planned], values: Callable[[Planned], np.ndarray]) -> dict[str, LazyTensor]:
+    """The plan's FILL entries as lazy tensors, by name, whose values are ``values(entry)``."""
+    return {
+        entry.param.name: LazyTensor(
+            entry.param.name, entry.param.shape, entry.param.dtype, partial(values, entry)
+        )
+        for entry in plan
+        if entry.action is Action.FILL
+    }
+
+
+class _GeneratedTensor(LazyTensor):
+    """A planned tensor's values from its initializer; written into a file directly by the
+    sampler threads when it is large and drawn from a distribution."""
+
+    def __init__(self, filler: Filler, planned: Planned) -> None:
+        param = planned.param
+        super().__init__(param.name, param.shape, param.dtype, partial(filler.generate, planned))
+        self._filler = filler
+        self._planned = planned
+
+    def write_into(self, fd: int, offset: int, target: Path) -> None:
+        init: TensorInit = self._planned.initializer
+        if init.distribution is not None and self.nbytes >= DIRECT_MIN_BYTES:
+            self._filler.generate_into(self._planned, init.distribution, fd, offset, target)
+        else:
+            super().write_into(fd, offset, target)
+
+
+# Told each tensor and its size once its bytes are produced (the CLI's progress bar).
+Done = Callable[[Planned, int], None]
 
 
 class Filler:
-    def __init__(self, seed: Seed) -> None:
+    """Generates the planned tensors' values and keeps the statistics observed in them."""
+
+    def __init__(self, seed: Seed, done: Done | None = None) -> None:
         self.seed = seed
         self.bytes_generated = 0
+        self.observed: dict[str, Filled] = {}  # by tensor name, once generated
+        self._done = done
 
-    def produce(self, planned: Planned, place: DirectOutput | None = None) -> np.ndarray:
-        """The values of ``planned`` in its stored dtype; or, when ``place`` is given and the
-        tensor is large and distribution-drawn, write them there and return a stand-in."""
+    def tensors(self, plan: Iterable[Planned]) -> dict[str, LazyTensor]:
+        """The plan's FILL entries as lazy tensors, by name: nothing is generated yet."""
+        return {entry.param.name: self.lazy(entry) for entry in plan if entry.action is Action.FILL}
+
+    def lazy(self, planned: Planned) -> LazyTensor:
         if planned.action is not Action.FILL or planned.initializer is None:
             raise NetinitError(f"internal: {planned.param.name} is not planned to be filled")
+        return _GeneratedTensor(self, planned)
+
+    def generate(self, planned: Planned) -> np.ndarray:
+        """The values of ``planned``, generated in memory, in its stored dtype."""
         param = planned.param
         init: TensorInit = planned.initializer
-        direct = place
-        stored_dtype = dtypes.numpy_dtype(param.dtype)
-        if (
-            direct is not None
-            and init.distribution is not None
-            and param.numel * stored_dtype.itemsize >= DIRECT_MIN_BYTES
-        ):
-            self._write_direct(planned, init.distribution, direct)
-            return np.broadcast_to(np.zeros((), stored_dtype), param.shape)
         try:
             values = np.empty(param.shape, dtype=dtypes.compute_dtype(param.dtype))
             init.fill(values, self.seed, param.name)
@@ -90,11 +157,12 @@ class Filler:
             ) from None
         stored = dtypes.cast_checked(values, param.dtype, param.name)
         del values
-        record_stats(planned, stored)
-        self.bytes_generated += stored.nbytes
+        self._record(planned, observed_stats(stored), stored.nbytes)
         return stored
 
-    def _write_direct(self, planned: Planned, dist: Distribution, direct: DirectOutput) -> None:
+    def generate_into(self, planned: Planned, dist: Distribution, fd: int, offset: int, target: Path) -> None:
+        """Generate ``planned`` span by span in the sampler threads, each span rounded to the
+        stored dtype and written at its place from ``offset`` of ``fd``."""
         param = planned.param
         compute = dtypes.compute_dtype(param.dtype)
         itemsize = dtypes.itemsize(param.dtype)
@@ -107,16 +175,20 @@ class Filler:
         def write_block(start: int, block: np.ndarray) -> None:
             values = block if same else dtypes.cast_checked(block, param.dtype, param.name)
             sample.take(start, values)
-            pwrite_all(direct.fd, values, direct.offset + start * itemsize, direct.target)
+            pwrite_all(fd, values, offset + start * itemsize, target)
 
         tasks = [
             partial(generate_span, dist, span, compute, self.seed, param.name, scratch, write_block)
             for span in spans(dist, param.numel)
         ]
         run_parallel(tasks)
-        direct.written = True
-        record_stats(planned, sample.values)
-        self.bytes_generated += param.numel * itemsize
+        self._record(planned, observed_stats(sample.values), param.numel * itemsize)
+
+    def _record(self, planned: Planned, filled: Filled, nbytes: int) -> None:
+        self.observed[planned.param.name] = filled
+        self.bytes_generated += nbytes
+        if self._done is not None:
+            self._done(planned, nbytes)
 
 
 _buffers = threading.local()
@@ -125,7 +197,7 @@ _buffers = threading.local()
 # freed) with fresh mmap()s and returns the top of the heap past the trim threshold: every 2 MiB
 # span's words (``random_raw`` allocates them) and every statistics temporary then costs page
 # faults, which are slow in these VMs.  Larger thresholds keep freed blocks for reuse (the heap
-# keeps at most what was in use at once).  Bundle kaiming uniform 0.71 -> 0.65 s.
+# keeps at most what was in use at once).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MALLOC_THRESHOLDS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 128 << 20))
 _malloc_tuned = False
@@ -156,20 +228,6 @@ def _block_buffer(dtype: np.dtype[np.floating]) -> np.ndarray:
     return buffer
 
 
-def pwrite_all(fd: int, values: np.ndarray, offset: int, target: Path) -> None:
-    """Write ``values``' bytes at ``offset`` (``pwrite`` may write less than asked)."""
-    view = values.reshape(-1).view(np.uint8).data
-    try:
-        while view.nbytes:
-            done = os.pwrite(fd, view, offset)
-            view, offset = view[done:], offset + done
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            reason += " (free some space or choose another -o)"
-        raise OutputError(f"{target}: write failed: {reason}") from exc
-
-
 class StatsSample:
     """Collects, from blocks arriving in any order, the same values :func:`stats_sample` takes."""
 
@@ -189,63 +247,6 @@ class StatsSample:
             low, high = max(run_start, start), min(run_start + self.run, stop)
             at = index * self.run + low - run_start
             self.values[at : at + high - low] = block[low - start : high - start]
-
-
-class EarlyWriteback:
-    """Starts the kernel's writeback of an output while it is still being written.
-
-    Every :data:`WRITEBACK_BYTES` written, a background thread (at most one at a time) asks the
-    kernel to start writing the file's dirty pages to disk: ``sync_file_range(WRITE)`` on Linux,
-    which queues them and returns, else ``fdatasync`` every :data:`FDATASYNC_BYTES`.  The disk then
-    works during generation and the fsync of the commit, which alone makes the file durable and
-    reports any error, finds little left to do.  Call :meth:`finish` before the file is closed.
-    Not ``active`` (an output written without fsync): nothing is done.
-    """
-
-    def __init__(self, fd: int, *, active: bool = True) -> None:
-        self.fd = fd
-        self.active = active
-        self.pending = 0
-        self.thread: threading.Thread | None = None
-        self.start_writeback = _sync_file_range_function()
-        self.every = WRITEBACK_BYTES if self.start_writeback is not None else FDATASYNC_BYTES
-
-    def wrote(self, nbytes: int) -> None:
-        self.pending += nbytes
-        if (
-            not self.active
-            or self.pending < self.every
-            or (self.thread is not None and self.thread.is_alive())
-        ):
-            return
-        self.pending = 0
-        self.thread = threading.Thread(target=self._sync, name="netinit-writeback", daemon=True)
-        self.thread.start()
-
-    def _sync(self) -> None:
-        if self.start_writeback is not None:
-            self.start_writeback(self.fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # errors: the final fsync's
-            return
-        with contextlib.suppress(OSError):
-            getattr(os, "fdatasync", os.fsync)(self.fd)
-
-    def finish(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-
-
-# With sync_file_range, writeback starts every 32 MiB; fdatasync (which also waits, and flushes
-# the disk's cache) every 128 MiB.  Bundle kaiming normal with preallocation: 0.74 s with
-# fdatasync every 128 MiB, 0.71 s with sync_file_range every 32 MiB (medians of 7 alternating runs).
-WRITEBACK_BYTES = 32 << 20
-FDATASYNC_BYTES = 128 << 20
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
-
-
-def _sync_file_range_function() -> Callable[..., int] | None:
-    """Linux's ``sync_file_range(2)``, or None."""
-    return libc.function("sync_file_range", "iqqI")
 
 
 def generation_bytes(numel: int, dtype: str) -> int:
@@ -289,17 +290,16 @@ def stats_sample(flat: np.ndarray) -> np.ndarray:
     return np.concatenate([flat[start : start + STATS_RUN] for start in starts])
 
 
-def record_stats(planned: Planned, stored: np.ndarray) -> None:
+def observed_stats(stored: np.ndarray) -> Filled:
     """Mean, std and a coarse histogram of the values as stored (after rounding)."""
     sample = stats_sample(stored.reshape(-1)).astype(np.float64)
-    planned.mean = float(sample.mean()) if sample.size else 0.0
-    planned.std = float(sample.std()) if sample.size else 0.0
+    mean = float(sample.mean()) if sample.size else 0.0
+    std = float(sample.std()) if sample.size else 0.0
+    counts: tuple[int, ...] | None = None
     if sample.size and np.isfinite(sample).all():
         low, high = float(sample.min()), float(sample.max())
-        if high > low:
-            planned.histogram = histogram(sample, low, high).tolist()
-        else:
-            planned.histogram = [sample.size]
+        counts = tuple(histogram(sample, low, high).tolist()) if high > low else (sample.size,)
+    return Filled(mean, std, counts)
 
 
 def histogram(sample: np.ndarray, low: float, high: float, bins: int = HISTOGRAM_BINS) -> np.ndarray:

@@ -10,23 +10,18 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from netinit_cli import dtypes
-from netinit_cli.classify_names import weight_norm_pair
+from netinit_cli.classify import weight_norm_pair
 from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
-from netinit_cli.methods import (
-    METHOD_NAMES,
-    MethodSpec,
-    TensorInit,
-    distribution_init,
-    initializer_for,
-    parse_method,
-)
+from netinit_cli.initializers import TensorInit, distribution_init
+from netinit_cli.methods import METHOD_NAMES, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 
 KEEP = "keep"
@@ -108,12 +103,19 @@ def make_plan(params: Sequence[Param], options: Options, stored: StoredValues | 
     plan = [plan_one(param, options) for param in params]
     by_name = {entry.param.name: entry for entry in plan}
     shapes = {param.name: param.shape for param in params}
-    for entry in plan:
-        if entry.param.role is Role.WEIGHT_NORM_G and entry.action is Action.FILL:
-            rule = options.rule_for(entry.param)
-            if rule is None or rule.method is not None:  # a distribution rule is obeyed as given
-                _derive_weight_norm(entry, by_name, shapes, stored)
-    return plan
+    return [
+        _derive_weight_norm(entry, by_name, shapes, stored) if _derived(entry, options) else entry
+        for entry in plan
+    ]
+
+
+def _derived(entry: Planned, options: Options) -> bool:
+    """A filled weight-norm magnitude whose value follows from its direction (a distribution
+    rule is obeyed as given)."""
+    if entry.param.role is not Role.WEIGHT_NORM_G or entry.action is not Action.FILL:
+        return False
+    rule = options.rule_for(entry.param)
+    return rule is None or rule.method is not None
 
 
 def _derive_weight_norm(
@@ -121,7 +123,7 @@ def _derive_weight_norm(
     by_name: dict[str, Planned],
     shapes: dict[str, tuple[int, ...]],
     stored: StoredValues | None,
-) -> None:
+) -> Planned:
     """g = ‖v‖ of the v the output will hold (the new one, or the stored one), so that the
     layer's effective weight g · v / ‖v‖ is v itself, as torch's weight_norm sets it up."""
     pair = weight_norm_pair(entry.param.name, shapes)
@@ -145,18 +147,23 @@ def _derive_weight_norm(
 
         source = "the stored"
     else:
-        entry.action, entry.initializer, entry.init = Action.KEEP, None, ""
-        entry.why = f"weight-norm magnitude: its direction {v.name} is neither filled nor stored"
-        return
+        why = f"weight-norm magnitude: its direction {v.name} is neither filled nor stored"
+        return replace(entry, action=Action.KEEP, initializer=None, init="", why=why)
     axes, shape = pair.axes, entry.param.shape
 
     def fill(out: np.ndarray, seed: Seed, name: str) -> None:
         out[...] = norm_over(values(seed), axes).reshape(shape)
 
     label = f"‖{v.name.rsplit('.', 1)[-1]}‖ of {source} v (weight norm)"
-    entry.initializer = TensorInit(label, None, None, None, None, fill)
-    entry.init, entry.fan_in, entry.fan_out = label, None, None
-    entry.expected_mean = entry.expected_std = None
+    return replace(
+        entry,
+        initializer=TensorInit(label, None, None, None, None, fill),
+        init=label,
+        fan_in=None,
+        fan_out=None,
+        expected_mean=None,
+        expected_std=None,
+    )
 
 
 def norm_over(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -182,7 +189,7 @@ def plan_one(param: Param, options: Options) -> Planned:
             if options.fan_mode == "torch"
             else param.layout.fans(param.shape)
         )
-        planned.fan_in, planned.fan_out = fans
+        return replace(planned, fan_in=fans[0], fan_out=fans[1])
     return planned
 
 

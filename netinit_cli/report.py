@@ -8,19 +8,26 @@ observed and expected standard deviation; a row whose std is far from the target
 from __future__ import annotations
 
 import math
+import platform
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from netinit_cli import __version__
 from netinit_cli.fill import STATS_SAMPLE
-from netinit_cli.model import Action, Planned
+from netinit_cli.methods import MethodSpec
+from netinit_cli.model import Action, Filled, Planned
+from netinit_cli.plan import Rule, counts
+from netinit_cli.seeding import Seed
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
-
-    from netinit_cli.api import Report
 
 # Rich is imported where a table is drawn, not with this module: a quiet run (``-q``, ``--json``)
 # never loads it (about 20 ms of start-up here).
@@ -32,7 +39,39 @@ ACTION_STYLE = {Action.FILL: "green", Action.KEEP: "yellow", Action.CONSTANT: "d
 JSON_SCHEMA_VERSION = 1
 
 
-def sparkline(histogram: list[int] | None) -> str:
+@dataclass
+class Report:
+    """What a run did (or, for a dry run or inspect, would do), tensor by tensor."""
+
+    input: Path | None
+    output: Path | None
+    kind: str
+    seed: Seed
+    method: MethodSpec
+    all: bool
+    fan_mode: str
+    entries: list[Planned]
+    dry_run: bool = False
+    files: list[Path] = field(default_factory=list)
+    bytes_written: int = 0
+    elapsed: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    rules: tuple[Rule, ...] = ()
+    observed: dict[str, Filled] = field(default_factory=dict)  # statistics of each filled tensor, by name
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return counts(self.entries)
+
+    @property
+    def filled(self) -> list[Planned]:
+        return [entry for entry in self.entries if entry.action is Action.FILL]
+
+    def to_json(self) -> dict[str, Any]:
+        return report_json(self)
+
+
+def sparkline(histogram: Sequence[int] | None) -> str:
     if not histogram:
         return ""
     peak = max(histogram)
@@ -43,18 +82,18 @@ def sparkline(histogram: list[int] | None) -> str:
     )
 
 
-def std_off_target(entry: Planned) -> bool:
+def std_off_target(entry: Planned, filled: Filled | None) -> bool:
     """Observed std differs from the target by more than sampling noise allows.
 
     The standard error of a sample std is about std/sqrt(2n) (n capped at the stats sample,
     65,536 values); we flag beyond 6 standard errors plus 2% (bf16/f8 rounding), so a wrong gain
     or fan (>= 10%) shows while healthy tensors never do.
     """
-    if entry.std is None or entry.expected_std is None or entry.expected_std <= 0:
+    if filled is None or entry.expected_std is None or entry.expected_std <= 0:
         return False
     n = max(1, min(entry.param.numel, STATS_SAMPLE))
     tolerance = 6.0 / math.sqrt(2.0 * n) + 0.02
-    return abs(entry.std / entry.expected_std - 1.0) > tolerance
+    return abs(filled.std / entry.expected_std - 1.0) > tolerance
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -130,7 +169,9 @@ def full_table(report: Report) -> Table:
             layout = entry.param.layout.describe() if entry.param.layout else ""
             cells += [layout, entry.param.reason]
         else:
-            cells += [_num(entry.mean), _std_cell(entry), sparkline(entry.histogram)]
+            filled = report.observed.get(entry.param.name)
+            mean, histogram = (filled.mean, filled.histogram) if filled else (None, None)
+            cells += [_num(mean), _std_cell(entry, filled), sparkline(histogram)]
         table.add_row(*_plain(cells))
     return table
 
@@ -145,13 +186,13 @@ def _plain(cells: list[str | Text]) -> list[Text]:
     return [cell if isinstance(cell, Text) else Text(cell) for cell in cells]
 
 
-def _std_cell(entry: Planned) -> Text:
+def _std_cell(entry: Planned, filled: Filled | None) -> Text:
     from rich.text import Text
 
-    std = _num(entry.std)
+    std = _num(filled.std if filled else None)
     if entry.expected_std is not None:
         std = f"{std} ({_num(entry.expected_std)})" if std else f"({_num(entry.expected_std)})"
-    flagged = std_off_target(entry)
+    flagged = std_off_target(entry, filled)
     return Text(std + (" !" if flagged else ""), style="bold red" if flagged else "")
 
 
@@ -181,12 +222,13 @@ def summary_table(report: Report) -> Table:
         key = (group_key(entry.param.name), entry.param.role.value, entry.action, entry.init or entry.why)
         groups.setdefault(key, []).append(entry)
     for (pattern, role, action, init), entries in groups.items():
-        stds = [e.std for e in entries if e.std is not None]
+        observed = [report.observed.get(e.param.name) for e in entries]
+        stds = [filled.std for filled in observed if filled is not None]
         targets = {round(e.expected_std, 12) for e in entries if e.expected_std is not None}
         std = _num(sum(stds) / len(stds)) if stds else ""
         if len(targets) == 1:
             std = f"{std} ({_num(targets.pop())})"
-        flagged = any(std_off_target(e) for e in entries)
+        flagged = any(std_off_target(e, filled) for e, filled in zip(entries, observed, strict=True))
         table.add_row(
             *_plain(
                 [
@@ -232,7 +274,7 @@ def footer(report: Report) -> Text:
                 "nothing to initialize: the model has no learnable tensor netinit recognizes (see --rule)"
             )
         text.append("\n" + message, style="yellow")
-    flagged = iter_flagged(report.entries)
+    flagged = iter_flagged(report.entries, report.observed)
     if flagged:
         text.append(
             f"\n{len(flagged)} tensor(s) with std far from target (!): {', '.join(flagged[:5])}", style="red"
@@ -240,7 +282,7 @@ def footer(report: Report) -> Text:
     return text
 
 
-def entry_json(entry: Planned) -> dict[str, Any]:
+def entry_json(entry: Planned, filled: Filled | None = None) -> dict[str, Any]:
     param = entry.param
     return {
         "name": param.name,
@@ -258,16 +300,26 @@ def entry_json(entry: Planned) -> dict[str, Any]:
         "why": entry.why,
         "init": entry.init or None,
         "rule": entry.rule or None,
-        "mean": entry.mean,
-        "std": entry.std,
+        "mean": filled.mean if filled else None,
+        "std": filled.std if filled else None,
         "expected_mean": entry.expected_mean,
         "expected_std": entry.expected_std,
     }
 
 
-def report_json(report: Report) -> dict[str, Any]:
-    from netinit_cli.api import versions
+def versions() -> dict[str, str]:
+    """The versions that produced a report (onnx is imported only when asked)."""
+    import onnx
 
+    return {
+        "netinit": __version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
     return {
         "schema": JSON_SCHEMA_VERSION,
         "input": str(report.input) if report.input else None,
@@ -286,9 +338,9 @@ def report_json(report: Report) -> dict[str, Any]:
         "elapsed_seconds": round(report.elapsed, 4),
         "versions": versions(),
         "notes": list(report.notes),
-        "tensors": [entry_json(entry) for entry in report.entries],
+        "tensors": [entry_json(entry, report.observed.get(entry.param.name)) for entry in report.entries],
     }
 
 
-def iter_flagged(entries: Iterable[Planned]) -> list[str]:
-    return [entry.param.name for entry in entries if std_off_target(entry)]
+def iter_flagged(entries: Iterable[Planned], observed: Mapping[str, Filled]) -> list[str]:
+    return [entry.param.name for entry in entries if std_off_target(entry, observed.get(entry.param.name))]

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,10 +36,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file, save_file
 
+from netinit_cli import fileio
 from netinit_cli.cli import cli
 from netinit_cli.errors import OutputError
-from netinit_cli.formats import base
-from netinit_cli.formats.base import AtomicFileSet, atomic_output, remove_stale_temps
+from netinit_cli.fileio import AtomicFileSet, atomic_output, remove_stale_temps
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "onnx"
 SEED = 20240611
@@ -233,7 +234,7 @@ def test_failed_commit_restores_every_old_file(tmp_path: Path, monkeypatch: pyte
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(base.os, "replace", failing_replace)
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
     with (
         pytest.raises(OutputError, match=r"m\.onnx: write failed: No space left on device"),
         AtomicFileSet(overwrite=True) as files,
@@ -384,7 +385,7 @@ def test_symlink_planted_after_the_last_check_is_replaced_not_followed(
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"precious")
     out = tmp_path / "report.json"
-    real_check = base.check_destination
+    real_check = fileio.check_destination
     checks = []
 
     def check_then_plant(path: Path, **kw: bool) -> None:
@@ -393,7 +394,7 @@ def test_symlink_planted_after_the_last_check_is_replaced_not_followed(
         if len(checks) == 2:  # the re-check right before the rename
             path.symlink_to(victim)
 
-    monkeypatch.setattr(base, "check_destination", check_then_plant)
+    monkeypatch.setattr(fileio, "check_destination", check_then_plant)
     with atomic_output(out, overwrite=False) as handle:
         handle.write(b"new content")
     assert victim.read_bytes() == b"precious"
@@ -473,9 +474,9 @@ def test_preallocate_allocates_the_blocks_it_is_asked_for(tmp_path: Path) -> Non
     path = tmp_path / "file"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if base._fallocate(fd, 0, 0) == errno.ENOSYS:
+        if fileio._fallocate(fd, 0, 0) == errno.ENOSYS:
             pytest.skip("no fallocate(2) here")
-        base.preallocate(fd, 4096, 8 << 20, path)
+        fileio.preallocate(fd, 4096, 8 << 20, path)
         info = os.fstat(fd)
     finally:
         os.close(fd)
@@ -499,7 +500,7 @@ def test_output_is_the_same_where_the_filesystem_cannot_preallocate(
         calls.append((offset, length))
         return errno.EOPNOTSUPP
 
-    monkeypatch.setattr(base, "_fallocate", unsupported)
+    monkeypatch.setattr(fileio, "_fallocate", unsupported)
     out = tmp_path / "new" / f"model.init.{kind}"
     out.parent.mkdir()
     result = CliRunner().invoke(cli, [str(models[kind]), "--all", "--seed", "1", "-o", str(out), "-q"])
@@ -514,15 +515,16 @@ def test_full_disk_at_preallocation_is_one_clean_line_before_anything_is_generat
 ) -> None:
     from netinit_cli import fill
 
-    monkeypatch.setattr(base, "_fallocate", lambda fd, offset, length: errno.ENOSPC)
+    monkeypatch.setattr(fileio, "_fallocate", lambda fd, offset, length: errno.ENOSPC)
     produced: list[str] = []
-    real = fill.Filler.produce
+    for method in ("generate", "generate_into"):
+        real = getattr(fill.Filler, method)
 
-    def spy(self: fill.Filler, planned: object, place: object = None) -> np.ndarray:
-        produced.append(planned.param.name)  # type: ignore[attr-defined]
-        return real(self, planned, place)  # type: ignore[arg-type]
+        def spy(self: fill.Filler, planned: Any, *args: Any, real: Any = real) -> Any:
+            produced.append(planned.param.name)
+            return real(self, planned, *args)
 
-    monkeypatch.setattr(fill.Filler, "produce", spy)
+        monkeypatch.setattr(fill.Filler, method, spy)
     out = tmp_path / f"model.init.{kind}"
     result = CliRunner().invoke(cli, [str(models[kind]), "--all", "-o", str(out), "-q"])
     assert result.exit_code == 5, result.output

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from netinit_cli.classify_names import NAME_RULES, classify_params
+from netinit_cli.classify.names import NAME_RULES, classify_params
 from netinit_cli.model import Param, Role
 
 torch = pytest.importorskip("torch")
@@ -401,7 +401,8 @@ def test_gpt_bigcode_linear_fans_from_a_real_model() -> None:
 def test_torch_lstm_forget_bias_goes_into_bias_ih_only() -> None:
     import numpy as np
 
-    from netinit_cli.methods import initializer_for, parse_method
+    from netinit_cli.methods import parse_method
+    from netinit_cli.roles import initializer_for
     from netinit_cli.seeding import parse_seed
 
     names = {

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from netinit_cli.classify_onnx import classify_model
+from netinit_cli.classify import classify_model
 from netinit_cli.errors import InputError
 from netinit_cli.model import Param, Role
 

@@ -10,14 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from netinit_cli.distributions import (
-    ACCEPTED_FORMS,
-    Distribution,
-    _truncated_acceptance,
-    parse_distribution,
-    sample_into,
-)
+from netinit_cli.distributions import ACCEPTED_FORMS, Distribution, parse_distribution
 from netinit_cli.errors import UsageError
+from netinit_cli.sampling import _truncated_acceptance, sample_into
 from netinit_cli.seeding import Seed
 
 SEED = Seed(1234, "default")

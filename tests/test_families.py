@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from netinit_cli import initialize
-from netinit_cli.api import Report
 from netinit_cli.model import Action, Planned
+from netinit_cli.report import Report
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -3,7 +3,7 @@
 NumPy only promises a Generator stream for "the same build of numpy, in the same environment"
 (numpy.org, random/compatibility).  netinit uses only raw PCG64DXSM words plus its own
 transforms, which are stable in practice; this test says loudly if that ever stops being true
-(a NumPy upgrade, a change to seeding.py or distributions.py), because then the same seed no
+(a NumPy upgrade, a change to seeding.py or sampling.py), because then the same seed no
 longer reproduces files written by earlier versions.
 """
 
@@ -14,9 +14,12 @@ import hashlib
 import numpy as np
 import pytest
 
-from netinit_cli.distributions import Distribution, sample_into
-from netinit_cli.methods import initializer_for, parse_method
-from netinit_cli.model import LINEAR_OUT_IN, Param, Role, conv_layout
+from netinit_cli.classify.layouts import LINEAR_OUT_IN, conv_layout
+from netinit_cli.distributions import Distribution
+from netinit_cli.methods import parse_method
+from netinit_cli.model import Param, Role
+from netinit_cli.roles import initializer_for
+from netinit_cli.sampling import sample_into
 from netinit_cli.seeding import CHUNK_ELEMENTS, Seed, tensor_generator
 
 

@@ -10,32 +10,26 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netinit_cli.classify.layouts import LINEAR_OUT_IN, MATRIX_IN_OUT, conv_layout, conv_transpose_layout
 from netinit_cli.distributions import Distribution
 from netinit_cli.errors import UsageError
+from netinit_cli.initializers import calculate_gain
+from netinit_cli.linalg import orthonormalize
 from netinit_cli.methods import (
+    FLAGS,
     METHOD_NAMES,
     METHODS,
+    OVERRIDE_KEYS,
     MethodSpec,
-    calculate_gain,
     describe_methods,
-    initializer_for,
-    orthonormalize,
     parse_method,
 )
-from netinit_cli.model import (
-    LINEAR_OUT_IN,
-    MATRIX_IN_OUT,
-    Layout,
-    Param,
-    Role,
-    conv_layout,
-    conv_transpose_layout,
-)
+from netinit_cli.model import Layout, Param, Role
+from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 
 SEED = Seed(5, "explicit")
 RNN = Layout((2,), (1,), (0,), out_divisor=4, blocks=4)
-LSTM_B = Layout((), (1,), (0,), out_divisor=8, blocks=8)
 
 
 def _fill(
@@ -92,7 +86,7 @@ def test_method_forms(text: str, overrides: dict[str, str | None] | None, canoni
 
 def test_spec_has_every_option_with_defaults_sorted() -> None:
     spec = parse_method("kaiming")
-    assert [k for k, _ in spec.options] == sorted(o.name for o in METHODS["kaiming"])
+    assert [k for k, _ in spec.options] == sorted(o.name for o in METHODS["kaiming"].options)
     assert spec.get("gain") is None and spec.get("forget_bias") == 0.0 and spec.get("negative_slope") == 0.01
     assert parse_method("random").get("weights") == Distribution("normal", (0.0, 1.0))
     assert parse_method().name == "kaiming"
@@ -193,11 +187,24 @@ def test_describe_round_trips(case: tuple[str, dict[str, str | None]]) -> None:
 
 def test_describe_methods_lists_every_option_and_default() -> None:
     text = describe_methods()
-    for name, options in METHODS.items():
+    for name, method in METHODS.items():
         assert f"\n{name}  " in text or text.startswith(name)
-        for option in options:
+        for option in method.options:
             assert option.name in text
     assert "σ = gain/√n" in text and "√(2/(fan_in + fan_out))" in text
+
+
+def test_registry_gives_every_option_key_one_flag() -> None:
+    keys = [flag.key for flag in FLAGS]
+    assert len(keys) == len(set(keys)) and tuple(keys) == OVERRIDE_KEYS
+    assert set(keys) == {option.name for method in METHODS.values() for option in method.options}
+
+
+def test_kaiming_and_xavier_are_one_variance_scaling_core() -> None:
+    kaiming, xavier = METHODS["kaiming"], METHODS["xavier"]
+    assert kaiming.build is xavier.build
+    assert [o.name for o in kaiming.options] == [o.name for o in xavier.options]
+    assert parse_method("xavier(mode=fan_in, nonlinearity=relu)").options == parse_method("kaiming").options
 
 
 # --- Gains and fans ----------------------------------------------------------------------------
@@ -274,9 +281,33 @@ def test_fixed_roles_whatever_the_method(role: Role, value: float, label: str, m
     assert (_fill(param, method) == np.float32(value)).all()
 
 
+def _onnx_lstm_bias(hidden: int) -> Param:
+    """The ONNX LSTM's B as the classifier sees it (its layout marks Wb's forget block)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from netinit_cli.classify.onnx import classify_model
+
+    dims = {"W": (2, 4 * hidden, 3), "R": (2, 4 * hidden, hidden), "B": (2, 8 * hidden)}
+    weights = [numpy_helper.from_array(np.zeros(shape, np.float32), name) for name, shape in dims.items()]
+    node = helper.make_node(
+        "LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=hidden, direction="bidirectional"
+    )
+    graph = helper.make_graph(
+        [node],
+        "lstm",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [7, 1, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        weights,
+    )
+    params, _ = classify_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    bias = next(param for param in params if param.name == "B")
+    assert bias.role is Role.BIAS and bias.layout is not None
+    return bias
+
+
 def test_lstm_forget_bias_only_in_wb_forget_block() -> None:
     hidden = 5
-    param = Param("lstm.B", (2, 8 * hidden), "F32", role=Role.BIAS, layout=LSTM_B)
+    param = _onnx_lstm_bias(hidden)
     init = initializer_for(param, parse_method("kaiming", {"forget_bias": "1"}))
     assert init.label == "constant 0, forget gate 1"
     values = _fill(param, parse_method("kaiming", {"forget_bias": "1"}))

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from netinit_cli.errors import InputError, UnsafeInputError
-from netinit_cli.formats.onnx_io import open_onnx
+from netinit_cli.formats.onnx.reader import open_onnx
 
 WEIGHT = np.arange(12, dtype=np.float32).reshape(3, 4)
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +16,21 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from netinit_cli.classify.stage import classify
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError, OutputError, OutputExistsError
-from netinit_cli.formats import onnx_io
-from netinit_cli.formats.onnx_io import open_onnx
+from netinit_cli.fill import lazy_tensors
+from netinit_cli.formats.onnx import datafile, writer
+from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Action, Param, Planned
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def fake_produce(calls: list[str]) -> onnx_io.Produce:
+def fake_produce(calls: list[str]) -> Callable[[Planned], np.ndarray]:
     """Deterministic values (never equal to any stored ones), recording each call."""
 
-    def produce(planned: Planned, place: object = None) -> np.ndarray:
+    def produce(planned: Planned) -> np.ndarray:
         calls.append(planned.param.name)
         p = planned.param
         values = np.arange(p.numel, dtype=np.float64).reshape(p.shape) * 1e-3 + 0.5
@@ -105,8 +108,14 @@ def test_fixture_full_fill_runs_in_onnxruntime(tmp_path: Path, name: str) -> Non
     model = open_onnx(source)
     calls: list[str] = []
     out = tmp_path / "out.onnx"
-    model.write(out, plan_all(model.params), fake_produce(calls), {"netinit.seed": "1"}, overwrite=False)
-    assert sorted(calls) == sorted(p.name for p in model.params if p.role.learnable)
+    model.write(
+        out,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce(calls)),
+        {"netinit.seed": "1"},
+        overwrite=False,
+    )
+    assert sorted(calls) == sorted(p.name for p in classify(model).params if p.role.learnable)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
     shape = [2 if isinstance(d, str) else d for d in session.get_inputs()[0].shape]
@@ -121,13 +130,17 @@ def test_fill_replaces_only_planned_tensors(tmp_path: Path) -> None:
     source = save(mlp_model(), tmp_path / "m.onnx")
     before = tensor_bytes(source)
     model = open_onnx(source)
-    plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
+    plan = [
+        Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in classify(model).params
+    ]
     out = tmp_path / "m.init.onnx"
-    result = model.write(out, plan, fake_produce([]), {"netinit.method": "kaiming"}, overwrite=False)
+    result = model.write(
+        out, plan, lazy_tensors(plan, fake_produce([])), {"netinit.method": "kaiming"}, overwrite=False
+    )
     assert result.paths == [out]
     after = tensor_bytes(out)
     assert after["fc1.weight"] != before["fc1.weight"]
-    expected = fake_produce([])(Planned(model.params[0], Action.FILL))
+    expected = fake_produce([])(Planned(classify(model).params[0], Action.FILL))
     assert after["fc1.weight"] == expected.tobytes()
     for name in ("fc1.bias", "w2", "b2", "shape"):
         assert after[name] == before[name], name
@@ -137,7 +150,13 @@ def test_write_preserves_graph_metadata_and_adds_provenance(tmp_path: Path) -> N
     source = save(mlp_model(), tmp_path / "m.onnx")
     model = open_onnx(source)
     out = tmp_path / "o.onnx"
-    model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "7"}, overwrite=False)
+    model.write(
+        out,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {"netinit.seed": "7"},
+        overwrite=False,
+    )
     original, written = onnx.load(str(source)), onnx.load(str(out))
     assert written.opset_import == original.opset_import
     assert written.ir_version == original.ir_version
@@ -154,7 +173,13 @@ def test_input_file_is_not_modified(tmp_path: Path) -> None:
     source = save(mlp_model(), tmp_path / "m.onnx")
     original = source.read_bytes()
     model = open_onnx(source)
-    model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    model.write(
+        tmp_path / "o.onnx",
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {},
+        overwrite=False,
+    )
     assert source.read_bytes() == original
 
 
@@ -164,11 +189,23 @@ def test_existing_output_is_refused_without_overwrite(tmp_path: Path) -> None:
     out.write_bytes(b"keep me")
     model = open_onnx(source)
     with pytest.raises(OutputExistsError):
-        model.write(out, plan_all(model.params), fake_produce([]), {}, overwrite=False)
+        model.write(
+            out,
+            plan_all(classify(model).params),
+            lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+            {},
+            overwrite=False,
+        )
     assert out.read_bytes() == b"keep me"
     # Writing onto the model file itself is --in-place (the API allows it only with that flag):
     # the replacement is complete and valid.
-    model.write(source, plan_all(model.params), fake_produce([]), {}, overwrite=True)
+    model.write(
+        source,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {},
+        overwrite=True,
+    )
     onnx.checker.check_model(str(source), full_check=True)
 
 
@@ -178,7 +215,11 @@ def test_produce_is_called_once_per_filled_tensor_and_write_can_repeat(tmp_path:
     for attempt in range(2):
         calls: list[str] = []
         model.write(
-            tmp_path / f"o{attempt}.onnx", plan_all(model.params), fake_produce(calls), {}, overwrite=False
+            tmp_path / f"o{attempt}.onnx",
+            plan_all(classify(model).params),
+            lazy_tensors(plan_all(classify(model).params), fake_produce(calls)),
+            {},
+            overwrite=False,
         )
         assert sorted(calls) == ["b2", "fc1.bias", "fc1.weight", "w2"]
     assert (tmp_path / "o0.onnx").read_bytes() == (tmp_path / "o1.onnx").read_bytes()
@@ -188,11 +229,17 @@ def test_produce_is_called_once_per_filled_tensor_and_write_can_repeat(tmp_path:
 def test_graph_inputs_become_initializers(tmp_path: Path) -> None:
     source = save(mlp_model(params=False), tmp_path / "m.onnx")
     model = open_onnx(source)
-    missing = {p.name for p in model.params if not p.has_data}
+    missing = {p.name for p in classify(model).params if not p.has_data}
     assert missing == {"fc1.weight", "fc1.bias", "w2", "b2"}
-    assert all(p.source == "graph_input" for p in model.params if p.name in missing)
+    assert all(p.source == "graph_input" for p in classify(model).params if p.name in missing)
     out = tmp_path / "o.onnx"
-    model.write(out, plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    model.write(
+        out,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {},
+        overwrite=False,
+    )
     written = onnx.load(str(out))
     assert [i.name for i in written.graph.input] == ["x"]
     (y,) = run(out, {"x": np.ones((3, 8), np.float32)})
@@ -203,7 +250,7 @@ def test_graph_input_without_static_shape_in_a_parameter_slot_is_an_input_error(
     model = mlp_model(params=False)
     model.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "H"
     with pytest.raises(InputError, match=r"fc1\.weight"):
-        open_onnx(save(model, tmp_path / "m.onnx"))
+        classify(open_onnx(save(model, tmp_path / "m.onnx")))
 
 
 def test_empty_initializer_has_no_data_and_is_filled(tmp_path: Path) -> None:
@@ -211,7 +258,7 @@ def test_empty_initializer_has_no_data_and_is_filled(tmp_path: Path) -> None:
     weight = model.graph.initializer[0]
     weight.ClearField("raw_data")
     opened = open_onnx(save(model, tmp_path / "m.onnx"))
-    params = {p.name: p for p in opened.params}
+    params = {p.name: p for p in classify(opened).params}
     assert not params["fc1.weight"].has_data and params["fc1.bias"].has_data
     with pytest.raises(InputError, match="no data"):
         opened.read_array("fc1.weight")
@@ -228,7 +275,7 @@ def test_not_an_onnx_file_is_an_input_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.onnx"
     path.write_bytes(b"\x08\x07\x12garbage\xff\xff\xff")
     with pytest.raises(InputError, match="not a valid ONNX model"):
-        open_onnx(path)
+        classify(open_onnx(path))
 
 
 def test_default_output_is_beside_the_input() -> None:
@@ -242,13 +289,15 @@ def test_default_output_is_beside_the_input() -> None:
 
 
 def test_large_tensors_go_to_a_new_aligned_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    monkeypatch.setattr(writer, "EXTERNAL_TENSOR_BYTES", 256)
     source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
     before = tensor_bytes(source)
     model = open_onnx(source)
-    plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
+    plan = [
+        Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in classify(model).params
+    ]
     out = tmp_path / "m.init.onnx"
-    result = model.write(out, plan, fake_produce([]), {}, overwrite=False)
+    result = model.write(out, plan, lazy_tensors(plan, fake_produce([])), {}, overwrite=False)
     (data,) = data_files(tmp_path, "m.init")
     assert result.paths == [out, data]
     written = onnx.load(str(out), load_external_data=False)
@@ -256,7 +305,7 @@ def test_large_tensors_go_to_a_new_aligned_data_file(tmp_path: Path, monkeypatch
     # fc1.weight (32×8×4 = 1024 B) and w2 (512 B) are external; fc1.bias (128 B) stays inline.
     assert set(k for k, v in external.items() if v) == {"fc1.weight", "w2"}
     for info in (external["fc1.weight"], external["w2"]):
-        assert info["location"] == data.name and int(info["offset"]) % onnx_io.ALIGNMENT == 0
+        assert info["location"] == data.name and int(info["offset"]) % datafile.ALIGNMENT == 0
     after = tensor_bytes(out)
     assert after["w2"] == before["w2"] and after["fc1.bias"] == before["fc1.bias"]
     assert after["fc1.weight"] != before["fc1.weight"]
@@ -270,11 +319,11 @@ def test_external_input_is_copied_not_referenced(tmp_path: Path) -> None:
     source = save(mlp_model(), folder / "m.onnx", external=True)
     before = tensor_bytes(source)
     model = open_onnx(source)
-    plan = [Planned(p, Action.FILL if p.name == "b2" else Action.KEEP) for p in model.params]
+    plan = [Planned(p, Action.FILL if p.name == "b2" else Action.KEEP) for p in classify(model).params]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "o.onnx"
-    model.write(out, plan, fake_produce([]), {}, overwrite=False)
+    model.write(out, plan, lazy_tensors(plan, fake_produce([])), {}, overwrite=False)
     written = onnx.load(str(out), load_external_data=False)
     locations = {e.value for t in written.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {p.name for p in data_files(out_dir, "o")} and len(locations) == 1
@@ -305,10 +354,16 @@ def test_missing_external_file_means_no_data(tmp_path: Path) -> None:
     model = mlp_model()
     point_external(model.graph.initializer[2], "gone.bin")  # w2
     model = open_onnx(save(model, tmp_path / "m.onnx"))
-    assert {p.name for p in model.params if not p.has_data} == {"w2"}
-    assert any("gone.bin" in note for note in model.notes)
+    assert {p.name for p in classify(model).params if not p.has_data} == {"w2"}
+    assert any("gone.bin" in note for note in classify(model).notes)
     out = tmp_path / "o.onnx"
-    model.write(out, plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    model.write(
+        out,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {},
+        overwrite=False,
+    )
     (y,) = run(out, {"x": np.ones((2, 8), np.float32)})
     assert np.isfinite(y).all()
 
@@ -317,24 +372,36 @@ def test_missing_external_data_of_a_constant_cannot_be_written(tmp_path: Path) -
     source = save(mlp_model(), tmp_path / "m.onnx", external=True)
     (tmp_path / "m.onnx.bin").unlink()
     model = open_onnx(source)
-    assert {p.name for p in model.params if not p.has_data} == {"fc1.weight", "fc1.bias", "w2", "b2", "shape"}
+    assert {p.name for p in classify(model).params if not p.has_data} == {
+        "fc1.weight",
+        "fc1.bias",
+        "w2",
+        "b2",
+        "shape",
+    }
     with pytest.raises(OutputError, match="'shape' has no data"):
-        model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+        model.write(
+            tmp_path / "o.onnx",
+            plan_all(classify(model).params),
+            lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+            {},
+            overwrite=False,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 def test_existing_data_file_is_not_appended_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    monkeypatch.setattr(writer, "EXTERNAL_TENSOR_BYTES", 256)
     source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
     model = open_onnx(source)
-    plan = plan_all(model.params)
-    name = onnx_io.data_file_name(tmp_path / "o.onnx", model.digest, plan, {}, 256)
+    plan = plan_all(classify(model).params)
+    name = datafile.data_file_name(tmp_path / "o.onnx", model.digest, plan, {}, 256)
     (tmp_path / name).write_bytes(b"stale" * 1000)
     (tmp_path / "o.data").write_bytes(b"older netinit's name: not ours to touch")
     with pytest.raises(OutputExistsError, match=re.escape(name)):
-        model.write(tmp_path / "o.onnx", plan, fake_produce([]), {}, overwrite=False)
+        model.write(tmp_path / "o.onnx", plan, lazy_tensors(plan, fake_produce([])), {}, overwrite=False)
     assert not (tmp_path / "o.onnx").exists()
-    model.write(tmp_path / "o.onnx", plan, fake_produce([]), {}, overwrite=True)
+    model.write(tmp_path / "o.onnx", plan, lazy_tensors(plan, fake_produce([])), {}, overwrite=True)
     assert b"stale" not in (tmp_path / name).read_bytes()
     assert (tmp_path / "o.data").read_bytes() == b"older netinit's name: not ours to touch"
 
@@ -360,7 +427,13 @@ def _gemm_graph(
 def _fill_all_and_run(model: onnx.ModelProto, tmp_path: Path) -> tuple[onnx.ModelProto, np.ndarray]:
     opened = open_onnx(save(model, tmp_path / "m.onnx"))
     out = tmp_path / "o.onnx"
-    opened.write(out, plan_all(opened.params), fake_produce([]), {}, overwrite=False)
+    opened.write(
+        out,
+        plan_all(classify(opened).params),
+        lazy_tensors(plan_all(classify(opened).params), fake_produce([])),
+        {},
+        overwrite=False,
+    )
     (y,) = run(out, {"x": np.ones((2, 8), np.float32)})
     assert y.shape == (2, 4) and np.isfinite(y).all()
     return onnx.load(str(out)), y
@@ -401,7 +474,7 @@ def test_subgraph_initializer_is_filled_in_place(tmp_path: Path) -> None:
     ]
     model = _gemm_graph(nodes, [numpy_helper.from_array(np.array(0, np.float32), "zero")])
     opened = open_onnx(save(model, tmp_path / "in.onnx"))
-    assert {p.name for p in opened.params if p.role.learnable} == {
+    assert {p.name for p in classify(opened).params if p.role.learnable} == {
         "If_0/then_branch::W",
         "If_0/else_branch::W",
     }
@@ -436,7 +509,7 @@ def test_function_constant_is_filled_in_the_function_body(tmp_path: Path) -> Non
     model.functions.append(function)
     model.opset_import.append(helper.make_opsetid("local", 1))
     opened = open_onnx(save(model, tmp_path / "in.onnx"))
-    (param,) = [p for p in opened.params if p.role.learnable]
+    (param,) = [p for p in classify(opened).params if p.role.learnable]
     assert param.name == "local.Lin()::Wf" and param.source == "function_constant"
     written, y = _fill_all_and_run(model, tmp_path)
     assert numpy_helper.to_array(written.functions[0].node[0].attribute[0].t).any() and y.any()
@@ -467,7 +540,7 @@ def test_kept_tensors_keep_exact_proto_bytes_in_typed_fields(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_limit: bool
 ) -> None:
     if small_limit:  # the rest would not fit in a protobuf: the >2 GiB route, without 2 GiB
-        monkeypatch.setattr(onnx_io, "MAX_INLINE_BYTES", 1000)
+        monkeypatch.setattr(writer, "MAX_INLINE_BYTES", 1000)
     out = tmp_path / "out.onnx"
     checked: list[tuple[object, bool]] = []
     real_check = onnx.checker.check_model
@@ -478,8 +551,10 @@ def test_kept_tensors_keep_exact_proto_bytes_in_typed_fields(
     )
     source = save(typed_field_model(), tmp_path / "m.onnx")
     model = open_onnx(source)
-    plan = [Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in model.params]
-    model.write(out, plan, fake_produce([]), {}, overwrite=False)
+    plan = [
+        Planned(p, Action.FILL if p.name == "fc1.weight" else Action.KEEP) for p in classify(model).params
+    ]
+    model.write(out, plan, lazy_tensors(plan, fake_produce([])), {}, overwrite=False)
     # The output was checked in memory before it was committed; check it by path as well
     # (external data validated).
     assert isinstance(checked[-1][0], onnx.ModelProto) and checked[-1][1] is False
@@ -508,7 +583,7 @@ def test_invalid_input_graph_is_refused_on_load(tmp_path: Path) -> None:
     model.graph.node[1].input[0] = "not_defined_anywhere"
     path = save(model, tmp_path / "bad.onnx")
     with pytest.raises(InputError, match=r"bad\.onnx: not a valid ONNX model \(.*not_defined_anywhere"):
-        open_onnx(path)
+        classify(open_onnx(path))
 
 
 def test_raw_data_longer_than_the_shape_is_refused_on_load(tmp_path: Path) -> None:
@@ -518,7 +593,7 @@ def test_raw_data_longer_than_the_shape_is_refused_on_load(tmp_path: Path) -> No
     with pytest.raises(
         InputError, match=r"tensor 'b2' holds 24 bytes of raw data but its shape \[4\] needs 16"
     ):
-        open_onnx(path)
+        classify(open_onnx(path))
 
 
 def test_tensors_to_fill_and_external_tensors_pass_the_input_check(tmp_path: Path) -> None:
@@ -527,7 +602,7 @@ def test_tensors_to_fill_and_external_tensors_pass_the_input_check(tmp_path: Pat
     weight.ClearField("raw_data")  # no data: netinit fills it
     path = save(model, tmp_path / "m.onnx", external=True)
     opened = open_onnx(path)
-    params = {p.name: p for p in opened.params}
+    params = {p.name: p for p in classify(opened).params}
     assert not params["fc1.weight"].has_data and params["w2"].has_data
     # The check hides them as empty tensors; afterwards the in-memory graph is as it was.
     kept = {t.name: t for t in opened.proto.graph.initializer}
@@ -603,7 +678,7 @@ def test_impossible_shapes_are_refused_on_load(
     model = mlp_model(params=params)
     corrupt(model)  # type: ignore[operator]
     with pytest.raises(InputError, match=message):
-        open_onnx(save(model, tmp_path / "m.onnx"))
+        classify(open_onnx(save(model, tmp_path / "m.onnx")))
 
 
 def test_a_negative_dimension_of_a_data_input_is_left_alone(tmp_path: Path) -> None:
@@ -611,7 +686,7 @@ def test_a_negative_dimension_of_a_data_input_is_left_alone(tmp_path: Path) -> N
     model = mlp_model()
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
     opened = open_onnx(save(model, tmp_path / "m.onnx"))
-    assert {p.name for p in opened.params} >= {"fc1.weight", "w2"}
+    assert {p.name for p in classify(opened).params} >= {"fc1.weight", "w2"}
 
 
 @pytest.mark.parametrize("external", [False, True])
@@ -622,10 +697,16 @@ def test_a_failing_output_check_leaves_the_previous_output_untouched(
     same check on load, so only a netinit bug makes this one fail: simulate one (the model is
     already open, so every check from here on is a check of the output)."""
     if external:
-        monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+        monkeypatch.setattr(writer, "EXTERNAL_TENSOR_BYTES", 256)
     model = open_onnx(save(mlp_model(hidden=32), tmp_path / "m.onnx"))
     out = tmp_path / "o.onnx"
-    first = model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "1"}, overwrite=False)
+    first = model.write(
+        out,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {"netinit.seed": "1"},
+        overwrite=False,
+    )
     assert len(first.paths) == (2 if external else 1)
     previous = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     model = open_onnx(tmp_path / "m.onnx")
@@ -637,7 +718,13 @@ def test_a_failing_output_check_leaves_the_previous_output_untouched(
     with pytest.raises(
         OutputError, match=r"o\.onnx: the model netinit built failed onnx\.checker \(simulated"
     ):
-        model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "2"}, overwrite=True)
+        model.write(
+            out,
+            plan_all(classify(model).params),
+            lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+            {"netinit.seed": "2"},
+            overwrite=True,
+        )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == previous  # no temp files either
 
 
@@ -655,8 +742,8 @@ def test_the_input_check_restores_every_hidden_tensor_exactly(tmp_path: Path) ->
 
 NETINIT_WITH_SMALL_THRESHOLD = """
 import os, sys
-from netinit_cli.formats import onnx_io
-onnx_io.EXTERNAL_TENSOR_BYTES = 256  # a data file for a small model
+from netinit_cli.formats.onnx import writer
+writer.EXTERNAL_TENSOR_BYTES = 256  # a data file for a small model
 if sys.argv[1] == "crash":
     real_replace = os.replace
     def replace(src, dst):
@@ -713,7 +800,7 @@ def test_a_crash_between_the_two_renames_leaves_the_previous_output_whole(tmp_pa
 def test_the_data_file_name_follows_from_input_plan_and_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    monkeypatch.setattr(writer, "EXTERNAL_TENSOR_BYTES", 256)
     source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
     written: dict[str, dict[str, bytes]] = {}
     for folder, seed in (("a", "1"), ("b", "1"), ("c", "2")):
@@ -721,7 +808,11 @@ def test_the_data_file_name_follows_from_input_plan_and_seed(
         model = open_onnx(source)
         out = tmp_path / folder / "o.onnx"
         result = model.write(
-            out, plan_all(model.params), fake_produce([]), {"netinit.seed": seed}, overwrite=False
+            out,
+            plan_all(classify(model).params),
+            lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+            {"netinit.seed": seed},
+            overwrite=False,
         )
         assert result.paths == [out, *data_files(tmp_path / folder, "o")] and len(result.paths) == 2
         written[folder] = contents(tmp_path / folder)
@@ -732,14 +823,20 @@ def test_the_data_file_name_follows_from_input_plan_and_seed(
 def test_overwriting_removes_only_the_replaced_outputs_own_data_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    monkeypatch.setattr(writer, "EXTERNAL_TENSOR_BYTES", 256)
     source = save(mlp_model(hidden=32), tmp_path / "m.onnx")
     out = tmp_path / "o.onnx"
 
     def write(seed: int) -> tuple[Path, list[str]]:
         model = open_onnx(source)
         provenance = {"netinit.seed": str(seed)}
-        result = model.write(out, plan_all(model.params), fake_produce([]), provenance, overwrite=True)
+        result = model.write(
+            out,
+            plan_all(classify(model).params),
+            lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+            provenance,
+            overwrite=True,
+        )
         return result.paths[1], result.notes
 
     first, _ = write(1)
@@ -759,17 +856,27 @@ def test_overwriting_removes_only_the_replaced_outputs_own_data_file(
 
 
 def test_a_data_file_the_input_uses_is_never_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    monkeypatch.setattr(writer, "EXTERNAL_TENSOR_BYTES", 256)
     out = tmp_path / "o.onnx"
     model = open_onnx(save(mlp_model(hidden=32), tmp_path / "m.onnx"))
     result = model.write(
-        out, plan_all(model.params), fake_produce([]), {"netinit.seed": "1"}, overwrite=False
+        out,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {"netinit.seed": "1"},
+        overwrite=False,
     )
     shared = result.paths[1]
     # The previous output becomes the input (under another name) and is overwritten.
     (tmp_path / "again.onnx").write_bytes(out.read_bytes())
     model = open_onnx(tmp_path / "again.onnx")
-    model.write(out, plan_all(model.params), fake_produce([]), {"netinit.seed": "2"}, overwrite=True)
+    model.write(
+        out,
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {"netinit.seed": "2"},
+        overwrite=True,
+    )
     assert shared.exists()
     onnx.checker.check_model(str(tmp_path / "again.onnx"))
 
@@ -779,7 +886,7 @@ def test_temporary_data_files_of_killed_writers_are_removed(
 ) -> None:
     """A kill while the data file is written leaves ``.<data name>.netinit-<pid>-….tmp``; the
     data name differs from write to write, so the next write looks for every such name."""
-    monkeypatch.setattr(onnx_io, "EXTERNAL_TENSOR_BYTES", 256)
+    monkeypatch.setattr(writer, "EXTERNAL_TENSOR_BYTES", 256)
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -793,5 +900,11 @@ def test_temporary_data_files_of_killed_writers_are_removed(
     for name in left:
         (tmp_path / name).write_bytes(b"partial")
     model = open_onnx(save(mlp_model(hidden=32), tmp_path / "m.onnx"))
-    model.write(tmp_path / "o.onnx", plan_all(model.params), fake_produce([]), {}, overwrite=False)
+    model.write(
+        tmp_path / "o.onnx",
+        plan_all(classify(model).params),
+        lazy_tensors(plan_all(classify(model).params), fake_produce([])),
+        {},
+        overwrite=False,
+    )
     assert {name: (tmp_path / name).exists() for name in left} == left

@@ -19,7 +19,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from netinit_cli.formats.onnx_io import open_onnx
+from netinit_cli.classify.stage import classify
+from netinit_cli.fill import lazy_tensors
+from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Action, Planned
 
 ZOO = Path(__file__).resolve().parent.parent / "fixtures" / "onnx"
@@ -28,14 +30,16 @@ MLPS = sorted(name for name, case in CASES.items() if case["tensors"])
 NO_PARAMETERS = sorted(name for name, case in CASES.items() if not case["tensors"])
 
 
-def produce(planned: Planned, place: object = None) -> np.ndarray:
+def produce(planned: Planned) -> np.ndarray:
     p = planned.param
     return np.linspace(-0.5, 0.5, p.numel, dtype=np.float32).reshape(p.shape)
 
 
 def full_plan(path: Path) -> tuple[Any, list[Planned]]:
     model = open_onnx(path)
-    return model, [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in model.params]
+    return model, [
+        Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in classify(model).params
+    ]
 
 
 def run(path: Path, sample: np.ndarray, output: int) -> np.ndarray:
@@ -51,7 +55,7 @@ def test_fixtures_cover_the_issue() -> None:
 
 @pytest.mark.parametrize("file_name", MLPS)
 def test_mlp_roles_and_fans(file_name: str) -> None:
-    params = {p.name: p for p in open_onnx(ZOO / file_name).params}
+    params = {p.name: p for p in classify(open_onnx(ZOO / file_name)).params}
     assert set(params) == set(CASES[file_name]["tensors"])
     for name, expected in CASES[file_name]["tensors"].items():
         param = params[name]
@@ -69,12 +73,12 @@ def test_mlp_roles_and_fans(file_name: str) -> None:
 
 
 def test_mlp_classes_table_is_an_int32_constant() -> None:
-    param = next(p for p in open_onnx(ZOO / "skl-mlp.onnx").params if p.name == "classes")
+    param = next(p for p in classify(open_onnx(ZOO / "skl-mlp.onnx")).params if p.name == "classes")
     assert (param.dtype, param.role.value) == ("I32", "constant")
 
 
 def test_one_output_regressor_intercept_is_a_bias_not_a_scalar() -> None:
-    params = {p.name: p for p in open_onnx(ZOO / "skl-mlp-regressor.onnx").params}
+    params = {p.name: p for p in classify(open_onnx(ZOO / "skl-mlp-regressor.onnx")).params}
     last = next(n for n, e in CASES["skl-mlp-regressor.onnx"]["tensors"].items() if e["shape"] == [1, 1])
     assert params[last].role.value == "bias"
 
@@ -90,7 +94,7 @@ def test_mlp_full_reinit_keeps_constants_and_runs(file_name: str, tmp_path: Path
     )
     model, plan = full_plan(ZOO / file_name)
     out = tmp_path / "out.onnx"
-    model.write(out, plan, produce, {}, overwrite=False)
+    model.write(out, plan, lazy_tensors(plan, produce), {}, overwrite=False)
     before = {t.name: t.SerializeToString() for t in onnx.load(str(ZOO / file_name)).graph.initializer}
     after = {t.name: t for t in onnx.load(str(out)).graph.initializer}
     for name, expected in case["tensors"].items():
@@ -107,12 +111,12 @@ def test_mlp_full_reinit_keeps_constants_and_runs(file_name: str, tmp_path: Path
 @pytest.mark.parametrize("file_name", NO_PARAMETERS)
 def test_attribute_models_have_nothing_to_initialize(file_name: str, tmp_path: Path) -> None:
     model, plan = full_plan(ZOO / file_name)
-    assert model.params == [] and plan == []
-    (note,) = model.notes
+    assert classify(model).params == [] and plan == []
+    (note,) = classify(model).notes
     assert "nothing to re-initialize" in note and "(ai.onnx.ml)" in note
     assert "TreeEnsembleClassifier" in note or "LinearClassifier" in note
     out = tmp_path / "out.onnx"
-    model.write(out, plan, produce, {"netinit.seed": "1"}, overwrite=False)
+    model.write(out, plan, lazy_tensors(plan, produce), {"netinit.seed": "1"}, overwrite=False)
     original, written = onnx.load(str(ZOO / file_name)), onnx.load(str(out))
     assert [(p.key, p.value) for p in written.metadata_props][-1] == ("netinit.seed", "1")
     del written.metadata_props[len(original.metadata_props) :]

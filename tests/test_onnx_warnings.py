@@ -11,8 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from netinit_cli.classify_onnx import VALUE_SAMPLE, structured_value_note
-from netinit_cli.formats.onnx_io import open_onnx
+from netinit_cli.classify.stage import classify
+from netinit_cli.classify.values import VALUE_SAMPLE, structured_value_note
+from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Role
 
 F = TensorProto.FLOAT
@@ -64,11 +65,11 @@ STRUCTURED = {
 def test_structured_weight_values_are_noted_not_decided(case: str, tmp_path: Path) -> None:
     weight, words = STRUCTURED[case]
     model = open_onnx(conv_model(weight, tmp_path / "m.onnx"))
-    (param,) = model.params
+    (param,) = classify(model).params
     assert param.role is Role.WEIGHT  # a warning, not a decision
     (note,) = param.notes
     assert note.startswith("W: a weight with ") and words in note and "fixed buffer" in note
-    assert note in model.notes
+    assert note in classify(model).notes
 
 
 def orthogonal(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -109,9 +110,9 @@ def test_value_check_reads_a_bounded_sample(tmp_path: Path) -> None:
         handle.truncate(1 << 30)
     onnx.save_model(proto, str(path))
     start = time.perf_counter()
-    model = open_onnx(path)
+    notes = classify(open_onnx(path)).notes
     elapsed = time.perf_counter() - start
-    assert any("every sampled value is 0" in n for n in model.notes)
+    assert any("every sampled value is 0" in n for n in notes)
     assert elapsed < 2.0, elapsed
 
 
@@ -140,7 +141,7 @@ def name_model(names: dict[str, tuple[str, list[int]]]) -> onnx.ModelProto:
 
 
 def test_buffer_like_names_are_noted_only_when_the_role_disagrees(tmp_path: Path) -> None:
-    from netinit_cli.classify_onnx import classify_model
+    from netinit_cli.classify import classify_model
 
     params, notes = classify_model(
         name_model(

@@ -14,8 +14,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from netinit_cli.classify.stage import classify
 from netinit_cli.dtypes import numpy_dtype
-from netinit_cli.formats.onnx_io import open_onnx
+from netinit_cli.fill import lazy_tensors
+from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Action, Planned
 
 ZOO = Path(__file__).resolve().parent.parent / "fixtures" / "onnx"
@@ -24,7 +26,7 @@ CASES: dict[str, dict[str, Any]] = (
 )
 
 
-def produce(planned: Planned, place: object = None) -> np.ndarray:
+def produce(planned: Planned) -> np.ndarray:
     """Values no exporter would store: easy to tell from the originals, small enough to run."""
     p = planned.param
     values = np.full(p.shape, 0.01, np.float64) + np.arange(p.numel).reshape(p.shape) * 1e-4
@@ -34,7 +36,7 @@ def produce(planned: Planned, place: object = None) -> np.ndarray:
 @pytest.mark.parametrize("file_name", sorted(CASES))
 def test_roles_and_fans_match_torch(file_name: str) -> None:
     case = CASES[file_name]
-    params = {p.name: p for p in open_onnx(ZOO / file_name).params}
+    params = {p.name: p for p in classify(open_onnx(ZOO / file_name)).params}
     problems = []
     for onnx_name, expected in case["tensors"].items():
         param = params[onnx_name]
@@ -54,7 +56,7 @@ def test_no_unexpected_learnable_tensor(file_name: str) -> None:
     case = CASES[file_name]
     extra = [
         f"{p.name}: {p.role.value} ({p.reason})"
-        for p in open_onnx(ZOO / file_name).params
+        for p in classify(open_onnx(ZOO / file_name)).params
         if p.role.learnable and p.name not in case["tensors"]
     ]
     assert not extra, "\n".join(extra)
@@ -86,10 +88,10 @@ def _stored_bytes(model: onnx.ModelProto) -> dict[str, bytes]:
 def test_full_reinit_keeps_constants_and_runs(file_name: str, tmp_path: Path) -> None:
     case = CASES[file_name]
     model = open_onnx(ZOO / file_name)
-    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in model.params]
-    filled = {p.name for p in model.params if p.role.learnable}
+    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in classify(model).params]
+    filled = {p.name for p in classify(model).params if p.role.learnable}
     out = tmp_path / "out.onnx"
-    model.write(out, plan, produce, {"netinit.test": "1"}, overwrite=False)
+    model.write(out, plan, lazy_tensors(plan, produce), {"netinit.test": "1"}, overwrite=False)
 
     before, after = _stored_bytes(onnx.load(str(ZOO / file_name))), _stored_bytes(onnx.load(str(out)))
     assert set(before) == set(after)
@@ -133,7 +135,7 @@ WHEEL_CASES = {
 def test_onnx_wheel_models(name: str, tmp_path: Path) -> None:
     folder = WHEEL / name
     model = open_onnx(folder / "model.onnx")
-    params = {p.name: p for p in model.params}
+    params = {p.name: p for p in classify(model).params}
     for tensor, (role, semantic, torch_fans) in WHEEL_CASES[name].items():
         param = params[tensor]
         assert param.role.value == role, param.reason
@@ -144,8 +146,8 @@ def test_onnx_wheel_models(name: str, tmp_path: Path) -> None:
                 torch_fans,
             )
     out = tmp_path / "out.onnx"
-    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in model.params]
-    model.write(out, plan, produce, {}, overwrite=False)
+    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in classify(model).params]
+    model.write(out, plan, lazy_tensors(plan, produce), {}, overwrite=False)
     data = folder / "test_data_set_0"
     feed = numpy_helper.to_array(onnx.load_tensor(str(data / "input_0.pb")))
     expected = numpy_helper.to_array(onnx.load_tensor(str(data / "output_0.pb")))
@@ -193,17 +195,19 @@ def _quantized(kind: str, tmp_path: Path) -> Path:
 def test_quantized_models_keep_every_quantized_tensor(kind: str, tmp_path: Path) -> None:
     path = _quantized(kind, tmp_path)
     model = open_onnx(path)
-    roles = {p.name: p.role.value for p in model.params}
+    roles = {p.name: p.role.value for p in classify(model).params}
     quantized = {name for name, role in roles.items() if role == "quantized"}
-    integer = {p.name for p in model.params if not p.dtype.startswith(("F", "BF"))}
+    integer = {p.name for p in classify(model).params if not p.dtype.startswith(("F", "BF"))}
     assert integer <= quantized | {n for n, r in roles.items() if r == "constant"}
     assert any(name.endswith("_scale") for name in quantized)
-    assert all(not p.role.learnable for p in model.params if p.name.endswith(("_scale", "_zero_point")))
+    assert all(
+        not p.role.learnable for p in classify(model).params if p.name.endswith(("_scale", "_zero_point"))
+    )
     if kind == "dynamic":  # the float biases after the dequantizing Mul stay biases
         assert roles["fc1.bias"] == "bias" and roles["fc2.bias"] == "bias"
     out = tmp_path / "out.onnx"
-    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in model.params]
-    model.write(out, plan, produce, {}, overwrite=False)
+    plan = [Planned(p, Action.FILL if p.role.learnable else Action.CONSTANT) for p in classify(model).params]
+    model.write(out, plan, lazy_tensors(plan, produce), {}, overwrite=False)
     before, after = _stored_bytes(onnx.load(str(path))), _stored_bytes(onnx.load(str(out)))
     assert all(before[name] == after[name] for name in quantized)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import output_digests
+import pytest
 
 
 @pytest.mark.slow

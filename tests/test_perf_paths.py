@@ -19,24 +19,15 @@ from onnx import TensorProto, helper
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import blas, initialize
-from netinit_cli.distributions import (
-    BLOCK_ELEMENTS,
-    Distribution,
-    _fill_block,
-    _fill_blocks,
-    run_parallel,
-    sample_into,
-    spans,
-)
-from netinit_cli.fill import DIRECT_MIN_BYTES, DirectOutput, Filler, StatsSample, histogram, stats_sample
-from netinit_cli.methods import (
-    _orthonormalize_in_place,
-    distribution_init,
-    initializer_for,
-    orthonormalize,
-    parse_method,
-)
-from netinit_cli.model import LINEAR_OUT_IN, Action, Param, Planned, Role
+from netinit_cli.classify.layouts import LINEAR_OUT_IN
+from netinit_cli.distributions import Distribution
+from netinit_cli.fill import DIRECT_MIN_BYTES, Filler, StatsSample, histogram, stats_sample
+from netinit_cli.initializers import distribution_init
+from netinit_cli.linalg import orthonormalize, orthonormalize_in_place
+from netinit_cli.methods import parse_method
+from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.roles import initializer_for
+from netinit_cli.sampling import BLOCK_ELEMENTS, _fill_block, _fill_blocks, run_parallel, sample_into, spans
 from netinit_cli.seeding import CHUNK_ELEMENTS, Seed
 
 SEED = Seed(99, "explicit")
@@ -53,22 +44,28 @@ DISTRIBUTIONS = {
 
 def _planned(dist: Distribution, dtype: str, size: int = SIZE) -> Planned:
     param = Param("block.weight", (size,), dtype, role=Role.WEIGHT)
-    planned = Planned(param, Action.FILL)
-    planned.initializer = distribution_init(dist)
-    return planned
+    return Planned(param, Action.FILL, initializer=distribution_init(dist))
 
 
-def _direct_bytes(planned: Planned, path: Path, offset: int = 24) -> tuple[bytes, np.ndarray]:
+def _written_bytes(filler: Filler, planned: Planned, path: Path, offset: int = 24) -> bytes:
+    """The bytes ``filler``'s lazy tensor for ``planned`` writes at ``offset`` of a new file."""
+    tensor = filler.lazy(planned)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        slot = DirectOutput(fd, offset, path)
-        stand_in = Filler(SEED).produce(planned, slot)
-        assert slot.written
+        tensor.write_into(fd, offset, path)
     finally:
         os.close(fd)
     data = path.read_bytes()
-    assert data[:offset] == b"\0" * offset and len(data) == offset + stand_in.nbytes
-    return data[offset:], stand_in
+    assert data[:offset] == b"\0" * offset and len(data) == offset + tensor.nbytes
+    return data[offset:]
+
+
+def _in_memory_forbidden(filler: Filler) -> Filler:
+    def generate(planned: Planned) -> np.ndarray:
+        raise AssertionError("generated in memory, not span by span into the file")
+
+    filler.generate = generate  # type: ignore[method-assign]
+    return filler
 
 
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
@@ -78,26 +75,25 @@ def test_direct_output_equals_in_memory_values(
     kind: str, dtype: str, threads: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NETINIT_THREADS", "1")
-    in_memory = _planned(DISTRIBUTIONS[kind], dtype)
-    expected = Filler(SEED).produce(in_memory)
+    planned = _planned(DISTRIBUTIONS[kind], dtype)
+    in_memory = Filler(SEED)
+    expected = in_memory.lazy(planned).array()
     monkeypatch.setenv("NETINIT_THREADS", threads)
-    direct = _planned(DISTRIBUTIONS[kind], dtype)
-    got, stand_in = _direct_bytes(direct, tmp_path / "out.bin")
-    assert stand_in.shape == expected.shape and stand_in.dtype == expected.dtype
+    direct = _in_memory_forbidden(Filler(SEED))
+    got = _written_bytes(direct, planned, tmp_path / "out.bin")
     assert got == expected.tobytes()
-    assert (direct.mean, direct.std, direct.histogram) == (in_memory.mean, in_memory.std, in_memory.histogram)
+    assert direct.observed == in_memory.observed
 
 
-def test_small_tensors_and_other_fills_are_returned_not_written(tmp_path: Path) -> None:
+def test_small_tensors_are_generated_in_memory_then_written(tmp_path: Path) -> None:
     small = _planned(DISTRIBUTIONS["normal"], "F32", DIRECT_MIN_BYTES // 4 - 1)
-    fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        slot = DirectOutput(fd, 0, tmp_path / "x")
-        values = Filler(SEED).produce(small, slot)
-        assert not slot.written and values.flags.owndata and values.size == small.param.numel
-    finally:
-        os.close(fd)
-    assert (tmp_path / "x").stat().st_size == 0
+    filler = Filler(SEED)
+    generated: list[np.ndarray] = []
+    real = filler.generate
+    filler.generate = lambda planned: generated.append(real(planned)) or generated[-1]  # type: ignore[method-assign]
+    got = _written_bytes(filler, small, tmp_path / "x")
+    (values,) = generated
+    assert values.size == small.param.numel and got == values.tobytes()
 
 
 def test_stats_sample_collects_the_same_values_from_blocks_in_any_order() -> None:
@@ -213,11 +209,10 @@ def test_safetensors_output_is_identical_for_any_thread_count(
     loaded = load_file(str(tmp_path / "out1.safetensors"))
     assert loaded["a.norm.weight"].tolist() == [1.0] * 512 and not loaded["a.bias"].any()
     # the directly written tensor is what the in-memory path gives
-    planned = Planned(Param("a.weight", (640, 512), "F32", role=Role.WEIGHT), Action.FILL)
     if method != "orthogonal":
-        planned.param.layout = LINEAR_OUT_IN
-        planned.initializer = initializer_for(planned.param, parse_method(method))
-        assert loaded["a.weight"].tobytes() == Filler(Seed(1234, "default")).produce(planned).tobytes()
+        param = Param("a.weight", (640, 512), "F32", role=Role.WEIGHT, layout=LINEAR_OUT_IN)
+        planned = Planned(param, Action.FILL, initializer=initializer_for(param, parse_method(method)))
+        assert loaded["a.weight"].tobytes() == Filler(Seed(1234, "default")).generate(planned).tobytes()
 
 
 def test_onnx_external_data_written_directly_matches_the_in_memory_path(
@@ -276,8 +271,8 @@ def test_blas_orthonormalize_is_the_qr_factor_within_1e_5(shape: tuple[int, int]
 @needs_blas
 def test_blas_path_is_taken_and_fallback_gives_the_same_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
     a = np.random.default_rng(6).standard_normal((200, 320), dtype=np.float32)
-    assert _orthonormalize_in_place(a.copy())  # aspect 0.625: BLAS, one pass
-    assert not _orthonormalize_in_place(np.ones((4, 4), np.float32))  # aspect 1: NumPy path
+    assert orthonormalize_in_place(a.copy())  # aspect 0.625: BLAS, one pass
+    assert not orthonormalize_in_place(np.ones((4, 4), np.float32))  # aspect 1: NumPy path
     fast = orthonormalize(a)
     monkeypatch.setattr(blas, "AVAILABLE", False)
     slow = orthonormalize(a)
@@ -289,7 +284,7 @@ def test_singular_block_falls_back_and_leaves_input_usable() -> None:
     a = np.zeros((50, 80), np.float32)
     a[:, 0] = 1.0  # rank 1: the Gram matrix is singular
     work = a.copy()
-    assert not _orthonormalize_in_place(work)
+    assert not orthonormalize_in_place(work)
     assert (work == a).all()
 
 
@@ -340,18 +335,18 @@ def test_a_quiet_float32_run_imports_neither_rich_nor_ml_dtypes(tmp_path: Path) 
 def test_early_writeback_starts_writeback_as_the_file_grows(
     kernel_has_sync_file_range: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from netinit_cli import fill
+    from netinit_cli import fileio
 
     calls: list[str] = []
     if kernel_has_sync_file_range:
         fake = lambda fd, offset, count, flags: calls.append(f"sync_file_range {flags}") or 0  # noqa: E731
     else:
         fake = None
-        monkeypatch.setattr(fill.os, "fdatasync", lambda fd: calls.append("fdatasync"))
-    monkeypatch.setattr(fill, "_sync_file_range_function", lambda: fake)
+        monkeypatch.setattr(fileio.os, "fdatasync", lambda fd: calls.append("fdatasync"))
+    monkeypatch.setattr(fileio, "_sync_file_range_function", lambda: fake)
     with open(tmp_path / "out", "wb") as handle:
-        writeback = fill.EarlyWriteback(handle.fileno())
-        every = fill.WRITEBACK_BYTES if kernel_has_sync_file_range else fill.FDATASYNC_BYTES
+        writeback = fileio.EarlyWriteback(handle.fileno())
+        every = fileio.WRITEBACK_BYTES if kernel_has_sync_file_range else fileio.FDATASYNC_BYTES
         writeback.wrote(every - 1)
         writeback.finish()
         assert calls == []

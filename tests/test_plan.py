@@ -9,9 +9,11 @@ import pytest
 
 from netinit_cli import UsageError
 from netinit_cli.api import build_options
-from netinit_cli.methods import initializer_for, parse_method
-from netinit_cli.model import LINEAR_OUT_IN, Action, Layout, Param, Role
+from netinit_cli.classify.layouts import LINEAR_OUT_IN
+from netinit_cli.methods import parse_method
+from netinit_cli.model import Action, Layout, Param, Role
 from netinit_cli.plan import make_plan, parse_rule
+from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import parse_seed
 
 
@@ -161,7 +163,7 @@ def test_readme_fan_table(
     torch_fans: tuple[int, int],
     kaiming_stds: tuple[float, float],
 ) -> None:
-    from netinit_cli.model import MATRIX_IN_OUT, conv_layout, conv_transpose_layout
+    from netinit_cli.classify.layouts import MATRIX_IN_OUT, conv_layout, conv_transpose_layout
 
     chosen = {"convT": conv_transpose_layout(4, 1), "conv4": conv_layout(4, 4), "in_out": MATRIX_IN_OUT}[
         layout

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from netinit_cli import initialize, inspect
-from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.model import Action, Filled, Param, Planned, Role
 from netinit_cli.report import group_key, render, sparkline, std_off_target
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -77,16 +77,16 @@ def test_group_key_collapses_layer_indices() -> None:
     assert group_key("conv1.weight") == "conv1.weight"
 
 
-def _entry(std: float, expected: float, numel: int) -> Planned:
+def _entry(expected: float, numel: int) -> Planned:
     param = Param("w", (numel,), "F32", role=Role.WEIGHT)
-    return Planned(param, Action.FILL, std=std, expected_std=expected)
+    return Planned(param, Action.FILL, expected_std=expected)
 
 
 def test_std_flag_catches_a_wrong_gain_but_not_noise() -> None:
     # sqrt(2) too large (a Kaiming gain applied twice) is flagged on any realistic size ...
-    assert std_off_target(_entry(0.1414, 0.1, 10_000))
+    assert std_off_target(_entry(0.1, 10_000), Filled(0.0, 0.1414))
     # ... while a healthy 1% deviation on a small tensor is sampling noise.
-    assert not std_off_target(_entry(0.101, 0.1, 1_000))
+    assert not std_off_target(_entry(0.1, 1_000), Filled(0.0, 0.101))
 
 
 def test_large_models_group_automatically(tmp_path: Path) -> None:

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from netinit_cli.classify.stage import classify
 from netinit_cli.errors import InputError
-from netinit_cli.formats import safetensors_io
-from netinit_cli.formats.safetensors_io import open_safetensors, read_header
+from netinit_cli.formats.safetensors import header as safetensors_header
+from netinit_cli.formats.safetensors.bundle import open_safetensors
+from netinit_cli.formats.safetensors.header import read_header
 
 CORPUS = Path(__file__).parent / "corpus" / "safetensors"
 EXPECTED: dict[str, dict[str, object]] = json.loads((CORPUS / "expected.json").read_text())
@@ -121,14 +123,14 @@ def test_valid_edge_cases_are_accepted(tmp_path: Path) -> None:
 def test_nul_and_empty_names_are_warned_about(tmp_path: Path) -> None:
     header = '{"":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a\\u0000b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}'
     model = open_safetensors(_file(tmp_path, header, b"\x00\x00"))
-    assert model.notes == [
+    assert classify(model).notes == [
         "ok.safetensors: tensor '' has an empty name or a NUL character in its name",
         "ok.safetensors: tensor 'a\\u0000b' has an empty name or a NUL character in its name",
     ]
 
 
 def test_tensor_count_is_capped_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(safetensors_io, "MAX_TENSORS", 3)
+    monkeypatch.setattr(safetensors_header, "MAX_TENSORS", 3)
     entries = ",".join(f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(4))
     path = _file(tmp_path, "{" + entries + "}", name="many.safetensors")
     with pytest.raises(InputError) as raised:

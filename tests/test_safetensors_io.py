@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from netinit_cli.classify.stage import classify, classify_with_template, template_params
 from netinit_cli.dtypes import numpy_dtype
-from netinit_cli.formats.safetensors_io import open_safetensors
+from netinit_cli.fill import lazy_tensors
+from netinit_cli.formats import open_template
+from netinit_cli.formats.safetensors.bundle import open_safetensors
 from netinit_cli.model import Action, Param, Planned, Role
 
 
 def fill_sevens(calls: list[str]):  # type: ignore[no-untyped-def]
     """A fake ``produce``: 7 everywhere, in the tensor's dtype; records the call order."""
 
-    def produce(planned: Planned, place: object = None) -> np.ndarray:
+    def produce(planned: Planned) -> np.ndarray:
         calls.append(planned.param.name)
         return np.full(planned.param.shape, 7, numpy_dtype(planned.param.dtype))
 
@@ -49,9 +52,11 @@ def test_round_trip_fills_planned_and_copies_the_rest_byte_identical(
 ) -> None:
     model = open_safetensors(small_file)
     calls: list[str] = []
-    plan = plan_fill(model.params, {Role.WEIGHT, Role.EMBEDDING})
+    plan = plan_fill(classify(model).params, {Role.WEIGHT, Role.EMBEDDING})
     out = tmp_path / "out.safetensors"
-    result = model.write(out, plan, fill_sevens(calls), {"netinit.seed": "3"}, overwrite=False)
+    result = model.write(
+        out, plan, lazy_tensors(plan, fill_sevens(calls)), {"netinit.seed": "3"}, overwrite=False
+    )
     assert result.paths == [out]
     before, after = load_file(str(small_file)), load_file(str(out))
     assert set(before) == set(after)
@@ -78,7 +83,11 @@ def test_output_loads_in_torch_and_has_the_reference_writer_layout(small_file: P
     calls: list[str] = []
     out = tmp_path / "out.safetensors"
     model.write(
-        out, plan_fill(model.params, {Role.WEIGHT, Role.EMBEDDING}), fill_sevens(calls), {}, overwrite=False
+        out,
+        plan_fill(classify(model).params, {Role.WEIGHT, Role.EMBEDDING}),
+        lazy_tensors(plan_fill(classify(model).params, {Role.WEIGHT, Role.EMBEDDING}), fill_sevens(calls)),
+        {},
+        overwrite=False,
     )
     loaded = torch_load(str(out))
     assert loaded["embeddings.word_embeddings.weight"].dtype == torch.bfloat16
@@ -106,13 +115,17 @@ def test_read_array_is_a_read_only_zero_copy_view(small_file: Path) -> None:
 def test_a_failing_produce_leaves_no_output_and_no_temp_files(small_file: Path, tmp_path: Path) -> None:
     model = open_safetensors(small_file)
 
-    def produce(planned: Planned, place: object = None) -> np.ndarray:
+    def produce(planned: Planned) -> np.ndarray:
         raise RuntimeError("generator crashed")
 
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(RuntimeError):
         model.write(
-            tmp_path / "out.safetensors", plan_fill(model.params, {Role.WEIGHT}), produce, {}, overwrite=False
+            tmp_path / "out.safetensors",
+            plan_fill(classify(model).params, {Role.WEIGHT}),
+            lazy_tensors(plan_fill(classify(model).params, {Role.WEIGHT}), produce),
+            {},
+            overwrite=False,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -121,11 +134,12 @@ def test_wrong_produce_output_is_an_internal_error(small_file: Path, tmp_path: P
     from netinit_cli.errors import NetinitError
 
     model = open_safetensors(small_file)
-    with pytest.raises(NetinitError, match=r"produce\(\) gave float64 \(8, 4\)"):
+    plan = plan_fill(classify(model).params, {Role.WEIGHT})
+    with pytest.raises(NetinitError, match=r"values produced for tensor .* are float64 \(8, 4\)"):
         model.write(
             tmp_path / "o.safetensors",
-            plan_fill(model.params, {Role.WEIGHT}),
-            lambda planned, place=None: np.zeros(planned.param.shape),
+            plan,
+            lazy_tensors(plan, lambda planned: np.zeros(planned.param.shape)),
             {},
             overwrite=False,
         )
@@ -139,7 +153,13 @@ def test_existing_output_is_refused_without_overwrite(small_file: Path, tmp_path
     out.write_bytes(b"keep me")
     model = open_safetensors(small_file)
     with pytest.raises(OutputExistsError):
-        model.write(out, plan_fill(model.params, set()), fill_sevens([]), {}, overwrite=False)
+        model.write(
+            out,
+            plan_fill(classify(model).params, set()),
+            lazy_tensors(plan_fill(classify(model).params, set()), fill_sevens([])),
+            {},
+            overwrite=False,
+        )
     assert out.read_bytes() == b"keep me"
 
 
@@ -180,7 +200,11 @@ def test_sharded_bundle_round_trip_keeps_the_split_and_recomputes_the_index(
     (out_dir / "config.json").write_bytes((gpt2_bundle / "config.json").read_bytes())
     out = out_dir / "model.safetensors.index.json"
     result = model.write(
-        out, plan_fill(model.params, {Role.WEIGHT}), fill_sevens(calls), {"netinit": "1"}, overwrite=False
+        out,
+        plan_fill(classify(model).params, {Role.WEIGHT}),
+        lazy_tensors(plan_fill(classify(model).params, {Role.WEIGHT}), fill_sevens(calls)),
+        {"netinit": "1"},
+        overwrite=False,
     )
     assert result.paths[-1] == out
     assert sorted(p.name for p in result.paths[:-1]) == shards_in
@@ -207,22 +231,21 @@ def test_sharded_bundle_round_trip_keeps_the_split_and_recomputes_the_index(
 def test_index_entries_stored_nowhere_are_reported_and_created_from_a_template(
     gpt2_bundle: Path, tmp_path: Path
 ) -> None:
-    from netinit_cli.formats.safetensors_io import merge_template, params_from_template
-
     index_path = gpt2_bundle / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     index["weight_map"]["transformer.extra.weight"] = sorted(set(index["weight_map"].values()))[0]
     index_path.write_text(json.dumps(index))
     model = open_safetensors(index_path)
     assert model.index_missing == {"transformer.extra.weight": sorted(set(index["weight_map"].values()))[0]}
-    assert any("stored in no shard: transformer.extra.weight" in note for note in model.notes)
+    assert any("stored in no shard: transformer.extra.weight" in note for note in classify(model).notes)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"transformer.extra.weight": {"shape": [4, 32], "dtype": "F32"}}))
-    merge_template(model, params_from_template(manifest))
-    created = next(p for p in model.params if p.name == "transformer.extra.weight")
+    merged = classify_with_template(model, open_template(manifest))
+    created = next(p for p in merged.params if p.name == "transformer.extra.weight")
     assert not created.has_data and created.role == Role.WEIGHT
     out = tmp_path / "model.safetensors.index.json"
-    model.write(out, plan_fill(model.params, {Role.WEIGHT}), fill_sevens([]), {}, overwrite=False)
+    plan = plan_fill(merged.params, {Role.WEIGHT})
+    model.write(out, plan, lazy_tensors(plan, fill_sevens([])), {}, overwrite=False)
     written = json.loads(out.read_text())["weight_map"]
     assert written["transformer.extra.weight"] == index["weight_map"]["transformer.extra.weight"]
     assert np.all(
@@ -232,7 +255,7 @@ def test_index_entries_stored_nowhere_are_reported_and_created_from_a_template(
 
 # --- templates, new checkpoints, ties ------------------------------------------------------------
 def test_manifest_creates_a_whole_checkpoint(tmp_path: Path) -> None:
-    from netinit_cli.formats.safetensors_io import new_safetensors, params_from_template
+    from netinit_cli.formats.safetensors.template import new_safetensors
 
     manifest = tmp_path / "template.json"
     manifest.write_text(
@@ -244,20 +267,21 @@ def test_manifest_creates_a_whole_checkpoint(tmp_path: Path) -> None:
             }
         )
     )
-    params = params_from_template(manifest)
+    params = template_params(open_template(manifest))
     assert [(p.name, p.dtype, p.role, p.has_data) for p in params] == [
         ("encoder.dense.weight", "BF16", Role.WEIGHT, False),
         ("encoder.dense.bias", "F32", Role.BIAS, False),
         ("encoder.norm.weight", "F16", Role.NORM_SCALE, False),
     ]
     out = tmp_path / "new.safetensors"
-    model = new_safetensors(out, params)
+    model = new_safetensors(out)
     assert model.default_output() == out
     calls: list[str] = []
+    plan = [Planned(p, Action.FILL) for p in classify_with_template(model, open_template(manifest)).params]
     model.write(
         out,
-        [Planned(p, Action.FILL) for p in model.params],
-        fill_sevens(calls),
+        plan,
+        lazy_tensors(plan, fill_sevens(calls)),
         {"netinit.method": "x"},
         overwrite=False,
     )
@@ -284,29 +308,26 @@ def test_manifest_creates_a_whole_checkpoint(tmp_path: Path) -> None:
 )
 def test_bad_manifests_are_clear_input_errors(tmp_path: Path, content: object, error: str) -> None:
     from netinit_cli.errors import InputError
-    from netinit_cli.formats.safetensors_io import params_from_template
 
     manifest = tmp_path / "template.json"
     manifest.write_text(json.dumps(content))
     with pytest.raises(InputError) as raised:
-        params_from_template(manifest)
+        open_template(manifest)
     assert str(raised.value).startswith(error)
 
 
 def test_template_mismatch_is_noted_not_added(small_file: Path, tmp_path: Path) -> None:
-    from netinit_cli.formats.safetensors_io import merge_template, params_from_template
-
     manifest = tmp_path / "t.json"
     manifest.write_text(
         json.dumps({"encoder.layer.0.dense.weight": {"shape": [4, 8]}, "head.weight": {"shape": [2, 8]}})
     )
     model = open_safetensors(small_file)
-    merge_template(model, params_from_template(manifest))
+    merged = classify_with_template(model, open_template(manifest))
     assert (
         "tensor 'encoder.layer.0.dense.weight': the template has [4, 8] F32 but the bundle stores [8, 4] F32; kept as stored"
-        in model.notes
+        in merged.notes
     )
-    assert [p.name for p in model.params if not p.has_data] == ["head.weight"]
+    assert [p.name for p in merged.params if not p.has_data] == ["head.weight"]
 
 
 def test_identical_tied_embeddings_are_filled_once_and_written_under_both_names(tmp_path: Path) -> None:
@@ -322,18 +343,24 @@ def test_identical_tied_embeddings_are_filled_once_and_written_under_both_names(
         str(path),
     )
     model = open_safetensors(path)
-    embed = next(p for p in model.params if p.name == "model.embed_tokens.weight")
+    embed = next(p for p in classify(model).params if p.name == "model.embed_tokens.weight")
     assert embed.aliases == ("lm_head.weight",)
-    assert "lm_head.weight" not in [p.name for p in model.params]
+    assert "lm_head.weight" not in [p.name for p in classify(model).params]
     calls: list[str] = []
     out = tmp_path / "out.safetensors"
     counter = iter(range(100))
 
-    def produce(planned: Planned, place: object = None) -> np.ndarray:
+    def produce(planned: Planned) -> np.ndarray:
         calls.append(planned.param.name)
         return np.full(planned.param.shape, next(counter), np.float32)
 
-    model.write(out, plan_fill(model.params, {Role.EMBEDDING}), produce, {}, overwrite=False)
+    model.write(
+        out,
+        plan_fill(classify(model).params, {Role.EMBEDDING}),
+        lazy_tensors(plan_fill(classify(model).params, {Role.EMBEDDING}), produce),
+        {},
+        overwrite=False,
+    )
     loaded = load_file(str(out))
     assert calls == ["model.embed_tokens.weight"]
     assert np.array_equal(loaded["lm_head.weight"], loaded["model.embed_tokens.weight"])
@@ -349,7 +376,7 @@ def test_different_bytes_are_not_tied(tmp_path: Path) -> None:
         },
         str(path),
     )
-    assert all(p.aliases == () for p in open_safetensors(path).params)
+    assert all(p.aliases == () for p in classify(open_safetensors(path)).params)
 
 
 # --- bounded memory ------------------------------------------------------------------------------
@@ -357,7 +384,7 @@ def test_different_bytes_are_not_tied(tmp_path: Path) -> None:
 def test_streaming_writer_peak_memory_is_about_one_tensor(tmp_path: Path) -> None:
     import tracemalloc
 
-    from netinit_cli.formats.safetensors_io import new_safetensors
+    from netinit_cli.formats.safetensors.template import new_safetensors
 
     tensor_bytes = 8 * 1024 * 1024
     count = 24  # 192 MiB of data
@@ -366,20 +393,19 @@ def test_streaming_writer_peak_memory_is_about_one_tensor(tmp_path: Path) -> Non
         for i in range(count)
     ]
     big = tmp_path / "big.safetensors"
-    creator = new_safetensors(big, params)
+    creator = new_safetensors(big)
+    plan = [Planned(p, Action.FILL) for p in params]
     tracemalloc.start()
-    creator.write(
-        big, [Planned(p, Action.FILL) for p in creator.params], fill_sevens([]), {}, overwrite=False
-    )
+    creator.write(big, plan, lazy_tensors(plan, fill_sevens([])), {}, overwrite=False)
     _, create_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert big.stat().st_size > count * tensor_bytes
     assert create_peak < 2 * tensor_bytes  # one produced tensor at a time, not the model
 
     model = open_safetensors(big)
-    half = [Planned(p, Action.FILL if i % 2 else Action.KEEP) for i, p in enumerate(model.params)]
+    half = [Planned(p, Action.FILL if i % 2 else Action.KEEP) for i, p in enumerate(classify(model).params)]
     tracemalloc.start()
-    model.write(tmp_path / "out.safetensors", half, fill_sevens([]), {}, overwrite=False)
+    model.write(tmp_path / "out.safetensors", half, lazy_tensors(half, fill_sevens([])), {}, overwrite=False)
     _, rewrite_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert rewrite_peak < 2 * tensor_bytes
@@ -399,7 +425,7 @@ def test_folder_resolution(tmp_path: Path) -> None:
     save_file(tensors, str(tmp_path / "model.init.safetensors"))  # a previous netinit output beside it
     model = open_safetensors(tmp_path)
     assert model.path.name == "model.safetensors"
-    assert model.notes == [f"{tmp_path} holds 2 .safetensors files; using model.safetensors"]
+    assert classify(model).notes == [f"{tmp_path} holds 2 .safetensors files; using model.safetensors"]
     (tmp_path / "model.safetensors").unlink()
     save_file(tensors, str(tmp_path / "other.safetensors"))
     with pytest.raises(InputError) as raised:

@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from netinit_cli.distributions import Distribution, sample_into
+from netinit_cli.distributions import Distribution
 from netinit_cli.errors import UsageError
+from netinit_cli.sampling import sample_into
 from netinit_cli.seeding import CHUNK_ELEMENTS, DEFAULT_SEED, Seed, parse_seed, tensor_generator, thread_count
 
 

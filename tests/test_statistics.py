@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from netinit_cli.distributions import Distribution, parse_distribution, sample_into
-from netinit_cli.methods import TRUNCATED_STD, initializer_for, parse_method
-from netinit_cli.model import (
-    LINEAR_OUT_IN,
-    MATRIX_IN_OUT,
-    Layout,
-    Param,
-    Role,
-    conv_layout,
-    conv_transpose_layout,
-)
+from netinit_cli.classify.layouts import LINEAR_OUT_IN, MATRIX_IN_OUT, conv_layout, conv_transpose_layout
+from netinit_cli.distributions import Distribution, parse_distribution
+from netinit_cli.initializers import TRUNCATED_STD
+from netinit_cli.methods import parse_method
+from netinit_cli.model import Layout, Param, Role
+from netinit_cli.roles import initializer_for
+from netinit_cli.sampling import sample_into
 from netinit_cli.seeding import Seed
 
 SEED = Seed(20240601, "explicit")

@@ -1,12 +1,24 @@
-"""Format detection: which backend opens a path.  Recognized by content, not only by suffix."""
+"""Format detection: which backend opens a path.  Recognized by content, not only by suffix.
+
+Adding a format: a reader (open the file, list or index its stored tensors, ``read_array``), a
+writer (``write`` taking the plan and a :class:`~netinit_cli.fill.LazyTensor` per filled tensor),
+a content test in :func:`sniff` and a branch in :func:`open_model`; see ARCHITECTURE.md.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import ModelFile
+from netinit_cli.formats.foreign import HEAD_BYTES, describe_foreign
+
+if TYPE_CHECKING:
+    from netinit_cli.formats.onnx.reader import OnnxModel
+    from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.template import Manifest
 
 SAFETENSORS = "safetensors"
 ONNX = "onnx"
@@ -17,6 +29,8 @@ MANIFEST = "manifest"
 def sniff(path: Path) -> str:
     """Return the kind of model at ``path`` from its bytes (folders are safetensors bundles)."""
     if path.is_dir():
+        if (foreign := describe_foreign(path, b"")) is not None:
+            raise InputError(foreign)
         return SAFETENSORS
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -24,13 +38,17 @@ def sniff(path: Path) -> str:
         raise InputError(f"{path}: not a regular file")
     try:
         with path.open("rb") as handle:
-            head = handle.read(16)
+            head = handle.read(HEAD_BYTES)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     if len(head) >= 9:
         header_len = int.from_bytes(head[:8], "little")
         if 2 <= header_len <= path.stat().st_size - 8 and head[8:9] in (b"{", b" ", b"\n", b"\t", b"\r"):
             return SAFETENSORS
+    # Before the JSON and ONNX tests: a SavedModel's .pb starts like a protobuf, and a PyTorch
+    # *.bin.index.json like a safetensors index.
+    if (foreign := describe_foreign(path, head)) is not None:
+        raise InputError(foreign)
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
         return _json_kind(path)
@@ -60,13 +78,26 @@ def open_model(path: Path) -> ModelFile:
     """Open ``path`` with the backend its content calls for."""
     kind = sniff(path)
     if kind in (SAFETENSORS, INDEX):
-        from netinit_cli.formats.safetensors_io import open_safetensors
+        from netinit_cli.formats.safetensors.bundle import open_safetensors
 
         return open_safetensors(path)
     if kind == ONNX:
-        from netinit_cli.formats.onnx_io import open_onnx
+        from netinit_cli.formats.onnx.reader import open_onnx
 
         return open_onnx(path)
     raise InputError(
         f"{path}: a tensor manifest is not a model; use it as a template: netinit --like {path} -o OUT"
     )
+
+
+def open_template(path: Path) -> OnnxModel | SafetensorsModel | Manifest:
+    """Open ``--like TEMPLATE``: an ONNX model, a JSON manifest, or a safetensors file, index or
+    folder (read only: the classify stage turns it into the params to create)."""
+    if sniff(path) == ONNX:
+        from netinit_cli.formats.onnx.reader import open_onnx
+
+        return open_onnx(path)
+    from netinit_cli.formats.safetensors.bundle import open_safetensors
+    from netinit_cli.formats.safetensors.template import read_manifest
+
+    return read_manifest(path) or open_safetensors(path)

@@ -1,34 +1,24 @@
-"""What every format backend provides, and the atomic-output helper they all write through.
+"""What every format backend provides.
 
-A backend (``onnx_io``, ``safetensors_io``) opens a model file, lists its stored tensors as
-classified :class:`~netinit_cli.model.Param` records, reads a kept tensor's bytes lazily, and
-writes a new file in which each planned tensor is produced on demand, one at a time.
+A backend (``formats.onnx``, ``formats.safetensors``) opens a model file and *reads*: the stored
+tensors' names, shapes and dtypes (and, for ONNX, the graph topology), and a kept tensor's bytes
+on request.  Classification is a stage of its own.  Writing takes the plan and, for each filled
+tensor, a :class:`~netinit_cli.fill.LazyTensor` whose bytes are produced as they are written.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import io
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from netinit_cli import libc
-from netinit_cli.errors import OutputError, OutputExistsError
-from netinit_cli.model import Param, Planned
+from netinit_cli.model import Planned
 
-# Produces the values of one planned tensor, already in the tensor's own dtype and shape,
-# C-contiguous.  Called at most once per tensor, in write order.  A writer may pass the place
-# the bytes go (fill.DirectOutput: an fd and offset); a large distribution-drawn tensor is then
-# written there by the sampler threads, ``place.written`` is set, and the returned array is a
-# zero-stride stand-in of the right shape and dtype that the writer must not write.
-Produce = Callable[..., np.ndarray]
+if TYPE_CHECKING:
+    from netinit_cli.fill import LazyTensor
 
 
 @dataclass
@@ -39,13 +29,12 @@ class WriteResult:
 
 
 class ModelFile(Protocol):
-    """An opened model.  ``params`` are classified; nothing but headers has been read."""
+    """An opened model.  Nothing but headers (or the graph) has been read."""
 
     kind: str  # "onnx" or "safetensors"
     path: Path
-    params: list[Param]
     metadata: dict[str, str]
-    notes: list[str]  # warnings found while reading/classifying (shown under the table)
+    notes: list[str]  # warnings found while reading (shown under the table)
 
     def read_array(self, name: str) -> np.ndarray:
         """The stored values of a tensor that has data (memory-mapped where possible)."""
@@ -59,16 +48,16 @@ class ModelFile(Protocol):
         self,
         out: Path,
         plan: Sequence[Planned],
-        produce: Produce,
+        tensors: Mapping[str, LazyTensor],
         provenance: dict[str, str],
         *,
         overwrite: bool,
         durable: bool = True,
     ) -> WriteResult:
-        """Write a new model to ``out``: planned FILL tensors from ``produce``, every other
-        tensor, node, attribute and metadata entry byte-identical.  Atomic (see
-        :func:`atomic_output`; ``durable=False`` skips the fsyncs).  ``provenance`` goes into
-        the file's metadata."""
+        """Write a new model to ``out``: each tensor of ``tensors`` (the plan's filled ones, by
+        name) from its lazy values, every other tensor, node, attribute and metadata entry
+        byte-identical.  Atomic (see :mod:`netinit_cli.fileio`; ``durable=False`` skips the
+        fsyncs).  ``provenance`` goes into the file's metadata."""
         ...
 
 
@@ -78,298 +67,3 @@ def with_init_suffix(path: Path, suffix: str) -> Path:
     if name.endswith(suffix):
         return path.with_name(name[: -len(suffix)] + ".init" + suffix)
     return path.with_name(name + ".init")
-
-
-def check_destination(out: Path, *, overwrite: bool, follow_symlinks: bool = False) -> None:
-    """Refuse an existing output without ``overwrite``, and a planted symlink always
-    (unless ``follow_symlinks``): we replace the link's target folder entry, never write through it."""
-    if out.is_symlink() and not follow_symlinks:
-        raise OutputError(
-            f"{out}: the output path is a symbolic link; refusing to write through it "
-            "(remove the link or choose another -o)"
-        )
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out} already exists; use --force to overwrite it or -o to choose another path"
-        )
-    if out.exists() and out.is_dir():
-        raise OutputError(f"{out} is a directory; give a file path with -o")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{out}: the folder {parent} does not exist; create it first")
-
-
-# Temporary files are named ``.<output name>.netinit-<pid>-<random>.tmp`` in the output's folder:
-# hidden, clearly ours, and tied to the process that wrote them.  A kill -9 (or power loss)
-# leaves one behind; the next write to the same output removes those whose process is gone.
-TEMP_TAG = ".netinit-"
-TEMP_SUFFIX = ".tmp"
-
-
-def temp_prefix(out: Path) -> str:
-    return f".{out.name}{TEMP_TAG}{os.getpid()}-"
-
-
-def _folder(out: Path) -> Path:
-    return out.parent if str(out.parent) else Path(".")
-
-
-def remove_stale_temps(out: Path) -> list[Path]:
-    """Delete temporary files left for ``out`` by netinit processes that no longer run
-    (killed mid-write).  Only files named by :func:`temp_prefix` whose process id is not alive
-    on this machine are touched.  (On a folder shared between machines, a live writer on another
-    host looks dead from here: do not run two netinits on one output across hosts.)"""
-    removed: list[Path] = []
-    head = f".{out.name}{TEMP_TAG}"
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(_folder(out)):
-            if not (entry.name.startswith(head) and entry.name.endswith(TEMP_SUFFIX)):
-                continue
-            pid_text = entry.name[len(head) :].split("-", 1)[0]
-            if not pid_text.isdigit() or _alive(int(pid_text)):
-                continue
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, someone else's
-        return True
-    return True
-
-
-def _make_temp(out: Path) -> tuple[int, Path]:
-    parent = _folder(out)
-    remove_stale_temps(out)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=TEMP_SUFFIX, dir=parent)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create a file in {parent}: {exc.strerror or exc}") from exc
-    return fd, Path(tmp_name)
-
-
-def _write_failed(out: Path, exc: OSError) -> OutputError:
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        reason += " (free some space or choose another -o)"
-    return OutputError(f"{out}: write failed: {reason}")
-
-
-def _fallocate(fd: int, offset: int, length: int) -> int:
-    """``fallocate(fd, 0, offset, length)``: 0, or the errno it failed with."""
-    function = libc.function("fallocate64", "iiqq") or libc.function("fallocate", "iiqq")
-    if function is None:
-        return errno.ENOSYS
-    return 0 if function(fd, 0, offset, length) == 0 else libc.last_errno()
-
-
-# The filesystem cannot preallocate (FUSE, some network filesystems, old kernels' tmpfs):
-# the blocks are then allocated as the pages are written back, as without preallocation.
-_NOT_SUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.EINTR}
-
-
-def preallocate(fd: int, offset: int, length: int, target: Path) -> None:
-    """Allocate the blocks of bytes ``[offset, offset + length)`` of an output before writing them.
-
-    Each output's size is known before its bytes are generated, and allocating its blocks at
-    once costs the filesystem far less than allocating them while the pages are written back
-    (ext4 here, ``dd`` of 1 GB with ``fdatasync``: 0.40-0.47 s with ``fallocate`` first,
-    0.46-2.76 s without).  A full disk is reported here, before anything is generated.  Not
-    ``os.posix_fallocate``: where the filesystem lacks support, glibc emulates it by writing
-    every block.
-    """
-    if length <= 0:
-        return
-    code = _fallocate(fd, offset, length)
-    if code and code not in _NOT_SUPPORTED:
-        raise _write_failed(target, OSError(code, os.strerror(code)))
-
-
-class _OutputFile(io.BufferedRandom):
-    """A temporary output file whose write errors (disk full, file too large, I/O error) are
-    :class:`OutputError` naming the destination, not a bare ``OSError`` (which the CLI would
-    report as an internal error)."""
-
-    def __init__(self, fd: int, target: Path) -> None:
-        super().__init__(io.FileIO(fd, "r+"))
-        self.target = target
-
-    def write(self, data: Any) -> int:
-        try:
-            return super().write(data)
-        except OSError as exc:
-            raise _write_failed(self.target, exc) from exc
-
-    def flush(self) -> None:
-        try:
-            super().flush()
-        except OSError as exc:
-            raise _write_failed(self.target, exc) from exc
-
-
-@contextlib.contextmanager
-def atomic_output(out: Path, *, overwrite: bool, durable: bool = True) -> Iterator[BinaryIO]:
-    """Yield a temporary file in ``out``'s folder; on success fsync it and rename it onto ``out``.
-
-    On any exception the temporary file is removed and ``out`` is left as it was, so a reader
-    sees either no/old output or the complete new file, never a partial one.  A kill -9 leaves
-    at most the temporary file (see :func:`remove_stale_temps`).  ``durable=False`` skips the
-    fsyncs of the file and its folder: the rename is still atomic for readers and against a
-    killed writer, but after a power loss or an OS crash the output may be empty or partial.
-    """
-    check_destination(out, overwrite=overwrite)
-    fd, tmp = _make_temp(out)
-    try:
-        with _OutputFile(fd, out) as handle:
-            yield cast(BinaryIO, handle)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        # Re-check right before the rename: the destination may have appeared meanwhile.  A
-        # symlink planted after this check is replaced, not followed: rename() acts on the
-        # folder entry, never on the link's target.
-        check_destination(out, overwrite=overwrite)
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, out)
-        if durable:
-            _fsync_dir(_folder(out))
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise _write_failed(out, exc) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class AtomicFileSet:
-    """Several outputs that appear together (model + external data, shards + index).
-
-    ``open(path)`` gives a temporary file beside ``path``; ``commit()`` fsyncs every one and
-    renames them into place, the files in ``open`` order with the *last opened* renamed last
-    (open the model or index last, so it never points at data that is not there yet).
-    ``abort()`` (or leaving a ``with`` block by an exception) removes every temporary file.
-
-    If a rename fails part-way (an exception, not a kill), the files already renamed are rolled
-    back: an overwritten destination gets its previous content again (kept through a hard link
-    until the commit ends), a new one is removed.  A kill -9 *between* two renames cannot be
-    rolled back: the data files are then new while the model or index is still the old one.  A
-    backend that overwrites should therefore give its data files names the old model does not
-    use, so an old model never points at new data.
-    """
-
-    def __init__(self, *, overwrite: bool, durable: bool = True) -> None:
-        self.overwrite = overwrite
-        self.durable = durable  # False: no fsync (see atomic_output)
-        self._files: list[tuple[Path, Path, BinaryIO]] = []
-
-    def __enter__(self) -> AtomicFileSet:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.abort()
-
-    def open(self, out: Path) -> BinaryIO:
-        check_destination(out, overwrite=self.overwrite)
-        try:
-            fd, tmp = _make_temp(out)
-        except OutputError:
-            self.abort()
-            raise
-        handle = cast(BinaryIO, _OutputFile(fd, out))
-        self._files.append((out, tmp, handle))
-        return handle
-
-    def commit(self) -> list[Path]:
-        renamed: list[tuple[Path, Path | None]] = []  # (destination, backup of its old content)
-        backups: list[Path] = []
-        current = Path(".")
-        try:
-            for out, _, handle in self._files:
-                current = out
-                handle.flush()
-                if self.durable:
-                    os.fsync(handle.fileno())
-                handle.close()
-            for out, _, _ in self._files:
-                current = out
-                check_destination(out, overwrite=self.overwrite)
-            mode = 0o644 & ~_umask()
-            for out, tmp, _ in self._files:
-                current = out
-                os.chmod(tmp, mode)
-                backup = self._keep_old(current)
-                if backup is not None:
-                    backups.append(backup)
-                os.replace(tmp, current)
-                renamed.append((current, backup))
-            for folder in {_folder(out) for out, _, _ in self._files} if self.durable else ():
-                _fsync_dir(folder)
-        except OSError as exc:
-            self._roll_back(renamed)
-            self.abort()
-            raise _write_failed(current, exc) from exc
-        except BaseException:
-            self._roll_back(renamed)
-            self.abort()
-            raise
-        finally:
-            for backup in backups:
-                with contextlib.suppress(OSError):
-                    backup.unlink()
-        done = [out for out, _, _ in self._files]
-        self._files = []
-        return done
-
-    def _keep_old(self, out: Path) -> Path | None:
-        """A hard link to ``out``'s current content, so a failed commit can put it back."""
-        if not out.is_file() or out.is_symlink():
-            return None
-        backup = _folder(out) / f"{temp_prefix(out)}old-{os.urandom(4).hex()}{TEMP_SUFFIX}"
-        try:
-            os.link(out, backup)
-        except OSError:
-            return None  # a filesystem without hard links: no rollback for this file
-        return backup
-
-    @staticmethod
-    def _roll_back(renamed: list[tuple[Path, Path | None]]) -> None:
-        for out, backup in reversed(renamed):
-            with contextlib.suppress(OSError):
-                if backup is not None:
-                    os.replace(backup, out)
-                else:
-                    out.unlink()
-
-    def abort(self) -> None:
-        for _, tmp, handle in self._files:
-            with contextlib.suppress(OSError, ValueError):
-                handle.close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        self._files = []

@@ -1,0 +1,149 @@
+"""The classify stage: every tensor an opened model stores becomes a classified
+:class:`~netinit_cli.model.Param` (role, layout, reason), plus notes for the user.
+
+Readers only read; this is where their tensors meet the classifiers: ONNX graphs go to
+:func:`~netinit_cli.classify.onnx.classify_graphs` (then missing external data and stored
+values that look like fixed buffers are noted), safetensors names to
+:func:`~netinit_cli.classify.names.classify_params` (then tied tensors are folded).  A
+``--like`` template is classified here too and merged into the bundle, or becomes the tensors
+of a new checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+
+from netinit_cli.classify.families import TIE_PAIRS
+from netinit_cli.classify.names import classify_params
+from netinit_cli.errors import InputError
+from netinit_cli.model import Param
+
+if TYPE_CHECKING:
+    from netinit_cli.formats.base import ModelFile
+    from netinit_cli.formats.onnx.reader import OnnxModel
+    from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.template import Manifest
+
+
+@dataclass
+class Classified:
+    """An opened model's tensors, classified, and the notes found reading and classifying it."""
+
+    params: list[Param]
+    notes: list[str]
+
+
+def classify(model: ModelFile) -> Classified:
+    """Classify the tensors ``model`` stores (pure: the model is only read)."""
+    if model.kind == "onnx":
+        return _classify_onnx(cast("OnnxModel", model))
+    return _classify_safetensors(cast("SafetensorsModel", model))
+
+
+def classify_with_template(model: ModelFile, template: OnnxModel | SafetensorsModel | Manifest) -> Classified:
+    """``model``'s tensors plus those of ``--like TEMPLATE`` it lacks (to be created); for a
+    model created from scratch, the template's tensors."""
+    from netinit_cli.formats.safetensors.template import merge_template, new_params
+
+    bundle = cast("SafetensorsModel", model)
+    wanted = template_params(template)
+    if bundle.created:
+        return Classified(new_params(wanted), [])
+    classified = classify(bundle)
+    params, notes = merge_template(bundle, classified.params, wanted)
+    return Classified(params, [*classified.notes, *notes])
+
+
+def template_params(template: OnnxModel | SafetensorsModel | Manifest) -> list[Param]:
+    """The tensors a template asks for, classified, each with ``has_data=False`` where it is a
+    safetensors bundle or manifest (an ONNX template keeps what its graph says)."""
+    if template.kind == "onnx":
+        params = _classify_onnx(cast("OnnxModel", template)).params
+        return [param for param in params if param.source in ("initializer", "graph_input")]
+    if template.kind == "manifest":
+        manifest = cast("Manifest", template)
+        return classify_params(manifest.params, manifest.format_hint)
+    from netinit_cli.formats.safetensors.template import as_template
+
+    bundle = cast("SafetensorsModel", template)
+    hint = bundle.metadata.get("format")
+    folded, _ = fold_ties(bundle.params, bundle.read_array)
+    return classify_params(as_template(bundle.path.name, folded), hint)
+
+
+def _classify_onnx(model: OnnxModel) -> Classified:
+    from netinit_cli.classify.onnx import classify_graphs
+    from netinit_cli.classify.values import structured_value_note
+
+    graphs = model.graphs
+    params, notes = classify_graphs(graphs)
+    for param in params:
+        missing = model.missing_data_file(param.name)
+        if missing is not None:
+            param.has_data = False
+            notes.append(f"{param.name}: external data file {missing!r} is missing")
+    stored = {s.name: s for s in graphs.stored}
+    for param in params:
+        # Weight-slot tensors whose stored values look like a fixed buffer (a sample of each:
+        # see structured_value_note).  Constant value_floats and sparse tensors are not read.
+        where = stored[param.name]
+        if not (param.role.random and param.has_data) or where.sparse is not None or where.tensor is None:
+            continue
+        try:
+            values = model.read_array(param.name)
+        except InputError:
+            continue
+        note = structured_value_note(param.name, param.role, values)
+        if note:
+            param.notes.append(note)
+            notes.append(note)
+    return Classified(params, [*model.notes, *notes])
+
+
+def _classify_safetensors(model: SafetensorsModel) -> Classified:
+    params = classify_params(model.params, model.metadata.get("format"))
+    params, notes = fold_ties(params, model.read_array)
+    return Classified(params, [*model.notes, *notes])
+
+
+def fold_ties(params: list[Param], read: Callable[[str], np.ndarray]) -> tuple[list[Param], list[str]]:
+    """Fold known tie pairs with identical bytes into one param with an alias, and say so.
+
+    safetensors cannot store one tensor under two names.  Two float tensors with a known tie
+    pair of names (``lm_head.weight`` / ``*embed_tokens.weight``, ``wte.weight``,
+    ``shared.weight``, ``cls.predictions.decoder.weight`` / ``word_embeddings.weight``,
+    ``proj_out.weight``…) with the same shape, dtype and *identical bytes* are one tied tensor:
+    one param (the embedding) carries the other name in ``aliases``; it is produced once and
+    written under both names.
+    """
+    notes: list[str] = []
+    by_name = {param.name: param for param in params}
+    folded: set[str] = set()
+    for alias_pattern, target_pattern in TIE_PAIRS:
+        for alias in list(by_name):
+            if alias in folded or not re.search(alias_pattern, alias):
+                continue
+            for name, param in by_name.items():
+                if name == alias or name in folded or not re.search(target_pattern, name):
+                    continue
+                other = by_name[alias]
+                if (param.shape, param.dtype) != (other.shape, other.dtype) or not param.has_data:
+                    continue
+                if not np.array_equal(read(name).view(np.uint8), read(alias).view(np.uint8)):
+                    continue
+                # The alias may already carry names folded into it (T5 v1.0 saves lm_head,
+                # encoder/decoder.embed_tokens and shared): they move with it, or are lost.
+                by_name[name] = replace(param, aliases=(*param.aliases, alias, *other.aliases))
+                folded.add(alias)
+                notes.append(
+                    f"{alias} holds the same bytes as {name}: treated as tied (filled once, written under both names)"
+                )
+                break
+    if folded:
+        params = [by_name[param.name] for param in params if param.name not in folded]
+    return params, notes

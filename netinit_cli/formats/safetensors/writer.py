@@ -1,0 +1,304 @@
+"""The streaming safetensors writer: headers first, then each tensor in turn.
+
+The header depends only on (name, dtype, shape), so it is written first; then each tensor is
+either written from its lazy values at its offset (filled tensors) or copied from the input in
+kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest *filled* tensor.
+
+* **Tensor order** in a written file is the reference writer's: dtype alignment descending, then
+  name (``tensor.rs`` ``prepare``).  Every tensor is then aligned to its element size and a file
+  we write has the same tensor layout ``safetensors.numpy.save_file`` would give it.  ``__metadata__``
+  keys are written sorted (the reference writes them in hash order).
+* **Shards**: the output keeps the input's split.  For ``model.safetensors.index.json`` the default
+  output is ``model.init.safetensors.index.json`` and shard ``model-00001-of-00002.safetensors``
+  becomes ``model.init-00001-of-00002.safetensors`` (the index's stem is replaced by the output
+  index's stem; a shard name not starting with the stem gets ``<out stem>-`` in front).  The index
+  is rewritten with ``weight_map`` from what was written and ``metadata.total_size`` (sum of
+  tensor data bytes) and ``total_parameters`` recomputed; other index metadata keys are kept.
+* **New tensors** (``has_data=False``, from ``--like``) go to the shard the index's ``weight_map``
+  names for them, else to the last shard.  A param with no data that the plan does not fill is
+  left out of the output and reported in ``WriteResult.notes``.
+* **Ties**: a param's ``aliases`` are written as tensors of their own with the same bytes; a
+  filled one is produced once and copied for the other names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from netinit_cli.errors import NetinitError, UsageError
+from netinit_cli.fileio import AtomicFileSet, EarlyWriteback, copy_range, open_source, preallocate, write_all
+from netinit_cli.formats.base import WriteResult
+from netinit_cli.formats.safetensors.header import (
+    DTYPE_BITS,
+    DTYPE_RANK,
+    FILE_SUFFIX,
+    INDEX_SUFFIX,
+    MAX_HEADER_BYTES,
+    SUB_BYTE,
+    Index,
+    Shard,
+    TensorEntry,
+    quote,
+    shape_text,
+)
+from netinit_cli.model import Planned
+
+if TYPE_CHECKING:
+    from netinit_cli.fill import LazyTensor
+
+
+@dataclass
+class _Item:
+    """One tensor of an output shard: filled (``tensor``) or copied (``source``)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    primary: str  # the param whose values these are (differs for tied aliases)
+    tensor: LazyTensor | None
+    source: tuple[Shard, TensorEntry] | None
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BITS[self.dtype] // 8
+
+
+@dataclass
+class _Progress:
+    """What one write has done so far, across its shards."""
+
+    total_bytes: int = 0
+    total_params: int = 0
+    weight_map: dict[str, str] = field(default_factory=dict)
+    produced: dict[str, tuple[int, int]] = field(default_factory=dict)  # primary -> (fd, offset)
+    sources: dict[Path, int] = field(default_factory=dict)  # input shard -> open fd
+
+
+class SafetensorsWriter:
+    """Writes a new file or bundle from an opened one (its shards, index and where each tensor is
+    stored or, when new, goes)."""
+
+    def __init__(
+        self,
+        shards: list[Shard],
+        index: Index | None,
+        entries: dict[str, tuple[Shard, TensorEntry]],
+        placement: dict[str, str],
+    ) -> None:
+        self._shards = shards
+        self._index = index
+        self._entries = entries
+        self._placement = placement  # tensor name -> input shard file name
+
+    def write(
+        self,
+        out: Path,
+        plan: Sequence[Planned],
+        tensors: Mapping[str, LazyTensor],
+        provenance: dict[str, str],
+        *,
+        overwrite: bool,
+        durable: bool = True,
+    ) -> WriteResult:
+        """Stream a new file (or bundle) to ``out``; see the module docstring for the layout.
+
+        The tensors of ``tensors`` are produced (once each, in write order) and written; every
+        other tensor of the plan is copied byte-identical from the input.  Metadata = the input's
+        ``__metadata__`` plus ``provenance``.  All files appear together (shards first, the index
+        last) or not at all.
+        """
+        for key, value in provenance.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise NetinitError(f"internal error: provenance {key!r} must map strings to strings")
+        shard_out = self._output_names(out)
+        items, notes = self._items(plan, tensors)
+        done = _Progress()
+        written: list[Path] = []
+        with AtomicFileSet(overwrite=overwrite, durable=durable) as files, contextlib.ExitStack() as closing:
+            closing.callback(_close_all, done.sources)
+            for shard in self._shards:
+                target = out.with_name(shard_out[shard.file_name])
+                metadata = {**shard.metadata, **provenance}
+                self._write_shard(files, target, metadata, items[shard.file_name], done)
+                written.append(target)
+            if self._index is not None:
+                self._write_index(files, out, done)
+                written.append(out)
+            files.commit()
+        size = sum(path.stat().st_size for path in written)
+        return WriteResult(paths=written, bytes_written=size, notes=notes)
+
+    def _output_names(self, out: Path) -> dict[str, str]:
+        """Input shard file name → output shard file name."""
+        if self._index is not None:
+            if not out.name.endswith(".json"):
+                raise UsageError(
+                    f"{out}: the input is a sharded bundle; give -o NAME{INDEX_SUFFIX} (the split is kept)"
+                )
+            return output_shard_names(self._index.path, [s.file_name for s in self._shards], out)
+        if out.name.endswith(".json"):
+            raise UsageError(f"{out}: the input is one .safetensors file; give -o NAME{FILE_SUFFIX}")
+        return {self._shards[0].file_name: out.name}
+
+    def _items(
+        self, plan: Sequence[Planned], tensors: Mapping[str, LazyTensor]
+    ) -> tuple[dict[str, list[_Item]], list[str]]:
+        """Which tensors go into which shard, and notes on the params left out."""
+        notes: list[str] = []
+        unknown = set(tensors) - {entry.param.name for entry in plan}
+        if unknown:
+            raise NetinitError(f"internal error: tensors {sorted(unknown)} are filled but not in the plan")
+        items: dict[str, list[_Item]] = {shard.file_name: [] for shard in self._shards}
+        for entry in plan:
+            param = entry.param
+            tensor = tensors.get(param.name)
+            if not param.has_data and tensor is None:
+                notes.append(
+                    f"tensor {quote(param.name)} was not written: it has no data and the plan does not fill it"
+                )
+                continue
+            if tensor is None and param.name not in self._entries:
+                raise NetinitError(
+                    f"internal error: the plan names tensor {quote(param.name)}, which the model lacks"
+                )
+            shard_name = self._placement.get(param.name, self._shards[-1].file_name)
+            for name in (param.name, *param.aliases):
+                item = _Item(
+                    name=name,
+                    dtype=param.dtype,
+                    shape=param.shape,
+                    primary=param.name,
+                    tensor=tensor,
+                    source=None if tensor is not None else self._entries.get(name),
+                )
+                items[shard_name if name == param.name else self._placement.get(name, shard_name)].append(
+                    item
+                )
+        return items, notes
+
+    def _write_shard(
+        self,
+        files: AtomicFileSet,
+        target: Path,
+        metadata: dict[str, str],
+        items: list[_Item],
+        done: _Progress,
+    ) -> None:
+        """One output file: the header, then each tensor at its offset."""
+        items = sorted(items, key=lambda item: (-DTYPE_RANK[item.dtype], item.name))
+        header = encode_header(metadata, items)
+        fd = files.open(target).fileno()
+        position = 8 + len(header)
+        preallocate(fd, 0, position + sum(item.nbytes for item in items), target)
+        write_all(fd, struct.pack("<Q", len(header)) + header, target)
+        writeback = EarlyWriteback(fd, active=files.durable)
+        try:
+            for item in items:
+                self._write_item(item, fd, position, target, done)
+                position += item.nbytes
+                writeback.wrote(item.nbytes)
+                done.total_bytes += item.nbytes
+                done.total_params += math.prod(item.shape)
+                done.weight_map[item.name] = target.name
+        finally:
+            writeback.finish()
+
+    def _write_item(self, item: _Item, fd: int, position: int, target: Path, done: _Progress) -> None:
+        """One tensor at ``position``, the file's current offset, which it leaves past the tensor."""
+        nbytes = item.nbytes
+        if item.primary in done.produced:  # a tied name of a tensor filled before
+            src_fd, src_offset = done.produced[item.primary]
+            copy_range(src_fd, src_offset, nbytes, fd, target)
+        elif item.tensor is not None:
+            _check_fillable(item, item.tensor)
+            item.tensor.write_into(fd, position, target)
+            os.lseek(fd, position + nbytes, os.SEEK_SET)
+            done.produced[item.primary] = (fd, position)
+        else:
+            assert item.source is not None, item.name
+            src_shard, src_entry = item.source
+            assert src_shard.path is not None and src_shard.header is not None
+            if src_shard.path not in done.sources:
+                done.sources[src_shard.path] = open_source(src_shard.path)
+            src_offset = src_shard.header.data_start + src_entry.begin
+            copy_range(done.sources[src_shard.path], src_offset, nbytes, fd, target)
+
+    def _write_index(self, files: AtomicFileSet, out: Path, done: _Progress) -> None:
+        assert self._index is not None
+        index_metadata = {
+            **self._index.metadata,
+            "total_size": done.total_bytes,
+            "total_parameters": done.total_params,
+        }
+        document = {"metadata": index_metadata, "weight_map": dict(sorted(done.weight_map.items()))}
+        index_text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        write_all(files.open(out).fileno(), index_text.encode(), out)
+
+
+def output_shard_names(in_index: Path, shard_names: Sequence[str], out_index: Path) -> dict[str, str]:
+    """Input shard file name → output shard file name, for an index written to ``out_index``."""
+    in_stem = _index_stem(in_index.name)
+    out_stem = _index_stem(out_index.name)
+    names: dict[str, str] = {}
+    for name in shard_names:
+        if name.startswith(in_stem):
+            names[name] = out_stem + name[len(in_stem) :]
+        else:
+            names[name] = f"{out_stem}-{name}"
+    if len(set(names.values())) != len(names) or out_index.name in names.values():
+        raise UsageError(f"{out_index}: output shard names would collide; choose another -o name")
+    return names
+
+
+def _index_stem(name: str) -> str:
+    for suffix in (INDEX_SUFFIX, ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def encode_header(metadata: dict[str, str], items: Sequence[_Item]) -> bytes:
+    """The JSON header for ``items`` in this order, padded with spaces to a multiple of 8 bytes."""
+    document: dict[str, Any] = {}
+    if metadata:
+        document["__metadata__"] = dict(sorted(metadata.items()))
+    offset = 0
+    for item in items:
+        document[item.name] = {
+            "dtype": item.dtype,
+            "shape": list(item.shape),
+            "data_offsets": [offset, offset + item.nbytes],
+        }
+        offset += item.nbytes
+    encoded = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    if len(encoded) > MAX_HEADER_BYTES:
+        raise NetinitError(f"the output header would be {len(encoded)} bytes, over the safetensors limit")
+    return encoded
+
+
+def _check_fillable(item: _Item, tensor: LazyTensor) -> None:
+    """A filled tensor must match its header entry (a mismatch is a netinit bug)."""
+    if item.dtype in SUB_BYTE:
+        raise NetinitError(
+            f"internal error: cannot fill tensor {quote(item.name)} of packed dtype {item.dtype}"
+        )
+    if (tensor.shape, tensor.dtype) != (item.shape, item.dtype):
+        raise NetinitError(
+            f"internal error: tensor {quote(item.name)} is filled as {tensor.dtype} {shape_text(tensor.shape)}, "
+            f"expected {item.dtype} {shape_text(item.shape)}"
+        )
+
+
+def _close_all(fds: dict[Path, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
