@@ -28,7 +28,10 @@ import onnx
 import torch
 
 import netinit_cli
-from netinit_cli.lsuv import LsuvOptions, find_layers, load_batch, run_lsuv
+from netinit_cli.lsuv.data import load_batch
+from netinit_cli.lsuv.engine import run_lsuv
+from netinit_cli.lsuv.layers import find_layers
+from netinit_cli.lsuv.options import LsuvOptions
 from netinit_cli.model import Action, Role
 
 DATA = Path(__file__).resolve().parent / "data" / "lsuv"

@@ -18,7 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import netinit_cli
 from netinit_cli.errors import InputError, UsageError
-from netinit_cli.lsuv import LayerResult, LsuvOptions, find_layers, load_batch, run_lsuv
+from netinit_cli.lsuv.data import load_batch
+from netinit_cli.lsuv.engine import LayerResult, run_lsuv
+from netinit_cli.lsuv.layers import find_layers
+from netinit_cli.lsuv.options import LsuvOptions
 from netinit_cli.model import Action, Role
 
 ROOT = Path(__file__).resolve().parents[1]

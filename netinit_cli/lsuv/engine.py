@@ -37,11 +37,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import InputError, UsageError
-from .lsuv_data import load_batch
-from .lsuv_layers import Layer, find_layers
-
-__all__ = ["Layer", "LayerResult", "LsuvOptions", "LsuvRun", "find_layers", "load_batch", "run_lsuv"]
+from netinit_cli.errors import InputError, UsageError
+from netinit_cli.lsuv.layers import Layer
+from netinit_cli.lsuv.options import LsuvOptions
 
 MIN_VALUES = 32  # layers with fewer output values on the batch are skipped (as LSUV-keras does)
 EPSILON = 1e-8  # the lsuv package's guard in needed_std / (std + 1e-8)
@@ -49,32 +47,6 @@ EPSILON = 1e-8  # the lsuv package's guard in needed_std / (std + 1e-8)
 # of n equal values can differ from them by rounding, so an exact std == 0 test would miss it.
 CONSTANT = 1e-7
 THREADS = 1  # fixed, so the summation order (and so every byte of the output) does not depend on the machine
-
-
-@dataclass(frozen=True)
-class LsuvOptions:
-    """``lsuv(std=1, tol=0.1, max_iter=10)``: target std, tolerance, and the most corrections per
-    layer (the ``lsuv`` package's loop can apply ``max_attempts + 1``; here it is exactly ``max_iter``)."""
-
-    std: float = 1.0
-    tol: float = 0.1
-    max_iter: int = 10
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.std) and self.std > 0):
-            raise UsageError(f"lsuv(std={self.std}) must be a positive number, e.g. lsuv(std=1)")
-        if not (math.isfinite(self.tol) and 0 < self.tol < self.std):
-            raise UsageError(
-                f"lsuv(tol={self.tol}) must be above 0 and below std={self.std}, e.g. lsuv(tol=0.1)"
-            )
-        if (
-            isinstance(self.max_iter, bool)
-            or not isinstance(self.max_iter, int)
-            or not 1 <= self.max_iter <= 1000
-        ):
-            raise UsageError(
-                f"lsuv(max_iter={self.max_iter}) must be an integer from 1 to 1000, e.g. lsuv(max_iter=10)"
-            )
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from netinit_cli.errors import UsageError
 
 # Inputs a standard-normal batch can be drawn for; anything else (token ids, masks) needs --data.
 _DRAWABLE: dict[int, np.dtype] = {
