@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,10 @@ _ZIP_MAGIC = b"PK\x03\x04"
 Dim = int | str | None
 
 
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The inputs a caller feeds: graph inputs without an initializer of the same name."""
-    stored = {tensor.name for tensor in model.graph.initializer}
+def graph_inputs(model: onnx.ModelProto, parameters: Collection[str] = ()) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds: graph inputs without an initializer of the same name, and not in
+    ``parameters`` (weights declared as inputs, which netinit fills: ``export_params=False``)."""
+    stored = {tensor.name for tensor in model.graph.initializer} | set(parameters)
     return [value for value in model.graph.input if value.name not in stored]
 
 
@@ -68,13 +70,13 @@ def _sequence(seed: int | np.random.SeedSequence, index: int) -> np.random.SeedS
 
 
 def random_batch(
-    model: onnx.ModelProto, batch_size: int, seed: int | np.random.SeedSequence
+    inputs: list[onnx.ValueInfoProto], batch_size: int, seed: int | np.random.SeedSequence
 ) -> dict[str, np.ndarray]:
     """A standard-normal batch for every float input; ``batch_size`` fills a dynamic first axis."""
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} is not positive, give at least 1 (default 16)")
     batch: dict[str, np.ndarray] = {}
-    for index, value in enumerate(graph_inputs(model)):
+    for index, value in enumerate(inputs):
         dtype = _DRAWABLE.get(value.type.tensor_type.elem_type)
         if dtype is None:
             raise UsageError(
@@ -100,10 +102,10 @@ def random_batch(
     return batch
 
 
-def read_data(path: str | os.PathLike[str], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def read_data(path: str | os.PathLike[str], inputs: list[onnx.ValueInfoProto]) -> dict[str, np.ndarray]:
     """Arrays from an ``.npz`` (named by graph input) or ``.npy`` (one-input model), by content."""
     path = Path(path)
-    names = [value.name for value in graph_inputs(model)]
+    names = [value.name for value in inputs]
     try:
         with path.open("rb") as handle:
             magic = handle.read(6)
@@ -129,9 +131,10 @@ def read_data(path: str | os.PathLike[str], model: onnx.ModelProto) -> dict[str,
     return arrays
 
 
-def check_batch(model: onnx.ModelProto, batch: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+def check_batch(
+    inputs: list[onnx.ValueInfoProto], batch: dict[str, np.ndarray], source: str
+) -> dict[str, np.ndarray]:
     """Check names, ranks, static dimensions and dtypes against the graph inputs; return the feeds."""
-    inputs = graph_inputs(model)
     names = [value.name for value in inputs]
     for key in batch:
         if key not in names:
@@ -189,11 +192,16 @@ def load_batch(
     data_path: str | os.PathLike[str] | None,
     batch_size: int = 16,
     seed: int | np.random.SeedSequence = 0,
+    *,
+    parameters: Collection[str] = (),
 ) -> dict[str, np.ndarray]:
-    """The checked feeds for every graph input: ``data_path``'s arrays, or a seeded normal batch.
+    """The checked feeds for every graph input (but ``parameters``): ``data_path``'s arrays, or a
+    seeded normal batch.
 
-    ``seed`` seeds a private generator (PCG64DXSM) per input; the global numpy RNG is never used.
+    ``seed`` seeds a private generator (PCG64DXSM) per input, its ``i``-th child for input ``i``;
+    the global numpy RNG is never used.
     """
+    inputs = graph_inputs(model, parameters)
     if data_path is None:
-        return check_batch(model, random_batch(model, batch_size, seed), "the random batch")
-    return check_batch(model, read_data(data_path, model), f"--data {Path(data_path).name}")
+        return check_batch(inputs, random_batch(inputs, batch_size, seed), "the random batch")
+    return check_batch(inputs, read_data(data_path, inputs), f"--data {Path(data_path).name}")

@@ -72,6 +72,7 @@ class LsuvRun:
     session_seconds: float = 0.0
     pass_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # the rescaled weights' final values
 
     @property
     def rescaled(self) -> list[LayerResult]:
@@ -299,7 +300,8 @@ def run_lsuv(
                 )
                 raise InputError(
                     f"layer {layer.node!r} ({layer.op}, weight {layer.weight!r}): its output {layer.output!r} "
-                    f"{what} on the batch, LSUV cannot rescale it; check the batch or skip the layer with a --rule"
+                    f"{what} on the batch, LSUV cannot rescale it; check the batch, or leave the layer out "
+                    f"with --rule '{layer.weight}=orthogonal'"
                 )
             if abs(std - options.std) <= options.tol or result.iterations >= options.max_iter:
                 break
@@ -318,4 +320,5 @@ def run_lsuv(
     for name, weight in weights.items():
         if weight.scale != 1.0:
             stored[name].CopyFrom(numpy_helper.from_array(weight.current, name))
+            run.weights[name] = weight.current
     return run

@@ -8,7 +8,7 @@ Layers inside If/Loop/Scan bodies are not walked: their weights keep the ordinar
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import onnx
@@ -147,14 +147,18 @@ def _recurrent_weights(graph: _Graph, node: onnx.NodeProto) -> Iterable[str]:
             yield traced[0]
 
 
-def find_layers(model: onnx.ModelProto, weight_names: set[str] | frozenset[str]) -> list[Layer]:
+def find_layers(
+    model: onnx.ModelProto, weight_names: Collection[str], excluded: Mapping[str, str] | None = None
+) -> list[Layer]:
     """The weight layers of the main graph in topological order, each with a ``skip`` reason or None.
 
     Recognized: Conv, ConvTranspose, Gemm and MatMul whose weight is an initializer (possibly through
     Identity/Cast/Transpose), with their bias (Conv/Gemm's bias input, or an Add right after the
     layer whose initializer broadcasts on the output axis).  Recurrent layers, weights not in
-    ``weight_names`` and weights shared with another use are listed as skipped.
+    ``weight_names`` (with the reason ``excluded`` gives, if any) and weights shared with another
+    use are listed as skipped.
     """
+    weight_names, excluded = set(weight_names), excluded or {}
     graph = _Graph(model.graph)
     layers: list[Layer] = []
     uses: dict[str, int] = {}
@@ -174,7 +178,7 @@ def find_layers(model: onnx.ModelProto, weight_names: set[str] | frozenset[str])
     checked: list[Layer] = []
     for layer in layers:
         if layer.skip is None:
-            reason = _skip_reason(graph, layer, weight_names, uses)
+            reason = _skip_reason(graph, layer, weight_names, excluded, uses)
             layer = _skipped(layer, reason) if reason else layer
         checked.append(layer)
     return checked
@@ -185,10 +189,12 @@ def _skipped(layer: Layer, reason: str) -> Layer:
 
 
 def _skip_reason(
-    graph: _Graph, layer: Layer, weight_names: set[str] | frozenset[str], uses: dict[str, int]
+    graph: _Graph, layer: Layer, weight_names: set[str], excluded: Mapping[str, str], uses: dict[str, int]
 ) -> str:
     if layer.weight not in weight_names:
-        return "not filled in this run (missing-only: only filled layers are rescaled)"
+        return excluded.get(
+            layer.weight, "not filled in this run (missing-only: only filled layers are rescaled)"
+        )
     if uses[layer.weight] > 1 or len(graph.consumers.get(layer.weight, [])) > 1:
         return "weight shared with another use (tied), rescaling it would change both"
     return ""
