@@ -124,7 +124,10 @@ def read_data(path: str | os.PathLike[str], inputs: list[onnx.ValueInfoProto]) -
                 f"--data {path} is neither .npz nor .npy, save the batch with np.savez or np.save"
             )
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, OSError) and error.strerror:
+            reason = error.strerror
+        else:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(
             f"--data {path} cannot be read ({reason}), save it with np.savez or np.save"
         ) from None
