@@ -129,7 +129,9 @@ def purpose_sequence(seed: Seed, purpose: str) -> np.random.SeedSequence:
     """The parent of the streams ``seed`` gives something other than a tensor (LSUV's random
     batch: ``purpose="lsuv batch"``).  Draw only from its children (``spawn_key=(PURPOSE_KEY, i)``):
     their spawn keys have two words and no tensor stream's has, so they never meet one."""
-    return np.random.SeedSequence(seed_words(seed) + _digest_words(purpose.encode("utf-8")), spawn_key=(PURPOSE_KEY,))
+    return np.random.SeedSequence(
+        seed_words(seed) + _digest_words(purpose.encode("utf-8")), spawn_key=(PURPOSE_KEY,)
+    )
 
 
 def bit_generator(seed: Seed, name: str, chunk: int = 0) -> np.random.PCG64DXSM:
