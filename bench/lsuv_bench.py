@@ -3,11 +3,15 @@
 Exports a ResNet-18 (11.7 M parameters, BatchNormalization kept, dynamic batch) from torch into
 ``bench/data/lsuv/`` once, then in the same run:
 
-1. plain orthogonal init of every learnable tensor (``netinit_cli.initialize``, what LSUV starts from);
-2. LSUV on that output: ORT sessions, passes, passes per rescaled layer, session-creation time,
-   pass time and the total (load + find layers + batch + LSUV);
+1. end to end, each in a fresh process (``python -m netinit_cli``, wall time and peak RSS from
+   ``os.wait4``): ``--method orthogonal --all`` and ``--method lsuv --all --batch-size N``, with the
+   sessions and passes of the LSUV run from its JSON report;
+2. the engine alone on the orthogonal output: ORT sessions, passes, passes per rescaled layer,
+   session-creation time, pass time and the total (load + find layers + batch + LSUV);
 3. with ``--rebuild``, the same LSUV re-creating the session for every pass instead of feeding the
    weights, to show what one session saves.
+
+``make bench`` runs it after ``bench/run.py``.
 
     python bench/lsuv_bench.py [--batch-size 8] [--image 224] [--threads 1] [--rebuild] [--json]
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -35,6 +41,7 @@ from netinit_cli.lsuv.options import LsuvOptions
 from netinit_cli.model import Action, Role
 
 DATA = Path(__file__).resolve().parent / "data" / "lsuv"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class BasicBlock(torch.nn.Module):
@@ -126,6 +133,28 @@ def lsuv_once(ortho: Path, weights: set[str], args: argparse.Namespace, feed: bo
     }
 
 
+def end_to_end(source: Path, method: str, extra: list[str]) -> dict[str, Any]:
+    """``netinit SOURCE --method METHOD --all`` in a fresh process: wall seconds, peak RSS, report."""
+    out, report = DATA / f"e2e-{method}.onnx", DATA / f"e2e-{method}.json"
+    argv = [sys.executable, "-m", "netinit_cli", str(source), "--method", method, "--all", "-q"]
+    argv += ["-f", "-o", str(out), "--report", str(report), *extra]
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, cwd=REPO)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed")
+    lsuv = json.loads(report.read_text()).get("lsuv")
+    for path in DATA.glob("e2e-*"):
+        path.unlink()
+    return {
+        "method": method,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "lsuv": lsuv,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -138,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     source = exported_model(args.image)
+    e2e = [
+        end_to_end(source, "orthogonal", []),
+        end_to_end(source, "lsuv", ["--batch-size", str(args.batch_size)]),
+    ]
     ortho = DATA / f"resnet18-{args.image}.ortho.onnx"
     started = time.perf_counter()
     report = netinit_cli.initialize(source, out=ortho, method="orthogonal", all=True, force=True, fsync=False)
@@ -156,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"ResNet-18, {parameters / 1e6:.1f} M parameters, input {args.batch_size}x3x{args.image}x{args.image}",
         "threads": args.threads,
         "machine": f"{platform.machine()}, {platform.python_version()}",
+        "end_to_end": e2e,
         "plain_orthogonal_seconds": round(plain_seconds, 3),
         "lsuv": results,
     }
@@ -164,6 +198,17 @@ def main(argv: list[str] | None = None) -> int:
         print()
         return 0
     print(f"{summary['model']}, ORT threads {args.threads}")
+    for run in e2e:
+        cost = run["lsuv"]
+        detail = (
+            f"; {cost['sessions']} session, {cost['passes']} passes, {cost['rescaled']} layers rescaled"
+            if cost
+            else ""
+        )
+        print(
+            f"end to end, netinit --method {run['method']} --all: {run['seconds']:.2f} s, "
+            f"peak RSS {run['peak_rss_mb']} MB{detail}"
+        )
     print(f"plain orthogonal init (netinit --all, write included): {plain_seconds:.2f} s")
     for result in results:
         print(

@@ -445,3 +445,19 @@ def test_without_onnxruntime_names_the_extra(tmp_path: Path, monkeypatch: pytest
     assert code == 2 and stdout == ""
     assert stderr == "netinit: error: --method lsuv needs onnxruntime: pip install 'netinit[lsuv]'\n"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_over_the_protobuf_limit_is_refused_before_generating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import netinit_cli.lsuv.stage as stage
+
+    monkeypatch.setattr(stage, "PROTOBUF_LIMIT", 1000)  # cnn.onnx holds 2,664 bytes of tensors
+    generated: list[str] = []
+    monkeypatch.setattr(stage.Filler, "generate", lambda self, entry: generated.append(entry.param.name))
+    code, _, stderr = invoke(FIXTURES / "cnn.onnx", "--method", "lsuv", "--all", "-o", tmp_path / "o.onnx")
+    assert code == 3 and not generated and not list(tmp_path.iterdir())
+    assert stderr == (
+        "netinit: error: cnn.onnx holds 2,664 bytes of tensors; LSUV hands onnxruntime the model in memory, "
+        "which protobuf limits to 1,000 bytes\n"
+    )

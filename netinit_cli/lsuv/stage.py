@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from netinit_cli.errors import UsageError
+from netinit_cli.dtypes import itemsize
+from netinit_cli.errors import InputError, UsageError
 from netinit_cli.fill import Filler, LazyTensor, lazy_tensors, observed_stats
 from netinit_cli.formats.base import ModelFile
 from netinit_cli.formats.onnx.graph import GRAPH_INPUT
@@ -39,6 +40,7 @@ from netinit_cli.model import Action, LsuvSummary, Planned, Rescaled
 from netinit_cli.seeding import Seed, purpose_sequence
 
 DEFAULT_BATCH_SIZE = 16
+PROTOBUF_LIMIT = 2**31  # onnxruntime gets the model as one serialized protobuf
 BATCH_PURPOSE = "lsuv batch"  # names the batch's streams (seeding.purpose_sequence)
 
 
@@ -68,6 +70,12 @@ def prepare(
 ) -> Batch:
     """Load and check the batch (``--data`` or a seeded draw), before anything is generated."""
     assert isinstance(opened, OnnxModel)
+    total = sum(max(entry.param.numel, 0) * itemsize(entry.param.dtype) for entry in plan)
+    if total >= PROTOBUF_LIMIT:
+        raise InputError(
+            f"{opened.path.name} holds {total:,} bytes of tensors; LSUV hands onnxruntime the model in "
+            f"memory, which protobuf limits to {PROTOBUF_LIMIT:,} bytes"
+        )
     if data is not None and batch_size is not None:
         raise UsageError("--batch-size sets the size of the random batch; --data gives the batch itself")
     parameters = {entry.param.name for entry in plan if entry.param.source == GRAPH_INPUT}
