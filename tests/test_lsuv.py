@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import FIXTURES
 from onnx import TensorProto, helper, numpy_helper
 
 import netinit_cli
@@ -24,8 +25,6 @@ from netinit_cli.lsuv.layers import find_layers
 from netinit_cli.lsuv.options import LsuvOptions
 from netinit_cli.model import Action, Role
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures"
 OPTIONS = LsuvOptions()
 
 

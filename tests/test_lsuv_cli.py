@@ -17,6 +17,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import FIXTURES
 from onnx import TensorProto, helper, numpy_helper
 from test_lsuv import TORCH_MODELS, block_ids, export, independent_stds, torch_lsuv
 
@@ -25,7 +26,6 @@ from netinit_cli.cli import cli
 from netinit_cli.lsuv.data import graph_inputs, input_dims, load_batch
 from netinit_cli.seeding import Seed, purpose_sequence
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOL = 0.1
 
 
