@@ -189,6 +189,19 @@ def cli() -> None:
     metavar="SIZE",
     help="Largest file of a new bundle (--like T -o NAME.safetensors.index.json), e.g. 5GB or 2GiB. [default: 5GB]",
 )
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="LSUV's batch: an .npz with one array per graph input (by name), or an .npy for a "
+    "one-input model.  Default: a seeded standard-normal batch (float inputs only).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="LSUV: samples in the random batch (a dynamic first axis). [default: 16]",
+)
 @method_options
 def init_command(
     model: Path | None,
@@ -199,6 +212,8 @@ def init_command(
     no_fsync: bool,
     shard: str | None,
     max_shard_size: str | None,
+    data: Path | None,
+    batch_size: int | None,
     **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
@@ -222,6 +237,8 @@ def init_command(
             progress=progress,
             shard=shard,
             max_shard_size=max_shard_size,
+            data=data,
+            batch_size=batch_size,
         )
     finally:
         if progress:

@@ -12,7 +12,7 @@ end to the op's schema (non-differentiable inputs are constants, others unknown)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import onnx
@@ -47,6 +47,10 @@ class Path:
     steps: tuple[str, ...]
     rank: int  # the stored tensor's rank
     reorder: bool = False  # went through a Slice/Split/Concat
+
+    def moved(self, scope: Scope, value: str, step: str, axes: Axes, shape: tuple[int, ...] | None) -> Path:
+        """This path one node further on: ``value`` now, its axes moved to ``axes`` by ``step``."""
+        return replace(self, scope=scope, value=value, axes=axes, shape=shape, steps=(*self.steps, step))
 
 
 Use = tuple[Scope, onnx.NodeProto, int]  # the node that reads a value, and at which input

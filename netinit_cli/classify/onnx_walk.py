@@ -239,23 +239,13 @@ class Classifier:
                 return None
             new_axes = tuple(axes[p] for p in order)
             new_shape = tuple(shape[p] for p in order) if shape is not None else None
-            step = f"Transpose(perm={order})"
-            return [
-                replace(
-                    path,
-                    scope=scope,
-                    value=node.output[0],
-                    axes=new_axes,
-                    shape=new_shape,
-                    steps=(*path.steps, step),
-                )
-            ]
+            return [path.moved(scope, node.output[0], f"Transpose(perm={order})", new_axes, new_shape)]
         if op in ("Squeeze", "Unsqueeze") and shape is None:
             # After a gate reorder only the rank is known; explicit axes still map.
             ranked = self._rank_only(scope, node, attrs, axes)
             if ranked is None:
                 return None
-            return [replace(path, scope=scope, value=node.output[0], axes=ranked, steps=(*path.steps, op))]
+            return [path.moved(scope, node.output[0], op, ranked, None)]
         if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten"):
             target = self._reshaped(scope, node, attrs, shape)
             if target is None:
@@ -264,16 +254,7 @@ class Classifier:
             if moved is None:
                 return None
             step = f"{op}({list(shape or ())}→{list(target)})"
-            return [
-                replace(
-                    path,
-                    scope=scope,
-                    value=node.output[0],
-                    axes=moved,
-                    shape=target,
-                    steps=(*path.steps, step),
-                )
-            ]
+            return [path.moved(scope, node.output[0], step, moved, target)]
         if Trait.REORDERS_GATES in traits(op):
             # Slices and concatenations keep the rank and the meaning of every axis; the sizes
             # they change are the gate blocks the RNN slot splits anyway.
