@@ -1,6 +1,6 @@
-"""``make bench``: netinit against the hand-written torch script and the machine's floor (issue 7),
-plus the bounded-memory figures of issues 5 (2 GB sharded bundle) and 3 (``--big``: 3 GB ONNX), and
-start-up (issue 14): netinit end to end on a 4 KB model against ``python -c "import numpy"``.
+"""``make bench``: netinit against the hand-written torch script and the machine's floor, the
+bounded-memory figures of a 2 GB sharded bundle and (``--big``) a 3 GB ONNX model, and start-up:
+netinit end to end on a 4 KB model against ``python -c "import numpy"``.
 
 One run measures every case side by side: the cases alternate within each repetition, each run is a
 fresh subprocess, and its wall time (perf_counter around spawn and wait) and peak RSS (``ru_maxrss``
@@ -141,8 +141,8 @@ def netinit_case(
 
 
 # Start-up: what a user waits for on a tiny model, interpreter and imports included, against the
-# least any numpy program pays.  A slow release of a dependency (ml_dtypes 0.7.0's 0.7 s import,
-# issue 14) shows here as a ratio far above STARTUP_LIMIT.
+# least any numpy program pays.  A slow release of a dependency (such as ml_dtypes 0.7.0, whose
+# import took 0.7 s) shows here as a ratio far above STARTUP_LIMIT.
 STARTUP_FIXTURES = {
     "startup-onnx": REPO / "fixtures" / "cnn.onnx",
     "startup-safetensors": REPO / "fixtures" / "cnn.safetensors",
@@ -549,15 +549,12 @@ def checks(results: dict[str, Measured], largest: int) -> list[Check]:
                 "PASS" if worst[1] <= limit else "FAIL",
             )
         )
-    for key, label, source in (
-        ("netinit-sharded", "sharded bundle", "issue 5"),
-        ("netinit-onnx-big", "big ONNX model", "issue 3"),
-    ):
+    for key, label in (("netinit-sharded", "sharded bundle"), ("netinit-onnx-big", "big ONNX model")):
         m = results.get(key)
         if m is None:
             continue
         size = m.case.data.total_bytes
-        target = f"{label}: peak RSS < 25% of {size / 1e9:.2f} GB = {0.25 * size / MB:.0f} MB ({source})"
+        target = f"{label}: peak RSS < 25% of {size / 1e9:.2f} GB = {0.25 * size / MB:.0f} MB"
         if m.peak_rss is None:
             out.append(Check(f"{label} memory", target, "failed", "FAIL" if m.runs else "SKIP"))
         else:
@@ -698,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small inputs, 1 repetition: a smoke run")
-    parser.add_argument("--big", action="store_true", help="add the ~3 GB ONNX model (issue 3's figure)")
+    parser.add_argument("--big", action="store_true", help="add the ~3 GB ONNX model (a peak-memory case)")
     parser.add_argument(
         "--only", metavar="CASE[,CASE…]", help="run only these cases (shell patterns allowed)"
     )

@@ -1,5 +1,5 @@
-"""Formats netinit does not read get one line naming them and their converter (issue 14), and
-nothing in them is unpickled: tiny files of each kind, built here, and hostile pickles."""
+"""Formats netinit does not read get one line naming them and their converter, and nothing in
+them is unpickled: tiny files of each kind, built here, and hostile pickles."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from netinit_cli.formats import foreign
 from netinit_cli.formats.foreign import HDF5_MAGIC, HEAD_BYTES, describe_foreign
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NOT_READ = "which netinit does not read (it reads ONNX models and safetensors files)"
 TORCH_TO_SAFETENSORS = (
     "python -c 'import torch; from safetensors.torch import save_file; "
