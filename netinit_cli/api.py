@@ -187,6 +187,7 @@ def inspect(
     """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
     options = options or build_options(**kwargs)
     opened, template = read(model, like, None)
+    _check_lsuv_arguments(opened, options, None, None)
     classified = classify(opened, template)
     return _planned_report(model, opened, classified, options, None, dry_run=True)
 
@@ -235,13 +236,17 @@ def initialize(
     fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
+    data: str | os.PathLike[str] | None = None,
+    batch_size: int | None = None,
     **kwargs: Any,
 ) -> Report:
     """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
 
     Keyword arguments are those of :func:`build_options` (``method`` or ``preset``, ``seed``,
     ``all``, ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
-    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).
+    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``data`` (an
+    ``.npz``/``.npy`` file) or ``batch_size`` (of a seeded random batch, default 16) give
+    ``method="lsuv"`` its batch (see :mod:`netinit_cli.lsuv.stage`).
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
     started = time.perf_counter()
@@ -257,6 +262,7 @@ def initialize(
         )
     out_path = Path(out) if out is not None else None
     opened, template = read(model, like, out_path)  # read: headers and graphs
+    lsuv = _check_lsuv_arguments(opened, options, data, batch_size)
     classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
         out_path, force = opened.path, True
@@ -270,18 +276,48 @@ def initialize(
         return report
     plan = report.entries
     check_fits_in_memory(report.filled)
+    record = provenance(options)
+    batch = None
+    if lsuv:  # the batch is checked, and the output may be replaced, before the costly part
+        from netinit_cli.fileio import check_destination
+        from netinit_cli.lsuv.stage import prepare
+
+        check_destination(out_path, overwrite=force)
+        batch = prepare(opened, plan, options.seed, data, batch_size)
+        record["netinit.lsuv_batch"] = batch.source
     filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
-    tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    if batch is None:
+        tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    else:  # fill in memory, then LSUV rescales the layers' weights through onnxruntime
+        from netinit_cli.lsuv.stage import rescale
+
+        tensors, report.entries, report.lsuv = rescale(opened, plan, filler, options.method, batch)
     # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
-    result = opened.write(out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync)
+    result = opened.write(out_path, plan, tensors, record, overwrite=force, durable=fsync)
     report.observed = filler.observed  # report: what was written and what the filler observed
     report.files = result.paths
     report.bytes_written = result.bytes_written
     report.notes.extend(result.notes)
     report.elapsed = time.perf_counter() - started
     return report
+
+
+def _check_lsuv_arguments(
+    opened: ModelFile, options: Options, data: str | os.PathLike[str] | None, batch_size: int | None
+) -> bool:
+    """Whether LSUV runs; ``--data``/``--batch-size`` without it, or LSUV on a safetensors file,
+    are usage errors found before planning."""
+    if options.method.name != "lsuv":
+        if data is not None or batch_size is not None:
+            given = "--data" if data is not None else "--batch-size"
+            raise UsageError(f"{given} gives LSUV its batch; it needs --method lsuv")
+        return False
+    from netinit_cli.lsuv.stage import check_model
+
+    check_model(opened)
+    return True
 
 
 def provenance(options: Options) -> dict[str, str]:

@@ -177,6 +177,19 @@ def cli() -> None:
     help="Skip the fsync before the rename: faster, still atomic for readers and a killed run, "
     "but a power loss or OS crash soon after may leave the output empty or partial.",
 )
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="LSUV's batch: an .npz with one array per graph input (by name), or an .npy for a "
+    "one-input model.  Default: a seeded standard-normal batch (float inputs only).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="LSUV: samples in the random batch (a dynamic first axis). [default: 16]",
+)
 @method_options
 def init_command(
     model: Path | None,
@@ -185,6 +198,8 @@ def init_command(
     in_place: bool,
     dry_run: bool,
     no_fsync: bool,
+    data: Path | None,
+    batch_size: int | None,
     **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
@@ -206,6 +221,8 @@ def init_command(
             fsync=not no_fsync,
             options=options,
             progress=progress,
+            data=data,
+            batch_size=batch_size,
         )
     finally:
         if progress:

@@ -22,7 +22,7 @@ from netinit_cli.classify import weight_norm_pair
 from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.initializers import TensorInit, distribution_init
-from netinit_cli.methods import METHOD_NAMES, MethodSpec, parse_method
+from netinit_cli.methods import METHOD_NAMES, METHODS, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
 from netinit_cli.presets import ModelContext, PresetSpec, TensorContext, decide, tensor_contexts
 from netinit_cli.presets.tensor_init import tensor_init
@@ -77,6 +77,11 @@ def make_rule(pattern: str, spec: str, *, origin: str = "--rule") -> Rule:
         return Rule(pattern, KEEP)
     if head in METHOD_NAMES:
         method = parse_method(spec)
+        if not METHODS[method.name].in_rules:
+            raise UsageError(
+                f"{origin} {pattern}={spec}: {method.name} applies to the whole model, give it with "
+                f"--method {method.name} (a rule can keep tensors out of it: '{pattern}=keep')"
+            )
         return Rule(pattern, method.describe(), method=method)
     try:
         distribution = parse_distribution(spec, allow_none=False, option=f"{origin} {pattern}")
