@@ -27,6 +27,7 @@ from netinit_cli.errors import InputError, UsageError
 from netinit_cli.fill import Filler, check_fits_in_memory
 from netinit_cli.formats import ConfigOptions, open_model, open_template
 from netinit_cli.formats.base import ModelFile
+from netinit_cli.formats.safetensors.sharded import parse_size
 from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
 from netinit_cli.model import Planned
@@ -34,6 +35,7 @@ from netinit_cli.plan import Options, Rule, make_plan, make_rule, parse_rule
 from netinit_cli.presets import PresetSpec, model_context, parse_preset, preset_notes
 from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
+from netinit_cli.shard import parse_shard
 
 if TYPE_CHECKING:
     from netinit_cli.formats.onnx.reader import OnnxModel
@@ -212,13 +214,9 @@ def config_options(
     dtype: str | None = None, max_shard_size: str | int | None = None, trust_remote_code: bool = False
 ) -> ConfigOptions:
     """``--dtype``, ``--max-shard-size`` (bytes, or text such as ``500MB``) and ``--trust-remote-code``."""
-    size = max_shard_size
-    if isinstance(size, str):
-        from netinit_cli.formats.safetensors.hf_template import parse_size
-
-        size = parse_size(size)
-    elif size is not None and (isinstance(size, bool) or size <= 0):
-        raise UsageError(f"max shard size {size!r} must be at least one byte, e.g. 5GB")
+    size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
+    if size is not None and (isinstance(size, bool) or size <= 0):
+        raise UsageError(f"--max-shard-size {size!r} must be at least one byte, e.g. 5GB")
     if dtype is not None and dtype not in ("f32", "f16", "bf16"):
         raise UsageError(f"--dtype {dtype!r}: choose one of f32, f16, bf16")
     return ConfigOptions(dtype=dtype, trust_remote_code=trust_remote_code, max_shard_size=size)
@@ -243,6 +241,7 @@ def inspect(
     options = options or build_options(**kwargs)
     hf = config_options(dtype, max_shard_size, trust_remote_code)
     opened, template = read(model, like, None, hf)
+    _check_lsuv_arguments(opened, options, None, None)
     classified = classify(opened, template)
     return _planned_report(model, opened, classified, options, None, dry_run=True)
 
@@ -293,8 +292,11 @@ def initialize(
     fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
+    shard: tuple[int, int] | str | None = None,
+    max_shard_size: int | str | None = None,
+    data: str | os.PathLike[str] | None = None,
+    batch_size: int | None = None,
     dtype: str | None = None,
-    max_shard_size: str | int | None = None,
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Report:
@@ -302,13 +304,23 @@ def initialize(
 
     Keyword arguments are those of :func:`build_options` (``method`` or ``preset``, ``seed``,
     ``all``, ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
+    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``data`` (an
+    ``.npz``/``.npy`` file) or ``batch_size`` (of a seeded random batch, default 16) give
+    ``method="lsuv"`` its batch (see :mod:`netinit_cli.lsuv.stage`).
+    ``shard=(k, n)`` (or ``"k/n"``, ``"auto"``, ``"auto/n"`` read from the scheduler's environment,
+    see :func:`netinit_cli.shard.parse_shard`) writes only worker k's files of a sharded output and
+    publishes its index when every file is complete.  ``max_shard_size`` (bytes or ``"5GB"``) splits
+    a new bundle (``like=`` a template, ``out=NAME.safetensors.index.json``).
     With ``like`` a transformers config.json and no ``model``, ``out`` is a new model folder;
-    ``dtype`` (f32, f16, bf16), ``max_shard_size`` and ``trust_remote_code`` apply to it.
-    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).
+    ``dtype`` (f32, f16, bf16), ``max_shard_size`` (save_pretrained's split; default 50GB) and
+    ``trust_remote_code`` apply to it, and the default initialization is the ``hf`` preset.
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
     started = time.perf_counter()
-    options = options or build_options(**kwargs, default_preset=default_preset_for(model, like))
+    from_config = default_preset_for(model, like) is not None
+    options = options or build_options(**kwargs, default_preset="hf" if from_config else None)
+    worker = _parse_shard(shard)
+    shard_size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
     if in_place and out is not None:
         raise UsageError("--in-place and -o are exclusive: --in-place writes back to MODEL")
     if in_place and model is None:
@@ -319,8 +331,9 @@ def initialize(
             "drop --no-fsync or write to -o instead"
         )
     out_path = Path(out) if out is not None else None
-    hf = config_options(dtype, max_shard_size, trust_remote_code)
+    hf = config_options(dtype, shard_size if from_config else None, trust_remote_code)
     opened, template = read(model, like, out_path, hf)  # read: headers and graphs
+    lsuv = _check_lsuv_arguments(opened, options, data, batch_size)
     classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
         out_path, force = opened.path, True
@@ -328,29 +341,116 @@ def initialize(
         out_path = opened.default_output()
     if model is not None and not in_place and _same_file(out_path, opened.path):
         raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
-    config_path = (
-        cast("HfTemplate", template).config_path if template and template.kind == "hf-config" else None
-    )
+    if from_config and worker is not None:
+        raise UsageError(
+            "--shard writes a bundle's files in parallel; a model folder from a config is written whole"
+        )
+    if not from_config and (worker is not None or shard_size is not None):
+        _check_sharded_run(opened, out_path, worker, shard_size, in_place, options)
+    config_path = cast("HfTemplate", template).config_path if from_config and template is not None else None
     report = _planned_report(
         model, opened, classified, options, out_path, dry_run=dry_run, config_path=config_path
     )
+    report.shard = worker
     if dry_run:
         report.elapsed = time.perf_counter() - started
         return report
     plan = report.entries
     check_fits_in_memory(report.filled)
+    record = provenance(options)
+    batch = None
+    if lsuv:  # the batch is checked, and the output may be replaced, before the costly part
+        from netinit_cli.fileio import check_destination
+        from netinit_cli.lsuv.stage import prepare
+
+        check_destination(out_path, overwrite=force)
+        batch = prepare(opened, plan, options.seed, data, batch_size)
+        record["netinit.lsuv_batch"] = batch.source
     filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
-    tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    if batch is None:
+        tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    else:  # fill in memory, then LSUV rescales the layers' weights through onnxruntime
+        from netinit_cli.lsuv.stage import rescale
+
+        tensors, report.entries, report.lsuv = rescale(opened, plan, filler, options.method, batch)
     # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
-    result = opened.write(out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync)
+    if not from_config and (worker is not None or shard_size is not None):
+        result = cast("SafetensorsModel", opened).write(
+            out_path,
+            plan,
+            tensors,
+            record,
+            overwrite=force,
+            durable=fsync,
+            shard=worker,
+            max_shard_size=shard_size,
+        )
+    else:
+        result = opened.write(out_path, plan, tensors, record, overwrite=force, durable=fsync)
     report.observed = filler.observed  # report: what was written and what the filler observed
     report.files = result.paths
     report.bytes_written = result.bytes_written
     report.notes.extend(result.notes)
     report.elapsed = time.perf_counter() - started
     return report
+
+
+def _parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    if shard is None or isinstance(shard, str):
+        return parse_shard(shard, os.environ)
+    k, n = shard
+    return parse_shard(f"{k}/{n}", {})
+
+
+def _check_sharded_run(
+    opened: ModelFile,
+    out: Path,
+    worker: tuple[int, int] | None,
+    max_shard_size: int | None,
+    in_place: bool,
+    options: Options,
+) -> None:
+    """``--shard`` and ``--max-shard-size`` apply to a sharded safetensors output only."""
+    flag = f"--shard {worker[0]}/{worker[1]}" if worker is not None else "--max-shard-size"
+    if in_place:
+        raise UsageError(f"{flag} and --in-place are exclusive: give the new bundle's index with -o")
+    if opened.kind != "safetensors":
+        raise UsageError(
+            f"{flag} writes a sharded safetensors bundle; {opened.path.name} is {opened.kind}, written as one model"
+        )
+    bundle = cast("SafetensorsModel", opened)
+    if not bundle.writes_bundle(out):
+        raise UsageError(
+            f"{flag}: the output {out.name} is one file; shards are written for a bundle "
+            "(MODEL a *.safetensors.index.json, or --like TEMPLATE -o NAME.safetensors.index.json)"
+        )
+    if max_shard_size is not None and not bundle.created:
+        raise UsageError(
+            f"--max-shard-size splits a new checkpoint (--like TEMPLATE -o NAME.safetensors.index.json); "
+            f"{opened.path.name} keeps its own split"
+        )
+    if worker is not None and options.seed.source == "automatic":
+        raise UsageError(
+            f"{flag} with --seed automatic: each worker would draw its own seed; give every worker the same --seed"
+        )
+
+
+def _check_lsuv_arguments(
+    opened: ModelFile, options: Options, data: str | os.PathLike[str] | None, batch_size: int | None
+) -> bool:
+    """Whether LSUV runs; ``--data``/``--batch-size`` without it, or LSUV on a safetensors file,
+    are usage errors found before planning."""
+    if options.method.name != "lsuv":
+        if data is not None or batch_size is not None:
+            given = "--data" if data is not None else "--batch-size"
+            raise UsageError(f"{given} gives LSUV its batch; it needs --method lsuv")
+        return False
+    from netinit_cli.lsuv.stage import check_model
+
+    check_model(opened)
+    return True
 
 
 def provenance(options: Options) -> dict[str, str]:

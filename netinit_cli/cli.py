@@ -35,6 +35,7 @@ Examples:
   netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
   netinit ckpt.safetensors --preset hf --all   what transformers' from_config would give
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
+  netinit --like manifest.json -o ckpt/model.safetensors.index.json --shard auto   one worker of many
   netinit --like config.json -o new-model/    a transformers model folder (pip install 'netinit[hf]')
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
@@ -179,14 +180,34 @@ def cli() -> None:
     "but a power loss or OS crash soon after may leave the output empty or partial.",
 )
 @click.option(
-    "--dtype",
-    type=click.Choice(["f32", "f16", "bf16"]),
-    help="With --like CONFIG: the new model's dtype [default: the config's dtype].",
+    "--shard",
+    metavar="K/N|auto|auto/N",
+    help="Write only worker K's files of N of a sharded bundle; the last worker to finish writes the index. "
+    "auto: K (and N) from a Slurm array, Kubernetes Indexed Job, GitLab parallel or NETINIT_SHARD_INDEX/_COUNT.",
 )
 @click.option(
     "--max-shard-size",
     metavar="SIZE",
-    help="With --like CONFIG: split files past SIZE (500MB, 5GB, bytes), as save_pretrained does [default: 50GB].",
+    help="Largest file of a new bundle (--like T -o NAME.safetensors.index.json), e.g. 5GB or 2GiB. "
+    "[default: 5GB; with --like config.json save_pretrained's 50GB]",
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="LSUV's batch: an .npz with one array per graph input (by name), or an .npy for a "
+    "one-input model.  Default: a seeded standard-normal batch (float inputs only).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="LSUV: samples in the random batch (a dynamic first axis). [default: 16]",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["f32", "f16", "bf16"]),
+    help="With --like CONFIG: the new model's dtype [default: the config's dtype].",
 )
 @click.option(
     "--trust-remote-code",
@@ -201,8 +222,11 @@ def init_command(
     in_place: bool,
     dry_run: bool,
     no_fsync: bool,
-    dtype: str | None,
+    shard: str | None,
     max_shard_size: str | None,
+    data: Path | None,
+    batch_size: int | None,
+    dtype: str | None,
     trust_remote_code: bool,
     **kw: Any,
 ) -> None:
@@ -211,7 +235,7 @@ def init_command(
     options = _options(kw, model)
     keep_freed_buffers()
     err = None if kw["quiet"] else _stderr_console()
-    if options.seed.source == "automatic" and err is not None:
+    if options.seed.source == "automatic" and err is not None and shard is None:  # with --shard: an error
         err.print(f"netinit: seed {options.seed} (automatic); repeat this run with --seed {options.seed}")
     progress = None if err is None else _progress(err, enabled=not dry_run)
     try:
@@ -225,8 +249,11 @@ def init_command(
             fsync=not no_fsync,
             options=options,
             progress=progress,
-            dtype=dtype,
+            shard=shard,
             max_shard_size=max_shard_size,
+            data=data,
+            batch_size=batch_size,
+            dtype=dtype,
             trust_remote_code=trust_remote_code,
         )
     finally:

@@ -376,5 +376,5 @@ def test_config_options_need_a_config_and_a_config_is_not_a_model(tmp_path: Path
     result = run("fixtures/mlp.safetensors", "--dtype", "bf16")
     assert result.exit_code == 2 and "need --like CONFIG" in result.stderr
     result = make(tmp_path, "--max-shard-size", "5 parsecs")
-    assert result.exit_code == 2 and "is not a size" in result.stderr
+    assert result.exit_code == 2 and "give a positive size" in result.stderr
     assert entries(tmp_path) == {"config"}

@@ -52,38 +52,6 @@ _SAFETENSORS_DTYPES = {
     "complex64": "C64",
 }
 
-_SIZE_UNITS = {
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)?\s*", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``"1234"``, ``"500MB"``, ``"5GB"`` (powers of 10) or ``"2GiB"`` (powers of 2).
-
-    Units are case-insensitive and the number may have a fraction, as in huggingface_hub's
-    ``parse_size_to_int``, which is what ``save_pretrained`` applies to a string: ``"5gb"`` is 5·10⁹ bytes,
-    not transformers' older ``convert_file_size_to_int`` reading of a lower-case ``b`` as bits.
-    """
-    match = _SIZE_RE.fullmatch(text)
-    if match is None or (match.group(2) is None and "." in match.group(1)):
-        raise UsageError(
-            f"max shard size {text!r} is not a size: give bytes or a number with KB, MB, GB, TB (powers of 10) "
-            "or KiB, MiB, GiB, TiB (powers of 2), e.g. 5GB"
-        )
-    number, unit = match.groups()
-    size = int(number) if unit is None else int(float(number) * _SIZE_UNITS[unit.upper()])
-    if size <= 0:
-        raise UsageError(f"max shard size {text!r} must be at least one byte, e.g. 5GB")
-    return size
-
 
 @dataclass(frozen=True)
 class HfTensor:
