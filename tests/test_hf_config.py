@@ -301,7 +301,7 @@ def test_parse_size(text: str, size: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "GB", "5XB", "1.5", "-1GB", "0", "5 G B", "0KB"])
 def test_parse_size_rejects(text: str) -> None:
-    with pytest.raises(UsageError, match="--max-shard-size .*: give a positive size"):
+    with pytest.raises(UsageError, match=r"--max-shard-size .*: give a positive size"):
         parse_size(text)
 
 
