@@ -10,9 +10,11 @@ into buffers, never memory maps: a mapped file that shrinks kills the reader wit
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,37 @@ def read_exact(fd: int, offset: int, out: memoryview, path: Path | str) -> None:
         done += got
 
 
+Elements = Sequence[tuple[int, int]]  # (start, count) ranges of a flattened tensor
+
+
+def pread_array(
+    fd: int,
+    path: Path | str,
+    offset: int,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    elements: Elements | None = None,
+) -> np.ndarray:
+    """The read-only array of ``shape`` x ``dtype`` stored from byte ``offset`` of ``fd``.
+
+    With ``elements``, only those ranges are read and the rest is zeros: a sample of a tensor of
+    any size costs its pages only (``np.zeros`` memory is not allocated until it is written).
+    """
+    count = math.prod(shape)
+    size = dtype.itemsize
+    if elements is None:
+        raw = np.empty(count * size, np.uint8)
+        read_exact(fd, offset, raw.data, path)
+    else:
+        raw = np.zeros(count * size, np.uint8)
+        for first, length in elements:
+            start, stop = max(first, 0), min(first + length, count)
+            if start < stop:
+                read_exact(fd, offset + start * size, raw.data[start * size : stop * size], path)
+    raw.flags.writeable = False
+    return raw.view(dtype).reshape(shape)
+
+
 class InputFile:
     """A regular input file opened once; ``pread`` reads from it, whatever happens to its path."""
 
@@ -83,13 +116,6 @@ class InputFile:
         buffer = bytearray(count)
         read_exact(self.fd, offset, memoryview(buffer), self.path)
         return bytes(buffer)
-
-    def array(self, offset: int, count: int) -> np.ndarray:
-        """``count`` bytes from ``offset`` as a new, read-only ``uint8`` array."""
-        values = np.empty(count, np.uint8)
-        read_exact(self.fd, offset, values.data, self.path)
-        values.flags.writeable = False
-        return values
 
     def check_unchanged(self) -> None:
         """Refuse a file written in place since it was opened (same inode, new size or time)."""

@@ -25,10 +25,12 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import api
+from netinit_cli.classify.values import fixed_transform, sample_elements, structured_value_note
 from netinit_cli.errors import InputError
 from netinit_cli.formats.onnx import reader as onnx_reader
 from netinit_cli.formats.safetensors import bundle as st_bundle
 from netinit_cli.formats.safetensors import header as st_header
+from netinit_cli.model import Layout, Role
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANGED_SIZE = "changed size while being read"
@@ -404,3 +406,61 @@ def test_a_zero_element_onnx_parameter_input_becomes_an_initializer(tmp_path: Pa
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"X": np.ones((2, 3), np.float32)})
     assert y.shape == (2, 0)
+
+
+# ---------------------------------------------------------------- value checks read a sample
+
+
+def sampled(values: np.ndarray) -> np.ndarray:
+    """What a reader gives the value checks: the ranges of sample_elements, zeros elsewhere."""
+    flat, found = values.reshape(-1), np.zeros(values.size, values.dtype)
+    for start, count in sample_elements(values.shape):
+        found[start : start + count] = flat[start : start + count]
+    return found.reshape(values.shape)
+
+
+def dft_basis(n_fft: int, *, window: bool) -> np.ndarray:
+    n = np.arange(n_fft)
+    angle = 2 * np.pi * np.arange(n_fft // 2 + 1)[:, None] * n / n_fft
+    basis = np.concatenate([np.cos(angle), np.sin(angle)]) * (np.hanning(n_fft) if window else 1)
+    return basis[:, None, :].astype(np.float32)
+
+
+CASES = {
+    "arange": np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1),
+    "arange-prefix": np.r_[np.arange(4096), np.ones(4096)].astype(np.float32).reshape(1, -1),
+    "dft": dft_basis(64, window=True),
+    "dft-plain": dft_basis(512, window=False),
+    "dft-transposed": dft_basis(64, window=False)[:, 0, :].T.copy(),
+    "average": np.full((4, 1, 3, 3), 1 / 9, np.float32),
+    "ones": np.ones((8, 4, 3, 3), np.float32),
+    "integers": np.random.default_rng(0).integers(-3, 4, (300, 70)).astype(np.float32),
+    "normal": np.random.default_rng(1).standard_normal((3000, 33)).astype(np.float32),
+    "constant-then-not": np.r_[np.full(5000, 0.25), np.arange(7000)].astype(np.float32).reshape(12, 1000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_value_checks_need_only_the_sample_a_reader_reads(name: str) -> None:
+    values = CASES[name]
+    layout = Layout((1,), (0,), label="[out, in/g, k…]")
+    assert fixed_transform(sampled(values), layout) == fixed_transform(values, layout)
+    assert structured_value_note("t", Role.WEIGHT, sampled(values)) == structured_value_note(
+        "t", Role.WEIGHT, values
+    )
+
+
+def test_classifying_a_large_tensor_reads_a_few_pages_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "model.safetensors"
+    save_file({"encoder.dense.weight": np.ones((4096, 2048), np.float32)}, str(model))  # 32 MiB
+    preadv, read = os.preadv, []
+
+    def counting(fd: int, buffers: list[memoryview], offset: int) -> int:
+        read.append(sum(len(b) for b in buffers))
+        return preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    assert [e.param.name for e in api.inspect(model).entries] == ["encoder.dense.weight"]
+    assert 0 < sum(read) < 200_000

@@ -36,9 +36,10 @@ class ModelFile(Protocol):
     metadata: dict[str, str]
     notes: list[str]  # warnings found while reading (shown under the table)
 
-    def read_array(self, name: str, rows: int | None = None) -> np.ndarray:
-        """The stored values of a tensor that has data, read-only (only the first ``rows`` entries
-        of axis 0 when given), read through the file opened when the model was."""
+    def read_array(self, name: str, elements: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+        """The stored values of a tensor that has data, read-only, read through the file opened
+        when the model was; with ``elements`` (``(start, count)`` ranges of the flattened tensor)
+        only those ranges, the rest zeros."""
         ...
 
     def default_output(self) -> Path:

@@ -10,7 +10,6 @@ tensors is not done here: the classify stage walks :attr:`OnnxModel.graphs`.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from netinit_cli.formats.onnx.external import (
 )
 from netinit_cli.formats.onnx.graph import GRAPH_INPUT, Graphs, has_data
 from netinit_cli.formats.onnx.writer import OnnxWriter
-from netinit_cli.inputfile import Identity, InputFile, changed, identity, read_exact
+from netinit_cli.inputfile import Elements, Identity, InputFile, changed, identity, pread_array
 from netinit_cli.model import Planned
 
 if TYPE_CHECKING:
@@ -109,9 +108,10 @@ class OnnxModel:
             return location(tensor)
         return None
 
-    def read_array(self, name: str, rows: int | None = None) -> np.ndarray:
-        """The stored values of tensor ``name`` (only the first ``rows`` entries of axis 0 when
-        given).  External data is read through the file checked on opening, never mapped."""
+    def read_array(self, name: str, elements: Elements | None = None) -> np.ndarray:
+        """The stored values of tensor ``name``, read-only.  External data is read through the
+        file checked on opening, never mapped; with ``elements`` (``(start, count)`` ranges of the
+        flattened tensor) only those ranges of it, the rest zeros."""
         if self._dirty:
             self._load()
         stored = self._stored.get(name)
@@ -129,39 +129,32 @@ class OnnxModel:
         if attribute is not None and attribute.type == AttributeProto.INTS:
             return np.array(attribute.ints, dtype=np.int64)
         if stored.sparse is not None:
-            return _leading(self._dense_from_sparse(stored.sparse, name), rows)
+            return self._dense_from_sparse(stored.sparse, name)
         assert stored.tensor is not None
-        return self._tensor_array(stored.tensor, name, rows)
+        return self._tensor_array(stored.tensor, name, elements)
 
-    def _tensor_array(self, tensor: TensorProto, name: str, rows: int | None = None) -> np.ndarray:
+    def _tensor_array(self, tensor: TensorProto, name: str, elements: Elements | None = None) -> np.ndarray:
         if tensor.data_location != TensorProto.EXTERNAL:
             if not has_data(tensor):
                 raise InputError(f"{self.path}: tensor {name!r} has no data")
-            return _leading(numpy_helper.to_array(tensor), rows)
+            return numpy_helper.to_array(tensor)
         ref = self._external.get(id(tensor))
         if ref is None:
             raise InputError(
                 f"{self.path}: tensor {name!r}: external data file {location(tensor)!r} is missing"
             )
         packed = tensor.data_type in PACKED_PER_BYTE
-        dtype = np.dtype(np.uint8) if packed else _numpy_dtype(tensor.data_type).newbyteorder("<")
-        shape = tuple(tensor.dims)
-        length = ref.length
-        if rows is not None and not packed and shape and rows < shape[0]:
-            shape = (rows, *shape[1:])
-            length = math.prod(shape) * dtype.itemsize
         with open_checked(ref, name) as handle:
-            raw = np.empty(length, np.uint8)
-            read_exact(handle.fileno(), ref.offset, raw.data, ref.path)
-        if packed:
-            copy = TensorProto()
-            copy.CopyFrom(tensor)
-            copy.ClearField("external_data")
-            copy.data_location = TensorProto.DEFAULT
-            copy.raw_data = raw.tobytes()
-            return _leading(numpy_helper.to_array(copy), rows)
-        raw.flags.writeable = False
-        return raw.view(dtype).reshape(shape)
+            if not packed:
+                dtype = _numpy_dtype(tensor.data_type).newbyteorder("<")
+                return pread_array(handle.fileno(), ref.path, ref.offset, dtype, tuple(tensor.dims), elements)
+            raw = pread_array(handle.fileno(), ref.path, ref.offset, np.dtype(np.uint8), (ref.length,))
+        copy = TensorProto()
+        copy.CopyFrom(tensor)
+        copy.ClearField("external_data")
+        copy.data_location = TensorProto.DEFAULT
+        copy.raw_data = raw.tobytes()
+        return numpy_helper.to_array(copy)
 
     def _dense_from_sparse(self, sparse: onnx.SparseTensorProto, name: str) -> np.ndarray:
         values = self._tensor_array(sparse.values, name).reshape(-1)
@@ -175,6 +168,13 @@ class OnnxModel:
 
     def default_output(self) -> Path:
         return with_init_suffix(self.path, ".onnx")
+
+    def in_memory(self, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+        """A copy of the model entirely in memory with the tensors of ``values`` (by name) set:
+        what onnxruntime would load from the output (see :mod:`.memory`)."""
+        from netinit_cli.formats.onnx.memory import in_memory
+
+        return in_memory(self.proto, self.path.resolve().parent, values)
 
     def write(
         self,
@@ -193,10 +193,6 @@ class OnnxModel:
         writer = OnnxWriter(self.path, self._proto, self._graphs, self._external, self._digest, inputs)
         self._dirty = True
         return writer.write(out, plan, tensors, provenance, overwrite=overwrite, durable=durable)
-
-
-def _leading(values: np.ndarray, rows: int | None) -> np.ndarray:
-    return values if rows is None or values.ndim == 0 else values[:rows]
 
 
 def _load_proto(path: Path) -> tuple[onnx.ModelProto, str, Identity]:

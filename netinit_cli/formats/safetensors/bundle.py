@@ -6,7 +6,6 @@ Duplicate tensor names (in one header or across shards) are refused.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from netinit_cli.formats.safetensors.header import (
     read_index,
 )
 from netinit_cli.formats.safetensors.writer import SafetensorsWriter, output_shard_names
-from netinit_cli.inputfile import changed, identity
+from netinit_cli.inputfile import Elements, changed, identity, pread_array
 from netinit_cli.model import Param, Planned
 
 if TYPE_CHECKING:
@@ -76,22 +75,14 @@ class SafetensorsModel:
         return self._shards[0].path is None
 
     @property
-    def sharded(self) -> bool:
-        return self._index is not None
-
-    @property
     def index_missing(self) -> dict[str, str]:
         """Index names stored in no shard: name -> shard file the index expects it in."""
         return dict(self._index_missing)
 
-    @property
-    def last_shard(self) -> str:
-        """The shard new tensors go to when the index names none for them."""
-        return self._shards[-1].file_name
-
-    def read_array(self, name: str, rows: int | None = None) -> np.ndarray:
-        """The stored values, read-only (BF16/F8 through ml_dtypes); only the first ``rows``
-        entries of axis 0 when given.  Read from the file the header came from.
+    def read_array(self, name: str, elements: Elements | None = None) -> np.ndarray:
+        """The stored values, read-only (BF16/F8 through ml_dtypes), read through the file the
+        header came from.  With ``elements`` (``(start, count)`` ranges of the flattened tensor)
+        only those are read, the rest is zeros (pages never touched, so never allocated).
 
         Sub-byte dtypes (F4, F6) come back as their raw packed ``uint8`` bytes.
         """
@@ -99,15 +90,11 @@ class SafetensorsModel:
             shard, entry = self._entry[name]
         except KeyError:
             raise InputError(f"{self.path.name}: tensor {quote(name)} has no stored data") from None
-        dtype = np.dtype(np.uint8) if entry.dtype in SUB_BYTE else numpy_dtype(entry.dtype)
-        shape = entry.shape if entry.dtype not in SUB_BYTE else (entry.nbytes,)
-        nbytes = entry.nbytes
-        if rows is not None and shape and rows < shape[0] and entry.dtype not in SUB_BYTE:
-            shape = (rows, *shape[1:])
-            nbytes = math.prod(shape) * dtype.itemsize
         assert shard.header is not None and shard.header.source is not None
-        raw = shard.header.source.array(shard.header.data_start + entry.begin, nbytes)
-        return raw if entry.dtype in SUB_BYTE else raw.view(dtype).reshape(shape)
+        source, offset = shard.header.source, shard.header.data_start + entry.begin
+        if entry.dtype in SUB_BYTE:
+            return pread_array(source.fd, source.path, offset, np.dtype(np.uint8), (entry.nbytes,))
+        return pread_array(source.fd, source.path, offset, numpy_dtype(entry.dtype), entry.shape, elements)
 
     def default_output(self) -> Path:
         """``model.safetensors`` → ``model.init.safetensors``; an index
@@ -136,10 +123,27 @@ class SafetensorsModel:
         *,
         overwrite: bool,
         durable: bool = True,
+        shard: tuple[int, int] | None = None,
+        max_shard_size: int | None = None,
     ) -> WriteResult:
         """See :meth:`.writer.SafetensorsWriter.write`."""
-        writer = SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
-        return writer.write(out, plan, tensors, provenance, overwrite=overwrite, durable=durable)
+        return self._writer().write(
+            out,
+            plan,
+            tensors,
+            provenance,
+            overwrite=overwrite,
+            durable=durable,
+            shard=shard,
+            max_shard_size=max_shard_size,
+        )
+
+    def writes_bundle(self, out: Path) -> bool:
+        """Whether writing to ``out`` gives an index and its shards."""
+        return self._writer().writes_bundle(out)
+
+    def _writer(self) -> SafetensorsWriter:
+        return SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
 
 
 def new_model(out_path: Path) -> SafetensorsModel:
