@@ -52,6 +52,9 @@ def read_exact(fd: int, offset: int, out: memoryview, path: Path | str) -> None:
 
 
 Elements = Sequence[tuple[int, int]]  # (start, count) ranges of a flattened tensor
+# A tensor this small is read whole even when only some elements are asked for: one pread costs
+# less than the dozens a sample of scattered elements takes.
+WHOLE_BYTES = 1 << 20
 
 
 def pread_array(
@@ -64,12 +67,13 @@ def pread_array(
 ) -> np.ndarray:
     """The read-only array of ``shape`` x ``dtype`` stored from byte ``offset`` of ``fd``.
 
-    With ``elements``, only those ranges are read and the rest is zeros: a sample of a tensor of
-    any size costs its pages only (``np.zeros`` memory is not allocated until it is written).
+    With ``elements``, only those ranges of a tensor over :data:`WHOLE_BYTES` are read and the rest
+    is zeros: a sample of a tensor of any size costs its pages only (``np.zeros`` memory is not
+    allocated until it is written).
     """
     count = math.prod(shape)
     size = dtype.itemsize
-    if elements is None:
+    if elements is None or count * size <= WHOLE_BYTES:
         raw = np.empty(count * size, np.uint8)
         read_exact(fd, offset, raw.data, path)
     else:

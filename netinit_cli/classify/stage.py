@@ -124,7 +124,7 @@ def _classify_safetensors(model: SafetensorsModel) -> Classified:
 
 
 # A model file's read_array with the ranges to read (see classify.values.sample_elements).
-SampleReader = Callable[[str, list[tuple[int, int]]], np.ndarray]
+SampleReader = Callable[[str, list[tuple[int, int]] | None], np.ndarray]
 
 
 def read_values(

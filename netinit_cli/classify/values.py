@@ -34,6 +34,7 @@ _RUNNING_ROLES = frozenset({Role.RUNNING_MEAN, Role.RUNNING_VAR})
 VALUE_SAMPLE = 4096  # elements read from the start of a tensor for the value checks
 SPREAD = 64  # elements read evenly spread over a tensor (its last one included) to confirm a pattern
 ROW_SAMPLE = (16, 1024)  # rows (evenly spread) × leading elements per row for the DFT check
+SAMPLED_FROM = 1 << 16  # elements: smaller tensors are read whole
 FIXED_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})  # dtypes whose values are checked for a transform
 _DFT_MIN_ROW = 16
 _DFT_MIN_ROWS = 4
@@ -152,11 +153,14 @@ def _spread_rows(count: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(count, ROW_SAMPLE[0])).round().astype(np.int64))
 
 
-def sample_elements(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+def sample_elements(shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
     """Every ``(start, count)`` range of the flattened tensor the checks here read: a reader
     reads only these (:meth:`~netinit_cli.formats.base.ModelFile.read_array`), so a sample of a
-    tensor of any size costs a few pages."""
+    tensor of any size costs a few pages.  ``None`` (read it whole) for a tensor of at most
+    :data:`SAMPLED_FROM` elements, which one read costs less than the ranges cost to list."""
     size = math.prod(shape)
+    if size <= SAMPLED_FROM:
+        return None
     ranges = [(0, VALUE_SAMPLE)] + [(int(p), 1) for p in _spread_positions(size)] if size else []
     if len(shape) >= 2 and shape[0]:
         row = size // shape[0]
