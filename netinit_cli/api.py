@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,18 +70,20 @@ def build_options(
     here come before the file's rules (the first matching rule wins).
     """
     file_rules: list[Rule] = []
+    seed_option = "--seed"
     if config is not None:
         settings = load_config(Path(config))
         method = settings.get("method", method) if method == "kaiming" else method
-        seed = settings.get("seed", seed) if seed is None else seed
-        all = bool(settings.get("all", all)) or all
+        if seed is None and "seed" in settings:
+            seed, seed_option = settings["seed"], f"--config {config}: seed"
+        all = settings.get("all", False) or all
         fan_mode = settings.get("fan_mode", fan_mode) if fan_mode == "semantic" else fan_mode
         for pattern, spec in settings.get("rules", {}).items():
             file_rules.append(make_rule(str(pattern), str(spec), origin=f"{config} [rules]"))
     if fan_mode not in FAN_MODES:
         raise UsageError(f"--fan-mode {fan_mode!r}: choose one of {', '.join(FAN_MODES)}")
     spec = method if isinstance(method, MethodSpec) else parse_method(str(method), method_options or {})
-    seed_value = seed if isinstance(seed, Seed) else parse_seed(seed)
+    seed_value = seed if isinstance(seed, Seed) else parse_seed(seed, option=seed_option)
     parsed_rules = tuple(rule if isinstance(rule, Rule) else parse_rule(rule) for rule in rules)
     return Options(
         method=spec, seed=seed_value, all=all, fan_mode=fan_mode, rules=parsed_rules + tuple(file_rules)
@@ -88,26 +91,132 @@ def build_options(
 
 
 CONFIG_KEYS = {"method", "seed", "all", "fan_mode", "rules"}
+CONFIG_LIMIT = 1 << 20  # bytes; a config is a few lines, a [rules] table a few hundred
 
 
 def load_config(path: Path) -> dict[str, Any]:
+    """Read a ``--config`` TOML file: known keys only, each of its own type (``all`` a boolean,
+    ``seed`` an integer or a string, ``method`` and ``fan_mode`` strings, ``[rules]`` a table of
+    strings); anything else is a :class:`UsageError` naming the key."""
     import tomllib
 
+    where = f"--config {path}"
+    data = _read_small_regular_file(path, where, CONFIG_LIMIT)
     try:
-        with path.open("rb") as handle:
-            settings = tomllib.load(handle)
-    except OSError as exc:
-        raise UsageError(f"--config {path}: cannot read: {exc.strerror}") from exc
+        settings = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{where}: not UTF-8 text (byte {exc.start + 1}); a config file is TOML text"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config {path}: not valid TOML: {exc}") from exc
+        raise UsageError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{where}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise UsageError(f"{where}: not valid TOML: {exc}") from None
     unknown = sorted(set(settings) - CONFIG_KEYS)
     if unknown:
-        raise UsageError(
-            f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}"
-        )
-    if "rules" in settings and not isinstance(settings["rules"], dict):
-        raise UsageError(f'--config {path}: [rules] must be a table of "GLOB" = "SPEC"')
+        shown_keys = ", ".join(repr(key) if len(key) <= 40 else repr(key[:39] + "…") for key in unknown[:5])
+        raise UsageError(f"{where}: unknown key(s) {shown_keys}; known: {', '.join(sorted(CONFIG_KEYS))}")
+    for key, value in settings.items():
+        _check_config_value(where, key, value)
     return settings
+
+
+def _check_config_value(where: str, key: str, value: object) -> None:
+    if key == "all":
+        if not isinstance(value, bool):
+            word = value.strip().lower() if isinstance(value, str) else ""
+            write = f"all = {word}" if word in ("true", "false") else "all = true or all = false"
+            raise UsageError(
+                f"{where}: all = {_toml_shown(value)} is {_toml_kind(value)}; write {write} (a TOML boolean, no quotes)"
+            )
+    elif key == "seed":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UsageError(
+                f"{where}: seed = {_toml_shown(value)} is {_toml_kind(value)}; write an integer "
+                '(seed = 42) or a string (seed = "run-7")'
+            )
+    elif key in ("method", "fan_mode"):
+        if not isinstance(value, str):
+            example = 'method = "xavier"' if key == "method" else 'fan_mode = "torch"'
+            raise UsageError(
+                f"{where}: {key} = {_toml_shown(value)} is {_toml_kind(value)}; write a string ({example})"
+            )
+    elif key == "rules":
+        if not isinstance(value, dict):
+            raise UsageError(f'{where}: [rules] must be a table of "GLOB" = "SPEC", not {_toml_kind(value)}')
+        for pattern, spec in value.items():
+            if not isinstance(spec, str):
+                raise UsageError(
+                    f"{where}: [rules] {_toml_shown(pattern)} = {_toml_shown(spec)} is {_toml_kind(spec)}; "
+                    'write a string ("*.bias" = "constant(0.1)")'
+                )
+
+
+_TOML_KINDS = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
+def _toml_kind(value: object) -> str:
+    return next((name for kind, name in _TOML_KINDS if isinstance(value, kind)), "a date or time")
+
+
+def _toml_shown(value: object) -> str:
+    """A TOML value as the user wrote it, roughly, and short."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, int) and abs(value) >= 10**40:
+        text = "an integer of more than 40 digits"
+    elif isinstance(value, (list, dict)):
+        text = "[…]" if isinstance(value, list) else "{…}"
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _read_small_regular_file(path: Path, where: str, limit: int) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    Checked before opening (a device is never opened), and again on the open descriptor: the
+    open itself is non-blocking, so a FIFO swapped in between cannot hang the read."""
+    try:
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            raise UsageError(f"{where}: not a regular file ({_file_kind(before.st_mode)})")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{where}: not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size > limit:
+            raise UsageError(f"{where}: {info.st_size:,} bytes, more than a config file's {limit:,}")
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{where}: more than a config file's {limit:,} bytes")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def read(

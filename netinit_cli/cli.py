@@ -6,7 +6,8 @@ Errors become one line on stderr and an exit code here, and only here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +20,7 @@ from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
 from netinit_cli.report import TABLE_MODES, Report, render
+from netinit_cli.safe_text import shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,6 +50,26 @@ class DefaultGroup(click.Group):
             args = ["init"]
         return super().parse_args(ctx, args)
 
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        """click's own errors (unknown option, bad choice, missing value) as one line too.
+
+        click prints them as three lines (usage, a hint, the error); netinit runs click in its
+        non-standalone mode and prints them here, like its own errors, then exits."""
+        if not extra.pop("standalone_mode", True):
+            return super().main(args, prog_name, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            command = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "netinit"
+            _error_line(f"{exc.format_message().rstrip('.')}; see '{command} --help'")
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("netinit: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         """The one place where errors become a single line on stderr and an exit code."""
         try:
@@ -55,7 +77,9 @@ class DefaultGroup(click.Group):
         except NetinitError as exc:
             if ctx.meta.get(DEBUG_KEY):
                 _print_traceback()
-            click.echo(f"netinit: error: {exc}", err=True)
+            _error_line(str(exc))
+            if ctx.meta.get(DEBUG_KEY) and exc.detail:
+                click.echo(exc.detail, err=True)
             ctx.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -65,11 +89,17 @@ class DefaultGroup(click.Group):
         except Exception as exc:  # a bug: one line, the traceback only on request
             if ctx.meta.get(DEBUG_KEY):
                 _print_traceback()
-            click.echo(
-                f"netinit: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
-                err=True,
+            _error_line(
+                f"{type(exc).__name__}: {exc} (rerun with --debug and report it)",
+                prefix="netinit: internal error: ",
             )
             ctx.exit(1)
+
+
+def _error_line(message: str, *, prefix: str = "netinit: error: ") -> None:
+    """One line on stderr: control characters in the message (names, paths, values) are shown
+    escaped, so nothing in it can move the cursor or start another line."""
+    click.echo(prefix + shown(message), err=True)
 
 
 DEBUG_KEY = "netinit.debug"
@@ -265,7 +295,7 @@ class _Progress:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # tensor names are never markup
             BarColumn(),
             DownloadColumn(),
             TimeRemainingColumn(),
@@ -279,7 +309,7 @@ class _Progress:
         self.bar.start()
 
     def advance(self, planned: Planned, nbytes: int) -> None:
-        self.bar.update(self.task, advance=nbytes, description=planned.param.name[-40:])
+        self.bar.update(self.task, advance=nbytes, description=shown(planned.param.name)[-40:])
 
     def stop(self) -> None:
         self.bar.stop()

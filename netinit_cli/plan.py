@@ -208,6 +208,7 @@ def _decide(param: Param, options: Options) -> Planned:
     if param.numel == 0:
         return Planned(param, Action.KEEP, rule=rule_text, why="zero elements: nothing to fill")
     init = _initializer(param, options, rule)
+    check_reach(param, init)
     why = "missing: no data in the input" if not param.has_data else "--all"
     return Planned(
         param,
@@ -232,6 +233,29 @@ def _initializer(param: Param, options: Options, rule: Rule | None) -> TensorIni
         # [out, in, k…] convention when there is no layout, and says so in its label.
         param = param.classified(Role.WEIGHT, param.reason, param.layout)
     return initializer_for(param, method, fan_mode=options.fan_mode)
+
+
+def check_reach(param: Param, init: TensorInit) -> None:
+    """Refuse, before anything is generated, an initializer whose values (or the values it
+    computes with) cannot be finite in the dtype they are generated in: float64 for F64,
+    float32 for every other float (narrower dtypes are also range-checked value by value as
+    they are rounded, in dtypes.cast_checked)."""
+    if init.reach is None:
+        return
+    compute = dtypes.compute_dtype(param.dtype)
+    reach = init.reach(compute)
+    limit = float(np.finfo(compute).max)
+    if reach <= limit:
+        return
+    where = (
+        f"{param.dtype}'s"
+        if dtypes.numpy_dtype(param.dtype) == compute
+        else f"{compute.name}'s (in which {param.dtype} values are generated)"
+    )
+    raise UsageError(
+        f"tensor {param.name!r}: {init.label} would reach {reach:.4g} while generating, beyond "
+        f"{where} largest finite value {limit:.4g}; use a smaller scale (std, bounds, gain)"
+    )
 
 
 def _constant_why(param: Param) -> str:

@@ -22,6 +22,7 @@ from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.methods import MethodSpec
 from netinit_cli.model import Action, Filled, Planned
 from netinit_cli.plan import Rule, counts
+from netinit_cli.safe_text import shown
 from netinit_cli.seeding import Seed
 
 if TYPE_CHECKING:
@@ -133,12 +134,12 @@ def render(report: Report, console: Console, mode: str = "auto") -> None:
     console.print(footer(report), soft_wrap=True)
     if mode != "none":
         for note in report.notes:
-            console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+            console.print(Text(f"note: {shown(note)}", style="yellow"), soft_wrap=True)
 
 
 def _title(report: Report) -> str:
     verb = "plan for" if report.dry_run else "initialized"
-    return f"netinit {verb} {report.input or report.output} ({report.kind})"
+    return f"netinit {verb} {shown(report.input or report.output)} ({report.kind})"
 
 
 def full_table(report: Report) -> Table:
@@ -180,10 +181,11 @@ RIGHT_COLUMNS = {"fan in/out", "mean", "std (target)", "tensors", "elements"}
 
 
 def _plain(cells: list[str | Text]) -> list[Text]:
-    """Cells as Text, so names like 'layer[0]' or layouts like '[out, in]' are never read as markup."""
+    """Cells as Text, so names like 'layer[0]' or layouts like '[out, in]' are never read as markup,
+    with control characters shown escaped (:func:`~netinit_cli.safe_text.shown`)."""
     from rich.text import Text
 
-    return [cell if isinstance(cell, Text) else Text(cell) for cell in cells]
+    return [cell if isinstance(cell, Text) else Text(shown(cell)) for cell in cells]
 
 
 def _std_cell(entry: Planned, filled: Filled | None) -> Text:
@@ -252,7 +254,7 @@ def footer(report: Report) -> Text:
     parts = [
         f"{tally['filled']} filled, {tally['kept']} kept, {tally['constant']} constant",
         f"method {report.method.describe()}",
-        f"seed {report.seed} ({report.seed.source})",
+        f"seed {shown(report.seed)} ({report.seed.source})",
         "scope all" if report.all else "scope missing-only",
     ]
     if report.fan_mode != "semantic":
@@ -260,7 +262,7 @@ def footer(report: Report) -> Text:
     if report.dry_run:
         parts.append("dry run: nothing written")
     else:
-        parts.append(f"{report.bytes_written:,} bytes written to {report.output}")
+        parts.append(f"{report.bytes_written:,} bytes written to {shown(report.output)}")
         parts.append(f"{report.elapsed:.2f} s")
     text = Text("; ".join(parts))
     if not report.dry_run and tally["filled"] == 0:
@@ -277,7 +279,8 @@ def footer(report: Report) -> Text:
     flagged = iter_flagged(report.entries, report.observed)
     if flagged:
         text.append(
-            f"\n{len(flagged)} tensor(s) with std far from target (!): {', '.join(flagged[:5])}", style="red"
+            f"\n{len(flagged)} tensor(s) with std far from target (!): {shown(', '.join(flagged[:5]))}",
+            style="red",
         )
     return text
 
