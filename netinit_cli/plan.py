@@ -23,6 +23,7 @@ from netinit_cli.methods import METHOD_NAMES, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
 from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
+from netinit_cli.spec import clipped
 
 KEEP = "keep"
 
@@ -57,7 +58,7 @@ def parse_rule(text: str, *, origin: str = "--rule") -> Rule:
     pattern, spec = pattern.strip(), spec.strip()
     if not sep or not pattern or not spec:
         raise UsageError(
-            f"{origin} {text!r}: expected GLOB=SPEC, e.g. 'lm_head.*=xavier' or '*.bias=constant(0.1)' or 'pos*=keep'"
+            f"{origin} {clipped(text, 80)!r}: expected GLOB=SPEC, e.g. 'lm_head.*=xavier' or '*.bias=constant(0.1)' or 'pos*=keep'"
         )
     return make_rule(pattern, spec, origin=origin)
 
@@ -70,10 +71,10 @@ def make_rule(pattern: str, spec: str, *, origin: str = "--rule") -> Rule:
         method = parse_method(spec)
         return Rule(pattern, method.describe(), method=method)
     try:
-        distribution = parse_distribution(spec, allow_none=False, option=f"{origin} {pattern}")
+        distribution = parse_distribution(spec, allow_none=False, option=f"{origin} {clipped(pattern, 80)}")
     except UsageError as exc:
         raise UsageError(
-            f"{origin} {pattern}={spec}: SPEC must be a method ({', '.join(METHOD_NAMES)}), "
+            f"{origin} {clipped(f'{pattern}={spec}', 80)}: SPEC must be a method ({', '.join(METHOD_NAMES)}), "
             f"a distribution, or 'keep' — {str(exc).splitlines()[0]}"
         ) from None
     return Rule(pattern, distribution.describe(), distribution=distribution)
