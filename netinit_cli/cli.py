@@ -62,7 +62,11 @@ class DefaultGroup(click.Group):
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.ClickException as exc:
-            sub = exc.ctx.command_path.partition(" ")[2] if isinstance(exc, click.UsageError) and exc.ctx else ""
+            sub = (
+                exc.ctx.command_path.partition(" ")[2]
+                if isinstance(exc, click.UsageError) and exc.ctx
+                else ""
+            )
             command = f"netinit {sub}".strip()
             _error_line(f"{exc.format_message().rstrip('.')}; see '{command} --help'")
             sys.exit(exc.exit_code)

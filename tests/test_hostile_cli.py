@@ -305,7 +305,7 @@ def test_json_keeps_the_exact_names(tmp_path: Path) -> None:
 def test_an_error_line_cannot_be_forged_or_move_the_cursor(tmp_path: Path, mlp: Path) -> None:
     taken = tmp_path / "out\x1b[2J\nnetinit: error: forged.safetensors"
     taken.write_bytes(b"")
-    code, stdout, stderr = invoke(str(mlp), "-o", str(taken))
+    code, _, stderr = invoke(str(mlp), "-o", str(taken))
     assert code == 4
     assert one_error_line(stderr) == (
         f"{shown(taken)} already exists; use --force to overwrite it or -o to choose another path"
