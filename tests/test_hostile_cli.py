@@ -449,3 +449,23 @@ def test_the_safetensors_header_helper_round_trips(tmp_path: Path) -> None:
     assert json.loads(path.read_bytes()[8 : 8 + length]) == {
         "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# The same hostile values as the hostile-input suite runs them (tests/hostile_cases.py, family
+# "cli"): in a worker under RLIMIT_AS = 2 GiB, checking output folder, inputs and every line.
+
+CLI_CASES = [case.name for case in hc.cli_cases()]
+
+
+@pytest.fixture(scope="module")
+def cli_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, hc.Outcome]:
+    outcomes = hc.run_worker(tmp_path_factory.mktemp("hostile-cli"), names=CLI_CASES)
+    return {outcome.name: outcome for outcome in outcomes}
+
+
+@pytest.mark.parametrize("name", CLI_CASES)
+def test_hostile_cli_case(name: str, cli_outcomes: dict[str, hc.Outcome]) -> None:
+    assert name in cli_outcomes, f"{name}: the worker never reported it (crashed or hung before it)"
+    outcome = cli_outcomes[name]
+    assert outcome.problems == [], f"exit {outcome.exit_code}, stderr {outcome.stderr!r}"
