@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,8 @@ from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
 from netinit_cli.model import Planned
 from netinit_cli.plan import Options, Rule, make_plan, make_rule, parse_rule
+from netinit_cli.presets import PresetSpec, model_context, parse_preset, preset_notes
+from netinit_cli.readfile import read_regular
 from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
 
@@ -55,7 +56,8 @@ class ProgressSink(Protocol):
 
 def build_options(
     *,
-    method: str | MethodSpec = "kaiming",
+    method: str | MethodSpec | None = None,
+    preset: str | PresetSpec | None = None,
     seed: str | int | Seed | None = None,
     all: bool = False,
     fan_mode: str = "semantic",
@@ -65,15 +67,20 @@ def build_options(
 ) -> Options:
     """Turn user-level values (strings, as on the command line) into planning options.
 
-    A config file (TOML) supplies defaults: keys ``method``, ``seed``, ``all``, ``fan_mode`` and a
-    ``[rules]`` table of ``"GLOB" = "SPEC"``.  Explicit arguments win over the file; rules given
-    here come before the file's rules (the first matching rule wins).
+    ``method`` defaults to kaiming; ``preset`` (``"hf"``, ``"torch"``, …, see
+    :mod:`netinit_cli.presets`) replaces it: giving both, a method sub-option, or a torch fan
+    mode with a preset is a :class:`UsageError`.  A config file (TOML) supplies defaults: keys
+    ``method`` or ``preset``, ``seed``, ``all``, ``fan_mode`` and a ``[rules]`` table of
+    ``"GLOB" = "SPEC"``.  Explicit arguments win over the file (a method given here replaces the
+    file's preset, and the other way round); rules given here come before the file's rules (the
+    first matching rule wins).
     """
     file_rules: list[Rule] = []
     seed_option = "--seed"
     if config is not None:
         settings = load_config(Path(config))
-        method = settings.get("method", method) if method == "kaiming" else method
+        if method is None and preset is None:
+            method, preset = settings.get("method"), settings.get("preset")
         if seed is None and "seed" in settings:
             seed, seed_option = settings["seed"], f"--config {config}: seed"
         all = settings.get("all", False) or all
@@ -82,26 +89,59 @@ def build_options(
             file_rules.append(make_rule(str(pattern), str(spec), origin=f"{config} [rules]"))
     if fan_mode not in FAN_MODES:
         raise UsageError(f"--fan-mode {fan_mode!r}: choose one of {', '.join(FAN_MODES)}")
+    preset_spec = None
+    if preset is not None:
+        preset_spec = preset if isinstance(preset, PresetSpec) else parse_preset(str(preset))
+        _check_preset_alone(preset_spec, method, method_options or {}, fan_mode)
+    if method is None:
+        method = "kaiming"
     spec = method if isinstance(method, MethodSpec) else parse_method(str(method), method_options or {})
     seed_value = seed if isinstance(seed, Seed) else parse_seed(seed, option=seed_option)
     parsed_rules = tuple(rule if isinstance(rule, Rule) else parse_rule(rule) for rule in rules)
     return Options(
-        method=spec, seed=seed_value, all=all, fan_mode=fan_mode, rules=parsed_rules + tuple(file_rules)
+        method=spec,
+        seed=seed_value,
+        all=all,
+        fan_mode=fan_mode,
+        rules=parsed_rules + tuple(file_rules),
+        preset=preset_spec,
     )
 
 
-CONFIG_KEYS = {"method", "seed", "all", "fan_mode", "rules"}
+def _check_preset_alone(
+    preset: PresetSpec, method: object, method_options: Mapping[str, str | None], fan_mode: str
+) -> None:
+    """A preset decides every formula and its framework's fans: nothing of a method may come with it."""
+    if method is not None:
+        raise UsageError(
+            f"--preset {preset} and --method are exclusive: a preset sets every tensor's formula; "
+            "use --rule 'GLOB=METHOD' for exceptions"
+        )
+    flags = ["--" + key.replace("_", "-") for key, value in method_options.items() if value is not None]
+    if flags:
+        raise UsageError(
+            f"{flags[0]} is a --method sub-option and does not apply with --preset {preset}; "
+            "change a preset's constants with its own options, e.g. --preset 'hf(initializer_range=0.01)'"
+        )
+    if fan_mode != "semantic":
+        raise UsageError(
+            f"--fan-mode {fan_mode} does not apply with --preset {preset}: each preset uses its "
+            "framework's own fans (the init column names them)"
+        )
+
+
+CONFIG_KEYS = {"method", "preset", "seed", "all", "fan_mode", "rules"}
 CONFIG_LIMIT = 1 << 20  # bytes; a config is a few lines, a [rules] table a few hundred
 
 
 def load_config(path: Path) -> dict[str, Any]:
     """Read a ``--config`` TOML file: known keys only, each of its own type (``all`` a boolean,
-    ``seed`` an integer or a string, ``method`` and ``fan_mode`` strings, ``[rules]`` a table of
-    strings); anything else is a :class:`UsageError` naming the key."""
+    ``seed`` an integer or a string, ``method``, ``preset`` and ``fan_mode`` strings, ``[rules]``
+    a table of strings); anything else is a :class:`UsageError` naming the key."""
     import tomllib
 
     where = f"--config {path}"
-    data = _read_small_regular_file(path, where, CONFIG_LIMIT)
+    data = read_regular(path, where, CONFIG_LIMIT, "a config file")
     try:
         settings = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -120,6 +160,8 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"{where}: unknown key(s) {shown_keys}; known: {', '.join(sorted(CONFIG_KEYS))}")
     for key, value in settings.items():
         _check_config_value(where, key, value)
+    if "method" in settings and "preset" in settings:
+        raise UsageError(f"{where}: give method or preset, not both (a preset replaces the method)")
     return settings
 
 
@@ -137,9 +179,13 @@ def _check_config_value(where: str, key: str, value: object) -> None:
                 f"{where}: seed = {_toml_shown(value)} is {_toml_kind(value)}; write an integer "
                 '(seed = 42) or a string (seed = "run-7")'
             )
-    elif key in ("method", "fan_mode"):
+    elif key in ("method", "preset", "fan_mode"):
         if not isinstance(value, str):
-            example = 'method = "xavier"' if key == "method" else 'fan_mode = "torch"'
+            example = {
+                "method": 'method = "xavier"',
+                "preset": 'preset = "hf"',
+                "fan_mode": 'fan_mode = "torch"',
+            }[key]
             raise UsageError(
                 f"{where}: {key} = {_toml_shown(value)} is {_toml_kind(value)}; write a string ({example})"
             )
@@ -181,44 +227,6 @@ def _toml_shown(value: object) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
-def _read_small_regular_file(path: Path, where: str, limit: int) -> bytes:
-    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
-
-    Checked before opening (a device is never opened), and again on the open descriptor: the
-    open itself is non-blocking, so a FIFO swapped in between cannot hang the read."""
-    try:
-        before = os.stat(path)
-        if not stat.S_ISREG(before.st_mode):
-            raise UsageError(f"{where}: not a regular file ({_file_kind(before.st_mode)})")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"{where}: not a regular file ({_file_kind(info.st_mode)})")
-        if info.st_size > limit:
-            raise UsageError(f"{where}: {info.st_size:,} bytes, more than a config file's {limit:,}")
-        try:
-            data = handle.read(limit + 1)
-        except OSError as exc:
-            raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
-    if len(data) > limit:
-        raise UsageError(f"{where}: more than a config file's {limit:,} bytes")
-    return data
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((name for test, name in kinds if test(mode)), "not a file")
-
-
 def read(
     model: str | os.PathLike[str] | None, like: str | os.PathLike[str] | None, out: Path | None
 ) -> tuple[ModelFile, Template | None]:
@@ -254,6 +262,7 @@ def inspect(
     """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
     options = options or build_options(**kwargs)
     opened, template = read(model, like, None)
+    _check_lsuv_arguments(opened, options, None, None)
     classified = classify(opened, template)
     return _planned_report(model, opened, classified, options, None, dry_run=True)
 
@@ -267,7 +276,14 @@ def _planned_report(
     *,
     dry_run: bool,
 ) -> Report:
-    """The plan stage (pure): the report of what will happen."""
+    """The plan stage (pure but for a preset reading config.json): the report of what will happen."""
+    names = [name for param in classified.params for name in (param.name, *param.aliases)]
+    context = None
+    notes = list(classified.notes)
+    if options.preset is not None:
+        # A preset knows the model's config.json (beside MODEL, or the template of a new one).
+        context = model_context(names, Path(model) if model is not None else opened.path)
+        notes += preset_notes(options.preset, context)
     return Report(
         input=Path(model) if model is not None else None,
         output=out,
@@ -276,10 +292,11 @@ def _planned_report(
         method=options.method,
         all=options.all,
         fan_mode=options.fan_mode,
-        entries=make_plan(classified.params, options, stored=opened.read_array),
+        entries=make_plan(classified.params, options, stored=opened.read_array, model=context),
         dry_run=dry_run,
-        notes=list(classified.notes),
+        notes=notes,
         rules=options.rules,
+        preset=options.preset,
     )
 
 
@@ -294,13 +311,17 @@ def initialize(
     fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
+    data: str | os.PathLike[str] | None = None,
+    batch_size: int | None = None,
     **kwargs: Any,
 ) -> Report:
     """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
 
-    Keyword arguments are those of :func:`build_options` (``method``, ``seed``, ``all``,
-    ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
-    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).
+    Keyword arguments are those of :func:`build_options` (``method`` or ``preset``, ``seed``,
+    ``all``, ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
+    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``data`` (an
+    ``.npz``/``.npy`` file) or ``batch_size`` (of a seeded random batch, default 16) give
+    ``method="lsuv"`` its batch (see :mod:`netinit_cli.lsuv.stage`).
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
     started = time.perf_counter()
@@ -316,6 +337,7 @@ def initialize(
         )
     out_path = Path(out) if out is not None else None
     opened, template = read(model, like, out_path)  # read: headers and graphs
+    lsuv = _check_lsuv_arguments(opened, options, data, batch_size)
     classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
         out_path, force = opened.path, True
@@ -329,12 +351,26 @@ def initialize(
         return report
     plan = report.entries
     check_fits_in_memory(report.filled)
+    record = provenance(options)
+    batch = None
+    if lsuv:  # the batch is checked, and the output may be replaced, before the costly part
+        from netinit_cli.fileio import check_destination
+        from netinit_cli.lsuv.stage import prepare
+
+        check_destination(out_path, overwrite=force)
+        batch = prepare(opened, plan, options.seed, data, batch_size)
+        record["netinit.lsuv_batch"] = batch.source
     filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
         progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
-    tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    if batch is None:
+        tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
+    else:  # fill in memory, then LSUV rescales the layers' weights through onnxruntime
+        from netinit_cli.lsuv.stage import rescale
+
+        tensors, report.entries, report.lsuv = rescale(opened, plan, filler, options.method, batch)
     # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
-    result = opened.write(out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync)
+    result = opened.write(out_path, plan, tensors, record, overwrite=force, durable=fsync)
     report.observed = filler.observed  # report: what was written and what the filler observed
     report.files = result.paths
     report.bytes_written = result.bytes_written
@@ -343,12 +379,32 @@ def initialize(
     return report
 
 
+def _check_lsuv_arguments(
+    opened: ModelFile, options: Options, data: str | os.PathLike[str] | None, batch_size: int | None
+) -> bool:
+    """Whether LSUV runs; ``--data``/``--batch-size`` without it, or LSUV on a safetensors file,
+    are usage errors found before planning."""
+    if options.method.name != "lsuv":
+        if data is not None or batch_size is not None:
+            given = "--data" if data is not None else "--batch-size"
+            raise UsageError(f"{given} gives LSUV its batch; it needs --method lsuv")
+        return False
+    from netinit_cli.lsuv.stage import check_model
+
+    check_model(opened)
+    return True
+
+
 def provenance(options: Options) -> dict[str, str]:
     """Recorded in the output's metadata so a run can be repeated and audited."""
     record = {
         "netinit.version": __version__,
         "netinit.seed": str(options.seed),
-        "netinit.method": options.method.describe(),
+        **(
+            {"netinit.preset": str(options.preset)}
+            if options.preset is not None
+            else {"netinit.method": options.method.describe()}
+        ),
         "netinit.scope": "all" if options.all else "missing",
         "netinit.fan_mode": options.fan_mode,
         "netinit.numpy": np.__version__,

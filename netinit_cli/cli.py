@@ -19,6 +19,7 @@ from netinit_cli.errors import EXIT_CODES, NetinitError
 from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
+from netinit_cli.presets import PRESETS, describe_presets
 from netinit_cli.report import TABLE_MODES, Report, render
 from netinit_cli.safe_text import shown
 
@@ -34,6 +35,7 @@ Examples:
   netinit model.safetensors --method 'kaiming(distribution=uniform)' --all
   netinit model.onnx --method random --weights 'normal(0,0.02)' --biases 0.01 --all
   netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
+  netinit ckpt.safetensors --preset hf --all   what transformers' from_config would give
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
@@ -122,10 +124,13 @@ def method_options(func: F) -> F:
         click.option(
             "--method",
             "-m",
-            default="kaiming",
-            show_default=True,
             metavar="SPEC",
-            help=f"{'|'.join(METHOD_NAMES)}, or a compact spec such as 'kaiming(distribution=uniform)'.",
+            help=f"{'|'.join(METHOD_NAMES)}, or a compact spec such as 'kaiming(distribution=uniform)'. [default: kaiming]",
+        ),
+        click.option(
+            "--preset",
+            metavar="NAME",
+            help=f"Framework preset instead of a method: {'|'.join(PRESETS)}, e.g. 'hf(initializer_range=0.01)'; see 'netinit methods'.",
         ),
         *(click.option(flag.flag, metavar=flag.metavar, help=flag.help) for flag in FLAGS),
         click.option(
@@ -154,7 +159,7 @@ def method_options(func: F) -> F:
         click.option(
             "--config",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="TOML file with method, seed, all, fan_mode and a [rules] table.",
+            help="TOML file with method or preset, seed, all, fan_mode and a [rules] table.",
         ),
         click.option(
             "--like", metavar="TEMPLATE", help="Create tensors the template has and the bundle lacks."
@@ -207,6 +212,19 @@ def cli() -> None:
     help="Skip the fsync before the rename: faster, still atomic for readers and a killed run, "
     "but a power loss or OS crash soon after may leave the output empty or partial.",
 )
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="LSUV's batch: an .npz with one array per graph input (by name), or an .npy for a "
+    "one-input model.  Default: a seeded standard-normal batch (float inputs only).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="LSUV: samples in the random batch (a dynamic first axis). [default: 16]",
+)
 @method_options
 def init_command(
     model: Path | None,
@@ -215,6 +233,8 @@ def init_command(
     in_place: bool,
     dry_run: bool,
     no_fsync: bool,
+    data: Path | None,
+    batch_size: int | None,
     **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
@@ -236,6 +256,8 @@ def init_command(
             fsync=not no_fsync,
             options=options,
             progress=progress,
+            data=data,
+            batch_size=batch_size,
         )
     finally:
         if progress:
@@ -255,14 +277,17 @@ def inspect_command(model: Path | None, **kw: Any) -> None:
 
 @cli.command("methods")
 def methods_command() -> None:
-    """List every method, sub-option, default and formula."""
+    """List every method and preset, sub-option, default and formula."""
     click.echo(describe_methods())
+    click.echo()
+    click.echo(describe_presets(), nl=False)
 
 
 def _options(kw: dict[str, Any]) -> Any:
     overrides = {key: kw[key] for key in OVERRIDE_KEYS}
     return build_options(
         method=kw["method"],
+        preset=kw["preset"],
         seed=kw["seed"],
         all=kw["all_"],
         fan_mode=kw["fan_mode"],

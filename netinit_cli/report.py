@@ -20,8 +20,9 @@ import numpy as np
 from netinit_cli import __version__
 from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.methods import MethodSpec
-from netinit_cli.model import Action, Filled, Planned
+from netinit_cli.model import Action, Filled, LsuvSummary, Planned
 from netinit_cli.plan import Rule, counts
+from netinit_cli.presets import PresetSpec
 from netinit_cli.safe_text import shown
 from netinit_cli.seeding import Seed
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 # Rich is imported where a table is drawn, not with this module: a quiet run (``-q``, ``--json``)
-# never loads it (about 20 ms of start-up here).
+# never loads it (about 20 ms of start-up).
 
 TABLE_MODES = ("auto", "full", "summary", "none")
 AUTO_FULL_LIMIT = 60  # per-tensor rows up to this many tensors, grouped rows beyond
@@ -59,6 +60,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     rules: tuple[Rule, ...] = ()
     observed: dict[str, Filled] = field(default_factory=dict)  # statistics of each filled tensor, by name
+    preset: PresetSpec | None = None  # replaces the method (then each init names the preset's formula)
+    lsuv: LsuvSummary | None = None  # what LSUV did (--method lsuv)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -253,7 +256,7 @@ def footer(report: Report) -> Text:
     tally = report.counts
     parts = [
         f"{tally['filled']} filled, {tally['kept']} kept, {tally['constant']} constant",
-        f"method {report.method.describe()}",
+        f"preset {report.preset}" if report.preset is not None else f"method {report.method.describe()}",
         f"seed {shown(report.seed)} ({report.seed.source})",
         "scope all" if report.all else "scope missing-only",
     ]
@@ -265,6 +268,8 @@ def footer(report: Report) -> Text:
         parts.append(f"{report.bytes_written:,} bytes written to {shown(report.output)}")
         parts.append(f"{report.elapsed:.2f} s")
     text = Text("; ".join(parts))
+    if report.lsuv is not None:
+        text.append("\n" + lsuv_line(report.lsuv))
     if not report.dry_run and tally["filled"] == 0:
         learnable = any(e.param.role.learnable for e in report.entries)
         if learnable and not report.all:
@@ -283,6 +288,47 @@ def footer(report: Report) -> Text:
             style="red",
         )
     return text
+
+
+def lsuv_line(summary: LsuvSummary) -> str:
+    """One line under the table: layers rescaled and skipped, and the onnxruntime cost."""
+    layers = summary.layers.values()
+    rescaled = [layer for layer in layers if layer.skipped is None]
+    unconverged = sum(not layer.converged for layer in rescaled)
+    parts = [
+        f"lsuv: {len(rescaled)} layer(s) rescaled"
+        + (f" ({unconverged} not within tol after max_iter)" if unconverged else ""),
+        f"{len(layers) - len(rescaled)} skipped",
+        f"{summary.sessions} onnxruntime session(s), {summary.passes} pass(es), {summary.seconds:.2f} s",
+        f"batch {summary.batch}",
+    ]
+    return "; ".join(parts)
+
+
+def lsuv_json(summary: LsuvSummary) -> dict[str, Any]:
+    return {
+        "sessions": summary.sessions,
+        "passes": summary.passes,
+        "seconds": round(summary.seconds, 4),
+        "batch": summary.batch,
+        "rescaled": sum(layer.skipped is None for layer in summary.layers.values()),
+        "skipped": sum(layer.skipped is not None for layer in summary.layers.values()),
+    }
+
+
+def lsuv_entry_json(summary: LsuvSummary, name: str) -> dict[str, Any]:
+    """The LSUV keys of one tensor (null for a tensor that is no LSUV layer's weight)."""
+    layer = summary.layers.get(name)
+    return {
+        "lsuv_layer": layer.layer if layer else None,
+        "lsuv_output": layer.output if layer else None,
+        "lsuv_std_before": layer.std_before if layer else None,
+        "lsuv_std_after": layer.std_after if layer and layer.skipped is None else None,
+        "lsuv_iterations": layer.iterations if layer else None,
+        "lsuv_scale": layer.scale if layer else None,
+        "lsuv_converged": layer.converged if layer and layer.skipped is None else None,
+        "lsuv_skipped": layer.skipped if layer else None,
+    }
 
 
 def entry_json(entry: Planned, filled: Filled | None = None) -> dict[str, Any]:
@@ -332,7 +378,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "dry_run": report.dry_run,
         "seed": str(report.seed),
         "seed_source": report.seed.source,
-        "method": report.method.describe(),
+        "method": None if report.preset is not None else report.method.describe(),
+        "preset": str(report.preset) if report.preset is not None else None,
         "scope": "all" if report.all else "missing",
         "fan_mode": report.fan_mode,
         "rules": [rule.describe() for rule in report.rules],
@@ -341,8 +388,16 @@ def report_json(report: Report) -> dict[str, Any]:
         "elapsed_seconds": round(report.elapsed, 4),
         "versions": versions(),
         "notes": list(report.notes),
-        "tensors": [entry_json(entry, report.observed.get(entry.param.name)) for entry in report.entries],
+        "tensors": [_tensor_json(report, entry) for entry in report.entries],
+        **({"lsuv": lsuv_json(report.lsuv)} if report.lsuv is not None else {}),
     }
+
+
+def _tensor_json(report: Report, entry: Planned) -> dict[str, Any]:
+    record = entry_json(entry, report.observed.get(entry.param.name))
+    if report.lsuv is not None:
+        record.update(lsuv_entry_json(report.lsuv, entry.param.name))
+    return record
 
 
 def iter_flagged(entries: Iterable[Planned], observed: Mapping[str, Filled]) -> list[str]:

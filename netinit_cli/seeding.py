@@ -35,6 +35,7 @@ from .errors import UsageError
 DEFAULT_SEED = 1234
 CHUNK_ELEMENTS = 1 << 20  # one independent stream per 2**20 elements; part of the stream definition
 SEED_ENV = "NETINIT_SEED"
+PURPOSE_KEY = 0xFFFFFFFF  # the first spawn-key word of streams that are not a tensor's
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 # Python converts at most 4,300 digits between int and str by default (CVE-2020-10735); a seed
@@ -160,14 +161,18 @@ def seed_sequence(seed: Seed, name: str, chunk: int = 0) -> np.random.SeedSequen
     return np.random.SeedSequence(entropy, spawn_key=(chunk,))
 
 
+def purpose_sequence(seed: Seed, purpose: str) -> np.random.SeedSequence:
+    """The parent of the streams ``seed`` gives something other than a tensor (LSUV's random
+    batch: ``purpose="lsuv batch"``).  Draw only from its children (``spawn_key=(PURPOSE_KEY, i)``):
+    their spawn keys have two words and no tensor stream's has, so they never meet one."""
+    return np.random.SeedSequence(
+        seed_words(seed) + _digest_words(purpose.encode("utf-8")), spawn_key=(PURPOSE_KEY,)
+    )
+
+
 def bit_generator(seed: Seed, name: str, chunk: int = 0) -> np.random.PCG64DXSM:
     """The raw bit generator of chunk ``chunk`` of tensor ``name`` (samplers use its raw words)."""
     return np.random.PCG64DXSM(seed_sequence(seed, name, chunk))
-
-
-def tensor_generator(seed: Seed, name: str, chunk: int = 0) -> np.random.Generator:
-    """The generator of chunk ``chunk`` of tensor ``name`` under ``seed``."""
-    return np.random.Generator(bit_generator(seed, name, chunk))
 
 
 def thread_count() -> int:

@@ -128,7 +128,8 @@ def test_config_all_as_a_string_is_refused_and_the_input_kept(tmp_path: Path, ml
         ("rules = ['*=xavier']", '[rules] must be a table of "GLOB" = "SPEC", not an array'),
         ("[rules]\n'*' = 0.1", "[rules] '*' = 0.1 is a float; write a string"),
         ("[rules]\n'*' = {a = 1}", "[rules] '*' = {…} is a table; write a string"),
-        ("colour = 'red'", "unknown key(s) 'colour'; known: all, fan_mode, method, rules, seed"),
+        ("colour = 'red'", "unknown key(s) 'colour'; known: all, fan_mode, method, preset, rules, seed"),
+        ("preset = ['hf']", 'preset = […] is an array; write a string (preset = "hf")'),
     ],
 )
 def test_config_values_of_the_wrong_type_name_the_key(
@@ -163,6 +164,21 @@ def test_config_on_a_fifo_is_refused_without_hanging(tmp_path: Path, mlp: Path) 
 def test_config_on_a_device_is_refused(mlp: Path, tmp_path: Path) -> None:
     message = usage_error(str(mlp), "--config", "/dev/zero", "-o", str(tmp_path / "o.safetensors"))
     assert message == "--config /dev/zero: not a regular file (a character device)"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_lsuv_data_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("onnxruntime")
+    data = tmp_path / "batch.npz"
+    if kind == "fifo":
+        os.mkfifo(data)
+    where = str(data) if kind == "fifo" else "/dev/zero"
+    model = shutil.copy(FIXTURES / "mlp.onnx", tmp_path / "mlp.onnx")
+    message = usage_error(str(model), "--method", "lsuv", "--data", where, "-o", str(tmp_path / "o.onnx"))
+    assert (
+        message
+        == f"--data {where}: not a regular file ({'a FIFO' if kind == 'fifo' else 'a character device'})"
+    )
 
 
 def test_config_larger_than_a_config_is_refused(tmp_path: Path, mlp: Path) -> None:

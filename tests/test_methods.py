@@ -125,7 +125,7 @@ def test_method_error_texts_are_exact() -> None:
         parse_method("kaimin")
     assert str(info.value) == (
         "--method 'kaimin': unknown method (character 1); "
-        "accepted: kaiming | xavier | orthogonal | random | identity, optionally with (key=value, …), "
+        "accepted: kaiming | xavier | orthogonal | random | identity | lsuv, optionally with (key=value, …), "
         "e.g. kaiming(distribution=uniform)"
     )
     assert info.value.detail == "  kaimin\n  ^"
@@ -162,6 +162,10 @@ def specs(draw: st.DrawFn) -> tuple[str, dict[str, str | None]]:
         overrides["gain"] = draw(st.one_of(st.none(), _numbers.map(repr), st.just("auto")))
     elif name == "orthogonal":
         overrides["gain"] = draw(st.one_of(st.none(), _numbers.map(repr)))
+    elif name == "lsuv":
+        overrides["std"] = draw(st.one_of(st.none(), st.floats(0.5, 10).map(repr)))
+        overrides["tol"] = draw(st.one_of(st.none(), st.floats(1e-3, 0.45).map(repr)))
+        overrides["max_iter"] = draw(st.one_of(st.none(), st.integers(1, 1000).map(str)))
     elif name == "random":
         overrides["weights"] = draw(st.one_of(st.none(), _dists))
         overrides["biases"] = draw(st.one_of(st.none(), _dists, st.just("none")))
@@ -280,7 +284,8 @@ def test_fixed_roles_whatever_the_method(role: Role, value: float, label: str, m
 
 def _onnx_lstm_bias(hidden: int) -> Param:
     """The ONNX LSTM's B as the classifier sees it (its layout marks Wb's forget block)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
+    from onnx_builders import float_model
 
     from netinit_cli.classify.onnx import classify_model
 
@@ -289,14 +294,7 @@ def _onnx_lstm_bias(hidden: int) -> Param:
     node = helper.make_node(
         "LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=hidden, direction="bidirectional"
     )
-    graph = helper.make_graph(
-        [node],
-        "lstm",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [7, 1, 3])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        weights,
-    )
-    params, _ = classify_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    params, _ = classify_model(float_model([node], {"X": [7, 1, 3]}, {"Y": None}, weights, opset=14))
     bias = next(param for param in params if param.name == "B")
     assert bias.role is Role.BIAS and bias.layout is not None
     return bias
