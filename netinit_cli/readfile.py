@@ -31,13 +31,12 @@ def file_kind(mode: int) -> str:
 
 
 def open_regular(path: str | os.PathLike[str], where: str) -> BinaryIO:
-    """``path`` opened for reading, if it is a regular file (``where`` names the option)."""
-    try:
-        if not stat.S_ISREG((before := os.stat(path)).st_mode):
-            raise UsageError(f"{where}: not a regular file ({file_kind(before.st_mode)})")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
+    """``path`` opened for reading, if it is a regular file (``where`` names the option); an
+    ``OSError`` (no such file, no permission) is the caller's to word."""
+    before = os.stat(path)
+    if not stat.S_ISREG(before.st_mode):
+        raise UsageError(f"{where}: not a regular file ({file_kind(before.st_mode)})")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     handle = os.fdopen(fd, "rb")
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
@@ -49,14 +48,14 @@ def open_regular(path: str | os.PathLike[str], where: str) -> BinaryIO:
 def read_regular(path: Path, where: str, limit: int, what: str) -> bytes:
     """The bytes of the regular file ``path``, at most ``limit`` of them (``what`` it should be
     is named when it is larger)."""
-    with open_regular(path, where) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > limit:
-            raise UsageError(f"{where}: {size:,} bytes, more than {what}'s {limit:,}")
-        try:
+    try:
+        with open_regular(path, where) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                raise UsageError(f"{where}: {size:,} bytes, more than {what}'s {limit:,}")
             data = handle.read(limit + 1)
-        except OSError as exc:
-            raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
     if len(data) > limit:
         raise UsageError(f"{where}: more than {what}'s {limit:,} bytes")
     return data
