@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from netinit_cli.errors import InputError, UsageError
 from netinit_cli.fill import Filler, check_fits_in_memory
 from netinit_cli.formats import open_model, open_template
 from netinit_cli.formats.base import ModelFile
+from netinit_cli.formats.safetensors.sharded import parse_size
 from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
 from netinit_cli.model import Planned
@@ -35,6 +36,7 @@ from netinit_cli.presets import PresetSpec, model_context, parse_preset, preset_
 from netinit_cli.readfile import read_regular
 from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
+from netinit_cli.shard import parse_shard
 
 if TYPE_CHECKING:
     from netinit_cli.formats.onnx.reader import OnnxModel
@@ -311,6 +313,8 @@ def initialize(
     fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
+    shard: tuple[int, int] | str | None = None,
+    max_shard_size: int | str | None = None,
     data: str | os.PathLike[str] | None = None,
     batch_size: int | None = None,
     **kwargs: Any,
@@ -322,10 +326,16 @@ def initialize(
     ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``data`` (an
     ``.npz``/``.npy`` file) or ``batch_size`` (of a seeded random batch, default 16) give
     ``method="lsuv"`` its batch (see :mod:`netinit_cli.lsuv.stage`).
+    ``shard=(k, n)`` (or ``"k/n"``, ``"auto"``, ``"auto/n"`` read from the scheduler's environment,
+    see :func:`netinit_cli.shard.parse_shard`) writes only worker k's files of a sharded output and
+    publishes its index when every file is complete.  ``max_shard_size`` (bytes or ``"5GB"``) splits
+    a new bundle (``like=`` a template, ``out=NAME.safetensors.index.json``).
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
     started = time.perf_counter()
     options = options or build_options(**kwargs)
+    worker = _parse_shard(shard)
+    shard_size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
     if in_place and out is not None:
         raise UsageError("--in-place and -o are exclusive: --in-place writes back to MODEL")
     if in_place and model is None:
@@ -345,7 +355,10 @@ def initialize(
         out_path = opened.default_output()
     if model is not None and not in_place and _same_file(out_path, opened.path):
         raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
+    if worker is not None or shard_size is not None:
+        _check_sharded_run(opened, out_path, worker, shard_size, in_place, options)
     report = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)  # plan
+    report.shard = worker
     if dry_run:
         report.elapsed = time.perf_counter() - started
         return report
@@ -370,13 +383,65 @@ def initialize(
 
         tensors, report.entries, report.lsuv = rescale(opened, plan, filler, options.method, batch)
     # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
-    result = opened.write(out_path, plan, tensors, record, overwrite=force, durable=fsync)
+    if worker is not None or shard_size is not None:
+        result = cast("SafetensorsModel", opened).write(
+            out_path,
+            plan,
+            tensors,
+            record,
+            overwrite=force,
+            durable=fsync,
+            shard=worker,
+            max_shard_size=shard_size,
+        )
+    else:
+        result = opened.write(out_path, plan, tensors, record, overwrite=force, durable=fsync)
     report.observed = filler.observed  # report: what was written and what the filler observed
     report.files = result.paths
     report.bytes_written = result.bytes_written
     report.notes.extend(result.notes)
     report.elapsed = time.perf_counter() - started
     return report
+
+
+def _parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    if shard is None or isinstance(shard, str):
+        return parse_shard(shard, os.environ)
+    k, n = shard
+    return parse_shard(f"{k}/{n}", {})
+
+
+def _check_sharded_run(
+    opened: ModelFile,
+    out: Path,
+    worker: tuple[int, int] | None,
+    max_shard_size: int | None,
+    in_place: bool,
+    options: Options,
+) -> None:
+    """``--shard`` and ``--max-shard-size`` apply to a sharded safetensors output only."""
+    flag = f"--shard {worker[0]}/{worker[1]}" if worker is not None else "--max-shard-size"
+    if in_place:
+        raise UsageError(f"{flag} and --in-place are exclusive: give the new bundle's index with -o")
+    if opened.kind != "safetensors":
+        raise UsageError(
+            f"{flag} writes a sharded safetensors bundle; {opened.path.name} is {opened.kind}, written as one model"
+        )
+    bundle = cast("SafetensorsModel", opened)
+    if not bundle.writes_bundle(out):
+        raise UsageError(
+            f"{flag}: the output {out.name} is one file; shards are written for a bundle "
+            "(MODEL a *.safetensors.index.json, or --like TEMPLATE -o NAME.safetensors.index.json)"
+        )
+    if max_shard_size is not None and not bundle.created:
+        raise UsageError(
+            f"--max-shard-size splits a new checkpoint (--like TEMPLATE -o NAME.safetensors.index.json); "
+            f"{opened.path.name} keeps its own split"
+        )
+    if worker is not None and options.seed.source == "automatic":
+        raise UsageError(
+            f"{flag} with --seed automatic: each worker would draw its own seed; give every worker the same --seed"
+        )
 
 
 def _check_lsuv_arguments(

@@ -37,6 +37,7 @@ Examples:
   netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
   netinit ckpt.safetensors --preset hf --all   what transformers' from_config would give
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
+  netinit --like manifest.json -o ckpt/model.safetensors.index.json --shard auto   one worker of many
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
 Exit codes: """ + ", ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items())
@@ -213,6 +214,17 @@ def cli() -> None:
     "but a power loss or OS crash soon after may leave the output empty or partial.",
 )
 @click.option(
+    "--shard",
+    metavar="K/N|auto|auto/N",
+    help="Write only worker K's files of N of a sharded bundle; the last worker to finish writes the index. "
+    "auto: K (and N) from a Slurm array, Kubernetes Indexed Job, GitLab parallel or NETINIT_SHARD_INDEX/_COUNT.",
+)
+@click.option(
+    "--max-shard-size",
+    metavar="SIZE",
+    help="Largest file of a new bundle (--like T -o NAME.safetensors.index.json), e.g. 5GB or 2GiB. [default: 5GB]",
+)
+@click.option(
     "--data",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
@@ -233,6 +245,8 @@ def init_command(
     in_place: bool,
     dry_run: bool,
     no_fsync: bool,
+    shard: str | None,
+    max_shard_size: str | None,
     data: Path | None,
     batch_size: int | None,
     **kw: Any,
@@ -242,7 +256,7 @@ def init_command(
     options = _options(kw)
     keep_freed_buffers()
     err = None if kw["quiet"] else _stderr_console()
-    if options.seed.source == "automatic" and err is not None:
+    if options.seed.source == "automatic" and err is not None and shard is None:  # with --shard: an error
         err.print(f"netinit: seed {options.seed} (automatic); repeat this run with --seed {options.seed}")
     progress = None if err is None else _progress(err, enabled=not dry_run)
     try:
@@ -256,6 +270,8 @@ def init_command(
             fsync=not no_fsync,
             options=options,
             progress=progress,
+            shard=shard,
+            max_shard_size=max_shard_size,
             data=data,
             batch_size=batch_size,
         )

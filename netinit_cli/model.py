@@ -31,6 +31,9 @@ class Role(StrEnum):
     WEIGHT_NORM_G = "weight_norm_g"  # weight norm's magnitude g = ‖v‖, derived from its direction v
     ZERO = "zero"  # zero by convention (LoRA B)
     CONSTANT = "constant"  # never touched: shapes, integers, buffers, masks
+    # A weight slot whose stored values are a fixed computation (DFT basis, DFL arange,
+    # averaging kernel): kept unless a rule names it, even under --all
+    FIXED_TRANSFORM = "fixed_transform"
     QUANTIZED = "quantized"  # quantized weights and their scales/zero points: never touched
     SCALAR = "scalar"  # float scalar in arithmetic: kept unless opted in
     UNKNOWN = "unknown"  # float tensor with no recognised role: kept unless opted in

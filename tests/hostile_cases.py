@@ -743,7 +743,15 @@ def cli_cases() -> Iterator[Case]:
     """Hostile option values, config files, seeds and tensor names on a valid model (issue 13):
     a usage error (exit 2) in one line, or a success whose every printed line is free of
     control characters."""
-    model = st_seed()
+    head = random.Random(13)
+    model = st_bytes(
+        [
+            ("fc.weight", "F32", [4, 3], b"\x00" * 48),
+            ("fc.bias", "F32", [4], b"\x00" * 16),
+            ("norm.weight", "BF16", [4], b"\x80\x3f" * 4),
+            ("head.weight", "F64", [2, 4], struct.pack("<8d", *(head.gauss(0, 1) for _ in range(8)))),
+        ]
+    )
 
     def case(name: str, args: tuple[str, ...], allowed: frozenset[int] = USAGE, **kw: Any) -> Case:
         files = {"in/model.safetensors": model, **kw.pop("files", {})}
@@ -806,6 +814,7 @@ def cli_cases() -> Iterator[Case]:
         "identity_noise_1e308": ("--method", "identity(distribution=normal(0,1e308))"),
         "orthogonal_gain_1e39": ("--method", "orthogonal", "--gain", "1e39"),
         "bf16_constant_1e39": ("--rule", "norm.weight=constant(1e39)"),
+        "f64_normal_1e200": ("--rule", "head.weight=normal(0,1e200)"),
     }
     for name, args in not_finite.items():
         yield case(f"values/{name}", ("--all", *args))

@@ -133,10 +133,27 @@ class SafetensorsModel:
         *,
         overwrite: bool,
         durable: bool = True,
+        shard: tuple[int, int] | None = None,
+        max_shard_size: int | None = None,
     ) -> WriteResult:
         """See :meth:`.writer.SafetensorsWriter.write`."""
-        writer = SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
-        return writer.write(out, plan, tensors, provenance, overwrite=overwrite, durable=durable)
+        return self._writer().write(
+            out,
+            plan,
+            tensors,
+            provenance,
+            overwrite=overwrite,
+            durable=durable,
+            shard=shard,
+            max_shard_size=max_shard_size,
+        )
+
+    def writes_bundle(self, out: Path) -> bool:
+        """Whether writing to ``out`` gives an index and its shards."""
+        return self._writer().writes_bundle(out)
+
+    def _writer(self) -> SafetensorsWriter:
+        return SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
 
 
 def new_model(out_path: Path) -> SafetensorsModel:
