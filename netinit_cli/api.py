@@ -25,7 +25,7 @@ from netinit_cli.classify.stage import classify as classify_model
 from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import InputError, UsageError
 from netinit_cli.fill import Filler, check_fits_in_memory
-from netinit_cli.formats import open_model, open_template
+from netinit_cli.formats import ConfigOptions, open_model, open_template
 from netinit_cli.formats.base import ModelFile
 from netinit_cli.formats.safetensors.sharded import parse_size
 from netinit_cli.formats.safetensors.template import new_safetensors
@@ -41,9 +41,10 @@ from netinit_cli.shard import parse_shard
 if TYPE_CHECKING:
     from netinit_cli.formats.onnx.reader import OnnxModel
     from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.hf_template import HfTemplate
     from netinit_cli.formats.safetensors.template import Manifest
 
-    Template = OnnxModel | SafetensorsModel | Manifest
+    Template = OnnxModel | SafetensorsModel | Manifest | HfTemplate
 
 FAN_MODES = ("semantic", "torch")
 
@@ -66,8 +67,13 @@ def build_options(
     rules: Sequence[str | Rule] = (),
     config: str | os.PathLike[str] | None = None,
     method_options: Mapping[str, str | None] | None = None,
+    default_preset: str | None = None,
 ) -> Options:
     """Turn user-level values (strings, as on the command line) into planning options.
+
+    ``default_preset`` applies when nothing chose a method or preset (no method, preset, method
+    sub-option or torch fan mode, here or in the config file): ``hf`` for a new model from a
+    transformers config (:func:`default_preset_for`).
 
     ``method`` defaults to kaiming; ``preset`` (``"hf"``, ``"torch"``, …, see
     :mod:`netinit_cli.presets`) replaces it: giving both, a method sub-option, or a torch fan
@@ -91,6 +97,9 @@ def build_options(
             file_rules.append(make_rule(str(pattern), str(spec), origin=f"{config} [rules]"))
     if fan_mode not in FAN_MODES:
         raise UsageError(f"--fan-mode {fan_mode!r}: choose one of {', '.join(FAN_MODES)}")
+    chosen = any(value is not None for value in (method_options or {}).values()) or fan_mode != "semantic"
+    if method is None and preset is None and not chosen:
+        preset = default_preset
     preset_spec = None
     if preset is not None:
         preset_spec = preset if isinstance(preset, PresetSpec) else parse_preset(str(preset))
@@ -108,6 +117,15 @@ def build_options(
         rules=parsed_rules + tuple(file_rules),
         preset=preset_spec,
     )
+
+
+def default_preset_for(
+    model: str | os.PathLike[str] | None, like: str | os.PathLike[str] | None
+) -> str | None:
+    """``hf`` for a new model from a transformers config (what ``from_config`` would give), else None."""
+    from netinit_cli.formats import is_config_template
+
+    return "hf" if model is None and like is not None and is_config_template(Path(like)) else None
 
 
 def _check_preset_alone(
@@ -230,23 +248,53 @@ def _toml_shown(value: object) -> str:
 
 
 def read(
-    model: str | os.PathLike[str] | None, like: str | os.PathLike[str] | None, out: Path | None
+    model: str | os.PathLike[str] | None,
+    like: str | os.PathLike[str] | None,
+    out: Path | None,
+    config_options: ConfigOptions | None = None,
 ) -> tuple[ModelFile, Template | None]:
     """The read stage: open ``model`` (or, with ``--like`` alone, a new checkpoint at ``out``) and
-    the ``--like`` template, reading headers and graphs only."""
+    the ``--like`` template, reading headers and graphs only (a transformers config template builds
+    its model class on the meta device: see :mod:`netinit_cli.formats.safetensors.hf_template`)."""
     if model is None and like is None:
         raise UsageError("give a MODEL, or --like TEMPLATE with -o OUT to create a new checkpoint")
+    if like is None and config_options is not None and config_options.given():
+        raise UsageError("--dtype, --max-shard-size and --trust-remote-code need --like CONFIG")
     if model is None:
         if out is None:
             raise UsageError("--like without a MODEL creates a new checkpoint: give its path with -o")
-        template = open_template(Path(like))  # type: ignore[arg-type]
+        template = open_template(Path(like), config_options)  # type: ignore[arg-type]
+        if template.kind == "hf-config":
+            from netinit_cli.formats.safetensors.hf_folder import HfFolder
+
+            options = config_options or ConfigOptions()
+            config = cast("HfTemplate", template)
+            given = options.dtype is not None
+            return HfFolder(out, config, max_shard_size=options.max_shard_size, dtype_given=given), config
         return new_safetensors(out), template
     opened = open_model(Path(model))
     if like is None:
         return opened, None
     if opened.kind != "safetensors":
         raise UsageError("--like adds missing tensors to safetensors bundles; an ONNX graph defines its own")
-    return opened, open_template(Path(like))
+    template = open_template(Path(like), config_options)
+    if template.kind == "hf-config":
+        raise UsageError(
+            f"--like {like} creates a new model folder from a config: drop MODEL, give -o OUTDIR"
+        )
+    return opened, template
+
+
+def config_options(
+    dtype: str | None = None, max_shard_size: str | int | None = None, trust_remote_code: bool = False
+) -> ConfigOptions:
+    """``--dtype``, ``--max-shard-size`` (bytes, or text such as ``500MB``) and ``--trust-remote-code``."""
+    size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
+    if size is not None and (isinstance(size, bool) or size <= 0):
+        raise UsageError(f"--max-shard-size {size!r} must be at least one byte, e.g. 5GB")
+    if dtype is not None and dtype not in ("f32", "f16", "bf16"):
+        raise UsageError(f"--dtype {dtype!r}: choose one of f32, f16, bf16")
+    return ConfigOptions(dtype=dtype, trust_remote_code=trust_remote_code, max_shard_size=size)
 
 
 def classify(opened: ModelFile, template: Template | None) -> Classified:
@@ -259,11 +307,15 @@ def inspect(
     *,
     like: str | os.PathLike[str] | None = None,
     options: Options | None = None,
+    dtype: str | None = None,
+    max_shard_size: str | int | None = None,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Report:
     """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
     options = options or build_options(**kwargs)
-    opened, template = read(model, like, None)
+    hf = config_options(dtype, max_shard_size, trust_remote_code)
+    opened, template = read(model, like, None, hf)
     _check_lsuv_arguments(opened, options, None, None)
     classified = classify(opened, template)
     return _planned_report(model, opened, classified, options, None, dry_run=True)
@@ -277,6 +329,7 @@ def _planned_report(
     out: Path | None,
     *,
     dry_run: bool,
+    config_path: Path | None = None,
 ) -> Report:
     """The plan stage (pure but for a preset reading config.json): the report of what will happen."""
     names = [name for param in classified.params for name in (param.name, *param.aliases)]
@@ -284,7 +337,8 @@ def _planned_report(
     notes = list(classified.notes)
     if options.preset is not None:
         # A preset knows the model's config.json (beside MODEL, or the template of a new one).
-        context = model_context(names, Path(model) if model is not None else opened.path)
+        where = config_path or (Path(model) if model is not None else opened.path)
+        context = model_context(names, where)
         notes += preset_notes(options.preset, context)
     return Report(
         input=Path(model) if model is not None else None,
@@ -317,6 +371,8 @@ def initialize(
     max_shard_size: int | str | None = None,
     data: str | os.PathLike[str] | None = None,
     batch_size: int | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Report:
     """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
@@ -330,10 +386,14 @@ def initialize(
     see :func:`netinit_cli.shard.parse_shard`) writes only worker k's files of a sharded output and
     publishes its index when every file is complete.  ``max_shard_size`` (bytes or ``"5GB"``) splits
     a new bundle (``like=`` a template, ``out=NAME.safetensors.index.json``).
+    With ``like`` a transformers config.json and no ``model``, ``out`` is a new model folder;
+    ``dtype`` (f32, f16, bf16), ``max_shard_size`` (save_pretrained's split; default 50GB) and
+    ``trust_remote_code`` apply to it, and the default initialization is the ``hf`` preset.
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
     started = time.perf_counter()
-    options = options or build_options(**kwargs)
+    from_config = default_preset_for(model, like) is not None
+    options = options or build_options(**kwargs, default_preset="hf" if from_config else None)
     worker = _parse_shard(shard)
     shard_size = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
     if in_place and out is not None:
@@ -346,7 +406,8 @@ def initialize(
             "drop --no-fsync or write to -o instead"
         )
     out_path = Path(out) if out is not None else None
-    opened, template = read(model, like, out_path)  # read: headers and graphs
+    hf = config_options(dtype, shard_size if from_config else None, trust_remote_code)
+    opened, template = read(model, like, out_path, hf)  # read: headers and graphs
     lsuv = _check_lsuv_arguments(opened, options, data, batch_size)
     classified = classify(opened, template)  # classify: roles, layouts, reasons
     if in_place:
@@ -355,9 +416,16 @@ def initialize(
         out_path = opened.default_output()
     if model is not None and not in_place and _same_file(out_path, opened.path):
         raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
-    if worker is not None or shard_size is not None:
+    if from_config and worker is not None:
+        raise UsageError(
+            "--shard writes a bundle's files in parallel; a model folder from a config is written whole"
+        )
+    if not from_config and (worker is not None or shard_size is not None):
         _check_sharded_run(opened, out_path, worker, shard_size, in_place, options)
-    report = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)  # plan
+    config_path = cast("HfTemplate", template).config_path if from_config and template is not None else None
+    report = _planned_report(
+        model, opened, classified, options, out_path, dry_run=dry_run, config_path=config_path
+    )
     report.shard = worker
     if dry_run:
         report.elapsed = time.perf_counter() - started
@@ -383,7 +451,7 @@ def initialize(
 
         tensors, report.entries, report.lsuv = rescale(opened, plan, filler, options.method, batch)
     # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
-    if worker is not None or shard_size is not None:
+    if not from_config and (worker is not None or shard_size is not None):
         result = cast("SafetensorsModel", opened).write(
             out_path,
             plan,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from netinit_cli import __version__
-from netinit_cli.api import build_options, initialize, inspect
+from netinit_cli.api import build_options, default_preset_for, initialize, inspect
 from netinit_cli.errors import EXIT_CODES, NetinitError
 from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
@@ -38,6 +38,7 @@ Examples:
   netinit ckpt.safetensors --preset hf --all   what transformers' from_config would give
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
   netinit --like manifest.json -o ckpt/model.safetensors.index.json --shard auto   one worker of many
+  netinit --like config.json -o new-model/    a transformers model folder (pip install 'netinit[hf]')
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
 Exit codes: """ + ", ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items())
@@ -222,7 +223,8 @@ def cli() -> None:
 @click.option(
     "--max-shard-size",
     metavar="SIZE",
-    help="Largest file of a new bundle (--like T -o NAME.safetensors.index.json), e.g. 5GB or 2GiB. [default: 5GB]",
+    help="Largest file of a new bundle (--like T -o NAME.safetensors.index.json), e.g. 5GB or 2GiB. "
+    "[default: 5GB; with --like config.json save_pretrained's 50GB]",
 )
 @click.option(
     "--data",
@@ -237,6 +239,16 @@ def cli() -> None:
     metavar="N",
     help="LSUV: samples in the random batch (a dynamic first axis). [default: 16]",
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(["f32", "f16", "bf16"]),
+    help="With --like CONFIG: the new model's dtype [default: the config's dtype].",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="With --like CONFIG: run the config's own model code (auto_map).",
+)
 @method_options
 def init_command(
     model: Path | None,
@@ -249,11 +261,13 @@ def init_command(
     max_shard_size: str | None,
     data: Path | None,
     batch_size: int | None,
+    dtype: str | None,
+    trust_remote_code: bool,
     **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
-    options = _options(kw)
+    options = _options(kw, model)
     keep_freed_buffers()
     err = None if kw["quiet"] else _stderr_console()
     if options.seed.source == "automatic" and err is not None and shard is None:  # with --shard: an error
@@ -274,6 +288,8 @@ def init_command(
             max_shard_size=max_shard_size,
             data=data,
             batch_size=batch_size,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
         )
     finally:
         if progress:
@@ -287,7 +303,7 @@ def init_command(
 def inspect_command(model: Path | None, **kw: Any) -> None:
     """Show every tensor's role, layout, fans, and what would be done — without writing."""
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
-    report = inspect(model, like=kw["like"], options=_options(kw))
+    report = inspect(model, like=kw["like"], options=_options(kw, model))
     _emit(report, {**kw, "table": "full" if kw["table"] == "auto" else kw["table"]})
 
 
@@ -299,9 +315,10 @@ def methods_command() -> None:
     click.echo(describe_presets(), nl=False)
 
 
-def _options(kw: dict[str, Any]) -> Any:
+def _options(kw: dict[str, Any], model: Path | None = None) -> Any:
     overrides = {key: kw[key] for key in OVERRIDE_KEYS}
     return build_options(
+        default_preset=default_preset_for(model, kw["like"]),
         method=kw["method"],
         preset=kw["preset"],
         seed=kw["seed"],

@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from netinit_cli.formats.base import ModelFile
     from netinit_cli.formats.onnx.reader import OnnxModel
     from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.hf_template import HfTemplate
     from netinit_cli.formats.safetensors.template import Manifest
+
+    Template = OnnxModel | SafetensorsModel | Manifest | HfTemplate
 
 
 @dataclass
@@ -47,11 +50,14 @@ def classify(model: ModelFile) -> Classified:
     return _classify_safetensors(cast("SafetensorsModel", model))
 
 
-def classify_with_template(model: ModelFile, template: OnnxModel | SafetensorsModel | Manifest) -> Classified:
+def classify_with_template(model: ModelFile, template: Template) -> Classified:
     """``model``'s tensors plus those of ``--like TEMPLATE`` it lacks (to be created); for a
-    model created from scratch, the template's tensors."""
+    model created from scratch, the template's tensors (a config template's roles come from the
+    module classes that own them, its buffers keep the model class's values)."""
     from netinit_cli.formats.safetensors.template import merge_template, new_params
 
+    if template.kind == "hf-config":
+        return Classified(template_params(template), _config_notes(cast("HfTemplate", template)))
     bundle = cast("SafetensorsModel", model)
     wanted = template_params(template)
     if bundle.created:
@@ -61,9 +67,15 @@ def classify_with_template(model: ModelFile, template: OnnxModel | SafetensorsMo
     return Classified(params, [*classified.notes, *notes])
 
 
-def template_params(template: OnnxModel | SafetensorsModel | Manifest) -> list[Param]:
+def template_params(template: Template) -> list[Param]:
     """The tensors a template asks for, classified, each with ``has_data=False`` where it is a
-    safetensors bundle or manifest (an ONNX template keeps what its graph says)."""
+    safetensors bundle, manifest or config (an ONNX template keeps what its graph says; a config's
+    persistent buffers have data)."""
+    if template.kind == "hf-config":
+        from netinit_cli.classify.modules import classify_modules
+
+        config = cast("HfTemplate", template)
+        return classify_modules(config.tensors, f"template {config.config_path.name}")
     if template.kind == "onnx":
         params = _classify_onnx(cast("OnnxModel", template)).params
         return [param for param in params if param.source in ("initializer", "graph_input")]
@@ -76,6 +88,15 @@ def template_params(template: OnnxModel | SafetensorsModel | Manifest) -> list[P
     hint = bundle.metadata.get("format")
     folded, _ = fold_ties(bundle.params, bundle.read_array)
     return classify_params(as_template(bundle.path.name, folded), hint)
+
+
+def _config_notes(template: HfTemplate) -> list[str]:
+    notes = [f"{template.model_class} built from {template.config_path.name} on the meta device"]
+    if template.aliases:
+        tied = ", ".join(f"{alias} = {name}" for alias, name in sorted(template.aliases.items())[:3])
+        more = f" and {len(template.aliases) - 3} more" if len(template.aliases) > 3 else ""
+        notes.append(f"tied, written once as save_pretrained does: {tied}{more}")
+    return notes
 
 
 def _classify_onnx(model: OnnxModel) -> Classified:
