@@ -22,8 +22,10 @@ import numpy as np
 from netinit_cli import __version__
 from netinit_cli.classify.stage import Classified, classify_with_template
 from netinit_cli.classify.stage import classify as classify_model
+from netinit_cli.commit import atomic_output, same_destination
+from netinit_cli.destination import Identity, check_destination, identities, output_path, refuse_inputs
 from netinit_cli.dtypes import itemsize
-from netinit_cli.errors import InputError, UsageError
+from netinit_cli.errors import UsageError
 from netinit_cli.fill import Filler, check_fits_in_memory
 from netinit_cli.formats import open_model, open_template
 from netinit_cli.formats.base import ModelFile
@@ -140,13 +142,21 @@ def inspect(
     *,
     like: str | os.PathLike[str] | None = None,
     options: Options | None = None,
+    report: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    also_read: Sequence[str | os.PathLike[str] | None] = (),
     **kwargs: Any,
 ) -> Report:
-    """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
+    """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``) but the
+    JSON report, to ``report`` if given (see :func:`initialize`)."""
     options = options or build_options(**kwargs)
     opened, template = read(model, like, None)
     classified = classify(opened, template)
-    return _planned_report(model, opened, classified, options, None, dry_run=True)
+    inputs = identities([*opened.input_files(), like, kwargs.get("config"), *also_read, *_files_of(template)])
+    report_path = _report_destination(report, None, force=force, inputs=inputs)
+    planned = _planned_report(model, opened, classified, options, None, dry_run=True)
+    _write_report(planned, report_path, force=force, protected=inputs)
+    return planned
 
 
 def _planned_report(
@@ -185,13 +195,18 @@ def initialize(
     fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
+    report: str | os.PathLike[str] | None = None,
+    also_read: Sequence[str | os.PathLike[str] | None] = (),
     **kwargs: Any,
 ) -> Report:
-    """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
+    """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``;
+    a folder, or a path ending in a slash, means that folder under the default name).
 
     Keyword arguments are those of :func:`build_options` (``method``, ``seed``, ``all``,
     ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
-    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).
+    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``report``: also
+    write the JSON report there (replacing a file only with ``force``).  ``also_read``: other
+    files this run reads (the ``--config`` file when ``options`` is given), never written over.
     Returns the :class:`Report`.  Raises :class:`netinit_cli.errors.NetinitError` subclasses.
     """
     started = time.perf_counter()
@@ -205,33 +220,84 @@ def initialize(
             "--in-place needs fsync: without it a power loss could leave MODEL empty; "
             "drop --no-fsync or write to -o instead"
         )
-    out_path = Path(out) if out is not None else None
-    opened, template = read(model, like, out_path)  # read: headers and graphs
+    if model is None and out is not None and (os.fspath(out).endswith(("/", os.sep)) or Path(out).is_dir()):
+        raise UsageError("--like without a MODEL needs -o FILE (the new checkpoint's name), not a folder")
+    opened, template = read(model, like, Path(out) if model is None and out is not None else None)  # read
     classified = classify(opened, template)  # classify: roles, layouts, reasons
+    outside = identities([like, kwargs.get("config"), *also_read, *_files_of(template)])
+    inputs = identities(opened.input_files()) | outside
     if in_place:
         out_path, force = opened.path, True
-    elif out_path is None:
+    elif out is None:
         out_path = opened.default_output()
-    if model is not None and not in_place and _same_file(out_path, opened.path):
-        raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
-    report = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)  # plan
+    else:
+        out_path = output_path(out, opened.default_output().name)
+    if model is not None and not in_place:
+        if same_destination(out_path, opened.path):
+            raise UsageError(
+                f"-o {out_path} is the input itself; use --in-place to replace the input atomically"
+            )
+        refuse_inputs(out_path, inputs, "-o")
+    report_path = _report_destination(report, out_path, force=force, inputs=inputs)
+    planned = _planned_report(model, opened, classified, options, out_path, dry_run=dry_run)  # plan
     if dry_run:
-        report.elapsed = time.perf_counter() - started
-        return report
-    plan = report.entries
-    check_fits_in_memory(report.filled)
+        planned.elapsed = time.perf_counter() - started
+        _write_report(planned, report_path, force=force, protected=inputs)
+        return planned
+    plan = planned.entries
+    check_fits_in_memory(planned.filled)
     filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
-        progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
+        progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in planned.filled))
     tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
-    # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
-    result = opened.write(out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync)
-    report.observed = filler.observed  # report: what was written and what the filler observed
-    report.files = result.paths
-    report.bytes_written = result.bytes_written
-    report.notes.extend(result.notes)
-    report.elapsed = time.perf_counter() - started
-    return report
+    # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn.
+    # --in-place replaces the model's own files (and removes the data files it no longer uses).
+    protected = outside if in_place else inputs
+    result = opened.write(
+        out_path, plan, tensors, provenance(options), overwrite=force, durable=fsync, protected=protected
+    )
+    planned.observed = filler.observed  # report: what was written and what the filler observed
+    planned.files = result.paths
+    planned.bytes_written = result.bytes_written
+    planned.notes.extend(result.notes)
+    planned.elapsed = time.perf_counter() - started
+    _write_report(planned, report_path, force=force, protected=inputs | identities(result.paths))
+    return planned
+
+
+def _files_of(template: Template | None) -> list[Path]:
+    if template is None:
+        return []
+    files = getattr(template, "input_files", None)
+    return list(files()) if callable(files) else [Path(template.path)]
+
+
+def _report_destination(
+    report: str | os.PathLike[str] | None, out: Path | None, *, force: bool, inputs: frozenset[Identity]
+) -> Path | None:
+    """``--report FILE`` under the policy of every destination (checked before anything is
+    written, and again when the report is): never an input, never the output, not a folder,
+    an existing file only with ``force``."""
+    if report is None:
+        return None
+    text = os.fspath(report)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise UsageError(f"--report {text} is a folder; give the report's file path")
+    if out is not None and same_destination(path, out):
+        raise UsageError(f"--report {path} is the output itself; choose another path")
+    refuse_inputs(path, inputs, "--report")
+    check_destination(path, overwrite=force, protected=inputs, option="--report")
+    return path
+
+
+def _write_report(report: Report, path: Path | None, *, force: bool, protected: frozenset[Identity]) -> None:
+    if path is None:
+        return
+    import json
+
+    with atomic_output(path, overwrite=force, protected=protected, option="--report") as handle:
+        handle.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")
 
 
 def provenance(options: Options) -> dict[str, str]:
@@ -247,10 +313,3 @@ def provenance(options: Options) -> dict[str, str]:
     if options.rules:
         record["netinit.rules"] = "; ".join(rule.describe() for rule in options.rules)
     return record
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and os.path.samefile(a, b)
-    except OSError as exc:
-        raise InputError(f"{a}: {exc.strerror}") from exc

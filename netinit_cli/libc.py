@@ -1,5 +1,5 @@
-"""C library functions through ctypes (Linux's ``fallocate`` and ``sync_file_range``, glibc's
-``mallopt``): looked up once, None where the platform has no such function."""
+"""C library functions through ctypes (Linux's ``fallocate``, ``sync_file_range`` and
+``renameat2``, glibc's ``mallopt``): looked up once, None where the platform has no such function."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import cast
 @cache
 def function(name: str, signature: str) -> Callable[..., int] | None:
     """The C function ``name`` returning an int; ``signature`` gives its argument types as
-    ``struct`` letters: ``i`` int, ``I`` unsigned int, ``q`` 64-bit int.  Errors set ctypes'
+    ``struct`` letters: ``i`` int, ``I`` unsigned int, ``q`` 64-bit int, ``s`` a C string (bytes).  Errors set ctypes'
     copy of errno (:func:`last_errno`)."""
     import ctypes
 
-    types = {"i": ctypes.c_int, "I": ctypes.c_uint, "q": ctypes.c_int64}
+    types = {"i": ctypes.c_int, "I": ctypes.c_uint, "q": ctypes.c_int64, "s": ctypes.c_char_p}
     try:
         found = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):

@@ -10,7 +10,6 @@ tensors is not done here: the classify stage walks :attr:`OnnxModel.graphs`.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
 
+from netinit_cli.destination import Identity
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import WriteResult, with_init_suffix
 from netinit_cli.formats.onnx.checks import check_input, check_shapes
@@ -170,14 +170,20 @@ class OnnxModel:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
     ) -> WriteResult:
         """See :class:`.writer.OnnxWriter`; the graph is read again on the next use."""
         self._current()
-        inputs = {os.path.realpath(self.path)}
-        inputs |= {os.path.realpath(ref.path) for ref in self._external.values() if ref is not None}
-        writer = OnnxWriter(self.path, self._proto, self._graphs, self._external, self._digest, inputs)
+        writer = OnnxWriter(self.path, self._proto, self._graphs, self._external, self._digest)
         self._dirty = True
-        return writer.write(out, plan, tensors, provenance, overwrite=overwrite, durable=durable)
+        return writer.write(
+            out, plan, tensors, provenance, overwrite=overwrite, durable=durable, protected=protected
+        )
+
+    def input_files(self) -> list[Path]:
+        """The model file and every external data file it reads."""
+        data = {ref.path for ref in self._external.values() if ref is not None}
+        return [self.path, *sorted(data)]
 
 
 def _load_proto(path: Path) -> tuple[onnx.ModelProto, str]:

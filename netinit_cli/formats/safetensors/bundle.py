@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from netinit_cli.destination import Identity
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import WriteResult, with_init_suffix
@@ -142,10 +143,18 @@ class SafetensorsModel:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
     ) -> WriteResult:
         """See :meth:`.writer.SafetensorsWriter.write`."""
         writer = SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
-        return writer.write(out, plan, tensors, provenance, overwrite=overwrite, durable=durable)
+        return writer.write(
+            out, plan, tensors, provenance, overwrite=overwrite, durable=durable, protected=protected
+        )
+
+    def input_files(self) -> list[Path]:
+        """The files this model is read from: the index and every shard."""
+        files = [shard.path for shard in self._shards if shard.path is not None]
+        return ([self._index.path] if self._index is not None else []) + files
 
 
 def new_model(out_path: Path) -> SafetensorsModel:

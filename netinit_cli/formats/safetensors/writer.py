@@ -11,7 +11,11 @@ kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest
 * **Shards**: the output keeps the input's split.  For ``model.safetensors.index.json`` the default
   output is ``model.init.safetensors.index.json`` and shard ``model-00001-of-00002.safetensors``
   becomes ``model.init-00001-of-00002.safetensors`` (the index's stem is replaced by the output
-  index's stem; a shard name not starting with the stem gets ``<out stem>-`` in front).  The index
+  index's stem; a shard name not starting with the stem gets ``<out stem>-`` in front).  Where a
+  file of that name exists (the shards of the output being replaced), the shards are named
+  ``model.init.1-00001-of-00002.safetensors`` (``.2``, … : the first variant free for every shard),
+  so the old index keeps naming complete old shards until the new index replaces it; then the old
+  shards netinit wrote are removed (:class:`~netinit_cli.commit.FileSet`).  The index
   is rewritten with ``weight_map`` from what was written and ``metadata.total_size`` (sum of
   tensor data bytes) and ``total_parameters`` recomputed; other index metadata keys are kept.
 * **New tensors** (``has_data=False``, from ``--like``) go to the shard the index's ``weight_map``
@@ -24,17 +28,21 @@ kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from netinit_cli.errors import NetinitError, UsageError
-from netinit_cli.fileio import AtomicFileSet, EarlyWriteback, copy_range, open_source, preallocate, write_all
+from netinit_cli.commit import FileSet
+from netinit_cli.destination import Identity
+from netinit_cli.errors import InputError, NetinitError, UsageError
+from netinit_cli.fileio import EarlyWriteback, copy_range, open_source, preallocate, write_all
 from netinit_cli.formats.base import WriteResult
 from netinit_cli.formats.safetensors.header import (
     DTYPE_BITS,
@@ -47,6 +55,7 @@ from netinit_cli.formats.safetensors.header import (
     Shard,
     TensorEntry,
     quote,
+    read_index,
     shape_text,
 )
 from netinit_cli.model import Planned
@@ -107,13 +116,15 @@ class SafetensorsWriter:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
     ) -> WriteResult:
         """Stream a new file (or bundle) to ``out``; see the module docstring for the layout.
 
         The tensors of ``tensors`` are produced (once each, in write order) and written; every
         other tensor of the plan is copied byte-identical from the input.  Metadata = the input's
-        ``__metadata__`` plus ``provenance``.  All files appear together (shards first, the index
-        last) or not at all.
+        ``__metadata__`` plus ``provenance``.  All files appear together (shards first, under
+        names no file has, the index last) or not at all (:class:`~netinit_cli.commit.FileSet`).
+        ``protected``: the input files, never written over.
         """
         for key, value in provenance.items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -121,19 +132,31 @@ class SafetensorsWriter:
         shard_out = self._output_names(out)
         items, notes = self._items(plan, tensors)
         done = _Progress()
-        written: list[Path] = []
-        with AtomicFileSet(overwrite=overwrite, durable=durable) as files, contextlib.ExitStack() as closing:
+        files = FileSet(
+            out,
+            overwrite=overwrite,
+            durable=durable,
+            protected=protected,
+            names=_index_shards if self._index is not None else lambda path: set(),
+            ours=_written_by_netinit,
+        )
+        order: list[str] = []  # output shard base names, in member order
+        with files, contextlib.ExitStack() as closing:
             closing.callback(_close_all, done.sources)
             for shard in self._shards:
-                target = out.with_name(shard_out[shard.file_name])
+                base = shard_out[shard.file_name]
                 metadata = {**shard.metadata, **provenance}
-                self._write_shard(files, target, metadata, items[shard.file_name], done)
-                written.append(target)
-            if self._index is not None:
-                self._write_index(files, out, done)
-                written.append(out)
-            files.commit()
+                if self._index is None:
+                    handle = files.open_primary()
+                else:
+                    handle = files.member(functools.partial(shard_variant, base, _index_stem(out.name)))
+                    order.append(base)
+                self._write_shard(
+                    handle, out.with_name(base), metadata, items[shard.file_name], done, durable
+                )
+            written = files.commit(functools.partial(self._render_index, done, order))
         size = sum(path.stat().st_size for path in written)
+        notes += [f"removed {name}, a file of the output this one replaced" for name in files.removed]
         return WriteResult(paths=written, bytes_written=size, notes=notes)
 
     def _output_names(self, out: Path) -> dict[str, str]:
@@ -186,20 +209,22 @@ class SafetensorsWriter:
 
     def _write_shard(
         self,
-        files: AtomicFileSet,
+        handle: BinaryIO,
         target: Path,
         metadata: dict[str, str],
         items: list[_Item],
         done: _Progress,
+        durable: bool,
     ) -> None:
-        """One output file: the header, then each tensor at its offset."""
+        """One output file: the header, then each tensor at its offset.  ``done.weight_map``
+        records each tensor under ``target``'s (base) name."""
         items = sorted(items, key=lambda item: (-DTYPE_RANK[item.dtype], item.name))
         header = encode_header(metadata, items)
-        fd = files.open(target).fileno()
+        fd = handle.fileno()
         position = 8 + len(header)
         preallocate(fd, 0, position + sum(item.nbytes for item in items), target)
         write_all(fd, struct.pack("<Q", len(header)) + header, target)
-        writeback = EarlyWriteback(fd, active=files.durable)
+        writeback = EarlyWriteback(fd, active=durable)
         try:
             for item in items:
                 self._write_item(item, fd, position, target, done)
@@ -231,16 +256,52 @@ class SafetensorsWriter:
             src_offset = src_shard.header.data_start + src_entry.begin
             copy_range(done.sources[src_shard.path], src_offset, nbytes, fd, target)
 
-    def _write_index(self, files: AtomicFileSet, out: Path, done: _Progress) -> None:
-        assert self._index is not None
+    def _render_index(self, done: _Progress, bases: list[str], names: list[str]) -> bytes:
+        """The index, naming each shard by the name it is committed under."""
+        if self._index is None:
+            return b""
+        final = dict(zip(bases, names, strict=True))
         index_metadata = {
             **self._index.metadata,
             "total_size": done.total_bytes,
             "total_parameters": done.total_params,
         }
-        document = {"metadata": index_metadata, "weight_map": dict(sorted(done.weight_map.items()))}
-        index_text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-        write_all(files.open(out).fileno(), index_text.encode(), out)
+        weight_map = {name: final[base] for name, base in sorted(done.weight_map.items())}
+        document = {"metadata": index_metadata, "weight_map": weight_map}
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def shard_variant(base: str, out_stem: str, k: int) -> str:
+    """The ``k``-th name of an output shard: ``model.init-00001-of-00002.safetensors``, then
+    ``model.init.1-00001-of-00002.safetensors``, ``model.init.2-…`` (the first that no file in the
+    folder has, so a shard the old index names is never written over)."""
+    if k == 0:
+        return base
+    assert base.startswith(out_stem), (base, out_stem)
+    return f"{out_stem}.{k}{base[len(out_stem) :]}"
+
+
+def _index_shards(index: Path) -> set[str]:
+    """The shard names an existing index names (none if it is not a readable index)."""
+    try:
+        return set(read_index(index).weight_map.values())
+    except (InputError, OSError):
+        return set()
+
+
+def _written_by_netinit(shard: Path) -> bool:
+    """Whether a shard's header carries netinit's provenance: only those are removed when the
+    index that named them is replaced (another tool's shards may be shared)."""
+    try:
+        with open(shard, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > MAX_HEADER_BYTES:
+                return False
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, struct.error):
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and "netinit.version" in metadata
 
 
 def output_shard_names(in_index: Path, shard_names: Sequence[str], out_index: Path) -> dict[str, str]:
@@ -250,7 +311,9 @@ def output_shard_names(in_index: Path, shard_names: Sequence[str], out_index: Pa
     names: dict[str, str] = {}
     for name in shard_names:
         if name.startswith(in_stem):
-            names[name] = out_stem + name[len(in_stem) :]
+            # A variant tag netinit added (``model.init.1-00001-…``) is not carried over.
+            rest = re.sub(r"^(\.\d+)+(?=-)", "", name[len(in_stem) :])
+            names[name] = out_stem + rest
         else:
             names[name] = f"{out_stem}-{name}"
     if len(set(names.values())) != len(names) or out_index.name in names.values():
