@@ -41,6 +41,7 @@ from netinit_cli.cli import cli
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SHARDED = FIXTURES / "families" / "llama-sharded"
 INDEX = "model.safetensors.index.json"
+CMD = (sys.executable, "-m", "netinit_cli")
 
 
 def netinit(*args: str, kill_at: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,7 +86,9 @@ def read_bundle(index: Path) -> dict[str, bytes]:
         with safe_open(str(index.parent / shard), "np") as handle:
             assert set(handle.keys()) == set(loaded)
         for name, values in loaded.items():
-            assert weight_map.get(name) == shard, f"{name} is in {shard}, the index says {weight_map.get(name)}"
+            assert weight_map.get(name) == shard, (
+                f"{name} is in {shard}, the index says {weight_map.get(name)}"
+            )
             seen[name] = f"{values.dtype}{values.shape}".encode() + values.tobytes()
     assert set(seen) == set(weight_map)
     return seen
@@ -256,8 +259,7 @@ def test_concurrent_force_writers_leave_one_whole_output(kind: str, tmp_path: Pa
     for _ in range(3):
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "netinit_cli", str(model), "--all", "--seed", seed, "-o", str(out)]
-                + ["--force", "-q"],
+                [*CMD, str(model), "--all", "--seed", seed, "-o", str(out), "--force", "-q"],
                 stderr=subprocess.PIPE,
             )
             for seed in ("1", "2", "3")
@@ -304,7 +306,18 @@ def test_two_writers_without_force_one_wins(kind: str, tmp_path: Path) -> None:
         out.parent.mkdir()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "netinit_cli", str(model), "--all", "--seed", seed, "-o", str(out), "-q"],
+                [
+                    sys.executable,
+                    "-m",
+                    "netinit_cli",
+                    str(model),
+                    "--all",
+                    "--seed",
+                    seed,
+                    "-o",
+                    str(out),
+                    "-q",
+                ],
                 stderr=subprocess.PIPE,
                 text=True,
             )
@@ -352,7 +365,9 @@ def test_report_never_overwrites_the_input(tmp_path: Path) -> None:
     model = tmp_path / "mlp.onnx"
     shutil.copy(FIXTURES / "mlp.onnx", model)
     before = sha(model)
-    code, stderr = invoke(str(model), "--all", "-o", str(tmp_path / "o.onnx"), "--report", str(model), "--force")
+    code, stderr = invoke(
+        str(model), "--all", "-o", str(tmp_path / "o.onnx"), "--report", str(model), "--force"
+    )
     assert code == 2 and "--report" in one_line(stderr) and "input" in stderr
     assert sha(model) == before
     assert not (tmp_path / "o.onnx").exists(), "refused before anything was written"
@@ -372,7 +387,9 @@ def test_report_over_an_existing_file_needs_force(tmp_path: Path) -> None:
     code, stderr = invoke(str(FIXTURES / "mlp.onnx"), "--all", "-o", str(out), "--report", str(report))
     assert code == 4 and "--report to choose another path" in one_line(stderr)
     assert report.read_text() == "keep me" and not out.exists()
-    code, stderr = invoke(str(FIXTURES / "mlp.onnx"), "--all", "-o", str(out), "--report", str(report), "--force")
+    code, stderr = invoke(
+        str(FIXTURES / "mlp.onnx"), "--all", "-o", str(out), "--report", str(report), "--force"
+    )
     assert code == 0, stderr
     assert json.loads(report.read_text())["files"] == [str(out)]
     code, stderr = invoke("inspect", str(FIXTURES / "mlp.onnx"), "--report", str(report))
@@ -389,7 +406,13 @@ def test_report_never_overwrites_the_config(tmp_path: Path) -> None:
     )
     assert code == 0, stderr
     code, stderr = invoke(
-        str(FIXTURES / "mlp.onnx"), "-o", str(tmp_path / "p.onnx"), "--config", str(config), "--report", str(config)
+        str(FIXTURES / "mlp.onnx"),
+        "-o",
+        str(tmp_path / "p.onnx"),
+        "--config",
+        str(config),
+        "--report",
+        str(config),
     )
     assert code == 2 and "input" in one_line(stderr)
     assert config.read_text() == 'method = "xavier"\n'
