@@ -328,6 +328,39 @@ def onnx_model(quick: bool, big: bool = False, root: Path = DATA_ROOT) -> Datase
     return _build(key, spec, "model.onnx", writer, root)
 
 
+def fixture(key: str, path: Path) -> Dataset:
+    """A committed fixture used as is (the start-up cases): nothing to build."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        floats = {
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BFLOAT16,
+            onnx.TensorProto.DOUBLE,
+        }
+        model = onnx.load(str(path))
+        counts = [
+            int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.data_type in floats
+        ]
+    else:
+        (size,) = struct.unpack("<Q", path.read_bytes()[:8])
+        header = json.loads(path.read_bytes()[8 : 8 + size])
+        counts = [
+            int(np.prod(v["shape"], dtype=np.int64))
+            for k, v in header.items()
+            if k != "__metadata__" and v["dtype"] in ("F16", "BF16", "F32", "F64")
+        ]
+    return Dataset(
+        key=key,
+        folder=path.parent,
+        model=path,
+        float_values=sum(counts),
+        largest_tensor_bytes=max(counts) * FLOAT32_BYTES,
+        total_bytes=path.stat().st_size,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -182,3 +182,38 @@ def test_bf16_bundle_holds_the_float32_values_rounded(tmp_path: Path) -> None:
     for name, values in wide.items():
         assert narrow[name].dtype == ml_dtypes.bfloat16
         assert np.array_equal(narrow[name].view(np.uint16), values.astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
+def test_startup_cases_run_netinit_end_to_end_on_the_fixtures_beside_import_numpy(tmp_path: Path) -> None:
+    cases = {c.name: c for c in run.startup_cases()}
+    assert list(cases) == [run.STARTUP_BASELINE, "startup-onnx", "startup-safetensors"]
+    assert cases[run.STARTUP_BASELINE].argv(tmp_path)[1:] == ["-c", "import numpy"]
+    onnx_argv = cases["startup-onnx"].argv(tmp_path)
+    assert onnx_argv[:3] == run.NETINIT and onnx_argv[-3:] == ["-o", str(tmp_path / "cnn.onnx"), "--force"]
+    assert (
+        cases["startup-safetensors"].data.total_bytes
+        == (run.REPO / "fixtures/cnn.safetensors").stat().st_size
+    )
+    assert cases["startup-onnx"].data.float_values == cases["startup-safetensors"].data.float_values > 0
+
+
+def test_startup_checks_compare_with_import_numpy_and_show_cpu_time() -> None:
+    def measured(name: str, walls: list[float], cpu: float) -> run.Measured:
+        m = _measured(name, walls, data_key="cnn.onnx")
+        m.runs = [run.Run(w, cpu, 0.0, 1e6, 0, 0, 0.0) for w in walls]
+        return m
+
+    results = {
+        m.case.name: m
+        for m in [
+            measured(run.STARTUP_BASELINE, [0.1, 0.1, 0.5], cpu=0.1),
+            measured("startup-onnx", [0.9, 0.9, 0.9], cpu=0.8),
+            measured("startup-safetensors", [0.25, 0.3, 0.35], cpu=0.2),
+        ]
+    }
+    found = {c.name: c for c in run.checks(results, largest=0)}
+    assert found["start-up, startup-onnx"].status == "FAIL"  # 0.9 / 0.1 (medians)
+    assert found["start-up, startup-safetensors"].status == "PASS"  # 3.0
+    assert found["start-up, startup-safetensors"].measured.endswith("; CPU 0.20 s / 0.10 s = 2.00×")
+    assert found["bounded memory"].status == "SKIP"
+    assert found["kaiming uniform near the floor"].status == "SKIP"

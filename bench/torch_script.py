@@ -1,6 +1,6 @@
 """The script a user would otherwise write: load a safetensors bundle, re-initialize every tensor with
-torch.nn.init, save it.  It is the yardstick of issue 7 and imports torch, so it runs only in the
-benchmark's environment (torch is never a dependency of netinit).
+torch.nn.init, save it.  It is the yardstick netinit's speed is measured against, and it imports
+torch, so it runs only in the benchmark's environment (torch is never a dependency of netinit).
 
     python bench/torch_script.py IN.safetensors OUT.safetensors --init kaiming_uniform --seed 1234
 """

@@ -33,6 +33,7 @@ from netinit_cli.formats.safetensors.template import new_safetensors
 from netinit_cli.methods import MethodSpec, parse_method
 from netinit_cli.model import Planned
 from netinit_cli.plan import Options, Rule, make_plan, make_rule, parse_rule
+from netinit_cli.presets import PresetSpec, model_context, parse_preset, preset_notes
 from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
 
@@ -56,7 +57,8 @@ class ProgressSink(Protocol):
 
 def build_options(
     *,
-    method: str | MethodSpec = "kaiming",
+    method: str | MethodSpec | None = None,
+    preset: str | PresetSpec | None = None,
     seed: str | int | Seed | None = None,
     all: bool = False,
     fan_mode: str = "semantic",
@@ -66,14 +68,19 @@ def build_options(
 ) -> Options:
     """Turn user-level values (strings, as on the command line) into planning options.
 
-    A config file (TOML) supplies defaults: keys ``method``, ``seed``, ``all``, ``fan_mode`` and a
-    ``[rules]`` table of ``"GLOB" = "SPEC"``.  Explicit arguments win over the file; rules given
-    here come before the file's rules (the first matching rule wins).
+    ``method`` defaults to kaiming; ``preset`` (``"hf"``, ``"torch"``, …, see
+    :mod:`netinit_cli.presets`) replaces it: giving both, a method sub-option, or a torch fan
+    mode with a preset is a :class:`UsageError`.  A config file (TOML) supplies defaults: keys
+    ``method`` or ``preset``, ``seed``, ``all``, ``fan_mode`` and a ``[rules]`` table of
+    ``"GLOB" = "SPEC"``.  Explicit arguments win over the file (a method given here replaces the
+    file's preset, and the other way round); rules given here come before the file's rules (the
+    first matching rule wins).
     """
     file_rules: list[Rule] = []
     if config is not None:
         settings = load_config(Path(config))
-        method = settings.get("method", method) if method == "kaiming" else method
+        if method is None and preset is None:
+            method, preset = settings.get("method"), settings.get("preset")
         seed = settings.get("seed", seed) if seed is None else seed
         all = bool(settings.get("all", all)) or all
         fan_mode = settings.get("fan_mode", fan_mode) if fan_mode == "semantic" else fan_mode
@@ -81,15 +88,48 @@ def build_options(
             file_rules.append(make_rule(str(pattern), str(spec), origin=f"{config} [rules]"))
     if fan_mode not in FAN_MODES:
         raise UsageError(f"--fan-mode {fan_mode!r}: choose one of {', '.join(FAN_MODES)}")
+    preset_spec = None
+    if preset is not None:
+        preset_spec = preset if isinstance(preset, PresetSpec) else parse_preset(str(preset))
+        _check_preset_alone(preset_spec, method, method_options or {}, fan_mode)
+    if method is None:
+        method = "kaiming"
     spec = method if isinstance(method, MethodSpec) else parse_method(str(method), method_options or {})
     seed_value = seed if isinstance(seed, Seed) else parse_seed(seed)
     parsed_rules = tuple(rule if isinstance(rule, Rule) else parse_rule(rule) for rule in rules)
     return Options(
-        method=spec, seed=seed_value, all=all, fan_mode=fan_mode, rules=parsed_rules + tuple(file_rules)
+        method=spec,
+        seed=seed_value,
+        all=all,
+        fan_mode=fan_mode,
+        rules=parsed_rules + tuple(file_rules),
+        preset=preset_spec,
     )
 
 
-CONFIG_KEYS = {"method", "seed", "all", "fan_mode", "rules"}
+def _check_preset_alone(
+    preset: PresetSpec, method: object, method_options: Mapping[str, str | None], fan_mode: str
+) -> None:
+    """A preset decides every formula and its framework's fans: nothing of a method may come with it."""
+    if method is not None:
+        raise UsageError(
+            f"--preset {preset} and --method are exclusive: a preset sets every tensor's formula; "
+            "use --rule 'GLOB=METHOD' for exceptions"
+        )
+    flags = ["--" + key.replace("_", "-") for key, value in method_options.items() if value is not None]
+    if flags:
+        raise UsageError(
+            f"{flags[0]} is a --method sub-option and does not apply with --preset {preset}; "
+            "change a preset's constants with its own options, e.g. --preset 'hf(initializer_range=0.01)'"
+        )
+    if fan_mode != "semantic":
+        raise UsageError(
+            f"--fan-mode {fan_mode} does not apply with --preset {preset}: each preset uses its "
+            "framework's own fans (the init column names them)"
+        )
+
+
+CONFIG_KEYS = {"method", "preset", "seed", "all", "fan_mode", "rules"}
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -107,6 +147,8 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UsageError(
             f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}"
         )
+    if "method" in settings and "preset" in settings:
+        raise UsageError(f"--config {path}: give method or preset, not both (a preset replaces the method)")
     if "rules" in settings and not isinstance(settings["rules"], dict):
         raise UsageError(f'--config {path}: [rules] must be a table of "GLOB" = "SPEC"')
     return settings
@@ -168,7 +210,14 @@ def _planned_report(
     *,
     dry_run: bool,
 ) -> Report:
-    """The plan stage (pure): the report of what will happen."""
+    """The plan stage (pure but for a preset reading config.json): the report of what will happen."""
+    names = [name for param in classified.params for name in (param.name, *param.aliases)]
+    context = None
+    notes = list(classified.notes)
+    if options.preset is not None:
+        # A preset knows the model's config.json (beside MODEL, or the template of a new one).
+        context = model_context(names, Path(model) if model is not None else opened.path)
+        notes += preset_notes(options.preset, context)
     return Report(
         input=Path(model) if model is not None else None,
         output=out,
@@ -177,10 +226,11 @@ def _planned_report(
         method=options.method,
         all=options.all,
         fan_mode=options.fan_mode,
-        entries=make_plan(classified.params, options, stored=opened.read_array),
+        entries=make_plan(classified.params, options, stored=opened.read_array, model=context),
         dry_run=dry_run,
-        notes=list(classified.notes),
+        notes=notes,
         rules=options.rules,
+        preset=options.preset,
     )
 
 
@@ -202,8 +252,8 @@ def initialize(
     """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``;
     a folder, or a path ending in a slash, means that folder under the default name).
 
-    Keyword arguments are those of :func:`build_options` (``method``, ``seed``, ``all``,
-    ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
+    Keyword arguments are those of :func:`build_options` (``method`` or ``preset``, ``seed``,
+    ``all``, ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
     ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``report``: also
     write the JSON report there (replacing a file only with ``force``).  ``also_read``: other
     files this run reads (the ``--config`` file when ``options`` is given), never written over.
@@ -305,7 +355,11 @@ def provenance(options: Options) -> dict[str, str]:
     record = {
         "netinit.version": __version__,
         "netinit.seed": str(options.seed),
-        "netinit.method": options.method.describe(),
+        **(
+            {"netinit.preset": str(options.preset)}
+            if options.preset is not None
+            else {"netinit.method": options.method.describe()}
+        ),
         "netinit.scope": "all" if options.all else "missing",
         "netinit.fan_mode": options.fan_mode,
         "netinit.numpy": np.__version__,

@@ -18,6 +18,7 @@ from netinit_cli.errors import EXIT_CODES, NetinitError
 from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
+from netinit_cli.presets import PRESETS, describe_presets
 from netinit_cli.report import TABLE_MODES, Report, render
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ Examples:
   netinit model.safetensors --method 'kaiming(distribution=uniform)' --all
   netinit model.onnx --method random --weights 'normal(0,0.02)' --biases 0.01 --all
   netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
+  netinit ckpt.safetensors --preset hf --all   what transformers' from_config would give
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
@@ -87,10 +89,13 @@ def method_options(func: F) -> F:
         click.option(
             "--method",
             "-m",
-            default="kaiming",
-            show_default=True,
             metavar="SPEC",
-            help=f"{'|'.join(METHOD_NAMES)}, or a compact spec such as 'kaiming(distribution=uniform)'.",
+            help=f"{'|'.join(METHOD_NAMES)}, or a compact spec such as 'kaiming(distribution=uniform)'. [default: kaiming]",
+        ),
+        click.option(
+            "--preset",
+            metavar="NAME",
+            help=f"Framework preset instead of a method: {'|'.join(PRESETS)}, e.g. 'hf(initializer_range=0.01)'; see 'netinit methods'.",
         ),
         *(click.option(flag.flag, metavar=flag.metavar, help=flag.help) for flag in FLAGS),
         click.option(
@@ -119,7 +124,7 @@ def method_options(func: F) -> F:
         click.option(
             "--config",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="TOML file with method, seed, all, fan_mode and a [rules] table.",
+            help="TOML file with method or preset, seed, all, fan_mode and a [rules] table.",
         ),
         click.option(
             "--like", metavar="TEMPLATE", help="Create tensors the template has and the bundle lacks."
@@ -230,14 +235,17 @@ def inspect_command(model: Path | None, force: bool, **kw: Any) -> None:
 
 @cli.command("methods")
 def methods_command() -> None:
-    """List every method, sub-option, default and formula."""
+    """List every method and preset, sub-option, default and formula."""
     click.echo(describe_methods())
+    click.echo()
+    click.echo(describe_presets(), nl=False)
 
 
 def _options(kw: dict[str, Any]) -> Any:
     overrides = {key: kw[key] for key in OVERRIDE_KEYS}
     return build_options(
         method=kw["method"],
+        preset=kw["preset"],
         seed=kw["seed"],
         all=kw["all_"],
         fan_mode=kw["fan_mode"],

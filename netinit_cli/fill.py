@@ -130,7 +130,6 @@ class Filler:
 
     def __init__(self, seed: Seed, done: Done | None = None) -> None:
         self.seed = seed
-        self.bytes_generated = 0
         self.observed: dict[str, Filled] = {}  # by tensor name, once generated
         self._done = done
 
@@ -186,7 +185,6 @@ class Filler:
 
     def _record(self, planned: Planned, filled: Filled, nbytes: int) -> None:
         self.observed[planned.param.name] = filled
-        self.bytes_generated += nbytes
         if self._done is not None:
             self._done(planned, nbytes)
 

@@ -1,5 +1,8 @@
 """Decide, for every classified tensor, whether it is filled, kept or left constant — and why.
 
+A matching ``--rule`` decides first; then the method through the role policy
+(:mod:`netinit_cli.roles`), or a framework preset (:mod:`netinit_cli.presets`) when one is given.
+
 Pure: no I/O and no random numbers.  ``--dry-run`` and ``netinit inspect`` stop after this.  (A
 weight-norm magnitude's initializer reads or regenerates its direction, but only when the filler
 calls it.)
@@ -21,6 +24,8 @@ from netinit_cli.errors import UsageError
 from netinit_cli.initializers import TensorInit, distribution_init
 from netinit_cli.methods import METHOD_NAMES, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
+from netinit_cli.presets import ModelContext, PresetSpec, TensorContext, decide, tensor_contexts
+from netinit_cli.presets.tensor_init import tensor_init
 from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 
@@ -88,6 +93,7 @@ class Options:
     all: bool = False
     fan_mode: str = "semantic"
     rules: tuple[Rule, ...] = field(default_factory=tuple)
+    preset: PresetSpec | None = None  # replaces ``method`` for every tensor no rule matches
 
     def rule_for(self, param: Param) -> Rule | None:
         """First matching rule wins (command-line rules come before config-file rules)."""
@@ -99,8 +105,18 @@ class Options:
 StoredValues = Callable[[str], np.ndarray]
 
 
-def make_plan(params: Sequence[Param], options: Options, stored: StoredValues | None = None) -> list[Planned]:
-    plan = [plan_one(param, options) for param in params]
+def make_plan(
+    params: Sequence[Param],
+    options: Options,
+    stored: StoredValues | None = None,
+    model: ModelContext | None = None,
+) -> list[Planned]:
+    """The plan of every param.  ``model`` (its config.json, its names) is what a preset may know
+    about the whole model (:func:`netinit_cli.presets.model_context`)."""
+    contexts: dict[str, TensorContext] = {}
+    if options.preset is not None:
+        contexts = tensor_contexts(params, model or ModelContext(names=frozenset(p.name for p in params)))
+    plan = [plan_one(param, options, contexts.get(param.name)) for param in params]
     by_name = {entry.param.name: entry for entry in plan}
     shapes = {param.name: param.shape for param in params}
     return [
@@ -180,8 +196,8 @@ def norm_over(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return norms
 
 
-def plan_one(param: Param, options: Options) -> Planned:
-    planned = _decide(param, options)
+def plan_one(param: Param, options: Options, context: TensorContext | None = None) -> Planned:
+    planned = _decide(param, options, context)
     if planned.fan_in is None and param.layout is not None and len(param.shape) >= 2:
         # Kept tensors show their fans too (inspect, --dry-run): the layout decides them.
         fans = (
@@ -193,7 +209,7 @@ def plan_one(param: Param, options: Options) -> Planned:
     return planned
 
 
-def _decide(param: Param, options: Options) -> Planned:
+def _decide(param: Param, options: Options, context: TensorContext | None = None) -> Planned:
     rule = options.rule_for(param)
     rule_text = rule.describe() if rule else ""
     if param.role in NEVER_ROLES or not dtypes.is_float(param.dtype):
@@ -207,8 +223,14 @@ def _decide(param: Param, options: Options) -> Planned:
         return Planned(param, Action.KEEP, rule=rule_text, why="has data; --all re-initializes it")
     if param.numel == 0:
         return Planned(param, Action.KEEP, rule=rule_text, why="zero elements: nothing to fill")
-    init = _initializer(param, options, rule)
     why = "missing: no data in the input" if not param.has_data else "--all"
+    if rule is None and options.preset is not None:
+        choice = decide(options.preset, param, context or TensorContext())
+        if not choice.writes:
+            return Planned(param, Action.KEEP, why=choice.label)
+        init = tensor_init(choice, param)
+    else:
+        init = _initializer(param, options, rule)
     return Planned(
         param,
         Action.FILL,

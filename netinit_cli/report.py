@@ -22,6 +22,7 @@ from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.methods import MethodSpec
 from netinit_cli.model import Action, Filled, Planned
 from netinit_cli.plan import Rule, counts
+from netinit_cli.presets import PresetSpec
 from netinit_cli.seeding import Seed
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 # Rich is imported where a table is drawn, not with this module: a quiet run (``-q``, ``--json``)
-# never loads it (about 20 ms of start-up here).
+# never loads it (about 20 ms of start-up).
 
 TABLE_MODES = ("auto", "full", "summary", "none")
 AUTO_FULL_LIMIT = 60  # per-tensor rows up to this many tensors, grouped rows beyond
@@ -58,6 +59,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     rules: tuple[Rule, ...] = ()
     observed: dict[str, Filled] = field(default_factory=dict)  # statistics of each filled tensor, by name
+    preset: PresetSpec | None = None  # replaces the method (then each init names the preset's formula)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -251,7 +253,7 @@ def footer(report: Report) -> Text:
     tally = report.counts
     parts = [
         f"{tally['filled']} filled, {tally['kept']} kept, {tally['constant']} constant",
-        f"method {report.method.describe()}",
+        f"preset {report.preset}" if report.preset is not None else f"method {report.method.describe()}",
         f"seed {report.seed} ({report.seed.source})",
         "scope all" if report.all else "scope missing-only",
     ]
@@ -329,7 +331,8 @@ def report_json(report: Report) -> dict[str, Any]:
         "dry_run": report.dry_run,
         "seed": str(report.seed),
         "seed_source": report.seed.source,
-        "method": report.method.describe(),
+        "method": None if report.preset is not None else report.method.describe(),
+        "preset": str(report.preset) if report.preset is not None else None,
         "scope": "all" if report.all else "missing",
         "fan_mode": report.fan_mode,
         "rules": [rule.describe() for rule in report.rules],

@@ -129,11 +129,6 @@ def bit_generator(seed: Seed, name: str, chunk: int = 0) -> np.random.PCG64DXSM:
     return np.random.PCG64DXSM(seed_sequence(seed, name, chunk))
 
 
-def tensor_generator(seed: Seed, name: str, chunk: int = 0) -> np.random.Generator:
-    """The generator of chunk ``chunk`` of tensor ``name`` under ``seed``."""
-    return np.random.Generator(bit_generator(seed, name, chunk))
-
-
 def thread_count() -> int:
     """Threads used to fill chunks: ``NETINIT_THREADS`` if set, else the CPU count."""
     text = os.environ.get("NETINIT_THREADS", "").strip()

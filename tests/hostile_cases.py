@@ -534,25 +534,9 @@ def st_index_cases() -> Iterator[Case]:
 def _external_model(
     location: str, *, dims: tuple[int, ...] = (3, 4), extra: Mapping[str, str] | None = None
 ) -> bytes:
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx_builders import external_gemm  # onnx is imported only by the cases that need it
 
-    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=list(dims))
-    weight.data_location = TensorProto.EXTERNAL
-    entries = {"location": location, "offset": "0", "length": str(4 * _prod(dims))}
-    entries.update(extra or {})
-    for key, value in entries.items():
-        item = weight.external_data.add()
-        item.key, item.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dims[-1]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dims[0]])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return bytes(model.SerializeToString()) if isinstance(model, onnx.ModelProto) else b""
+    return bytes(external_gemm(location, dims=dims, extra=extra).SerializeToString())
 
 
 def _prod(dims: tuple[int, ...]) -> int:

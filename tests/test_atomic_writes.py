@@ -33,7 +33,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
+from conftest import FIXTURES
+from onnx import helper, numpy_helper
+from onnx_builders import float_model, save
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import commit, fileio
@@ -42,7 +44,6 @@ from netinit_cli.commit import FileSet, atomic_output
 from netinit_cli.errors import OutputError, OutputExistsError
 from netinit_cli.fileio import remove_stale_temps
 
-CORPUS = Path(__file__).resolve().parent / "corpus" / "onnx"
 SEED = 20240611
 
 
@@ -81,18 +82,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     weights = [
         numpy_helper.from_array(rng.standard_normal((2048, 1024), dtype=np.float32), f"W{i}") for i in (1, 2)
     ]
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gemm", ["x", "W1"], ["h"], transB=1),
-            helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("Gemm", ["r", "W2"], ["y"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1024])],
-        weights,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "big.onnx"))
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "W2"], ["y"]),
+    ]
+    save(float_model(nodes, {"x": ["N", 1024]}, {"y": ["N", 1024]}, weights), folder / "big.onnx")
     return {"safetensors": folder / "big.safetensors", "onnx": folder / "big.onnx"}
 
 
@@ -357,9 +352,6 @@ def test_folder_nobody_may_write_is_one_clean_line(models: dict[str, Path], tmp_
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, [*args, "--quiet"])
     return result.exit_code, result.stderr
-
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.mark.parametrize("force", [False, True])

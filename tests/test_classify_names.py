@@ -7,9 +7,9 @@ from __future__ import annotations
 import importlib.util
 import re
 from functools import cache
-from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from netinit_cli.classify.names import NAME_RULES, classify_params
 from netinit_cli.model import Param, Role
@@ -22,7 +22,7 @@ TORCH_DTYPES = {"torch.float32": "F32", "torch.int64": "I64", "torch.bool": "BOO
 
 def _tiny(family: str):  # type: ignore[no-untyped-def]
     """The tiny model of ``family``, with the very configs the committed fixtures were made from."""
-    path = Path(__file__).resolve().parent.parent / "fixtures" / "generate_families.py"
+    path = FIXTURES / "generate_families.py"
     spec = importlib.util.spec_from_file_location("generate_families", path)
     assert spec is not None and spec.loader is not None
     generator = importlib.util.module_from_spec(spec)

@@ -8,12 +8,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_builders import float_graph, float_model
 
 from netinit_cli.classify import classify_model
 from netinit_cli.errors import InputError
 from netinit_cli.model import Param, Role
-
-F = TensorProto.FLOAT
 
 
 def w(name: str, *shape: int, dtype: type = np.float32) -> onnx.TensorProto:
@@ -35,17 +34,11 @@ def classify(
     **graph_extra: object,
 ) -> dict[str, Param]:
     inputs = inputs if inputs is not None else {"x": ["N", 8]}
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info(k, F, v) for k, v in inputs.items()],
-        [helper.make_tensor_value_info(nodes[-1].output[0], F, None)],
-        inits,
+    domains = {"com.microsoft": 1} if ms else None
+    model = float_model(
+        nodes, inputs, {nodes[-1].output[0]: None}, inits, opset=opset, domains=domains, **graph_extra
     )
-    for key, value in graph_extra.items():
-        getattr(graph, key).extend(value)  # type: ignore[arg-type]
-    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("com.microsoft", 1)] if ms else [])
-    params, _ = classify_model(helper.make_model(graph, opset_imports=imports))
+    params, _ = classify_model(model)
     return {p.name: p for p in params}
 
 
@@ -332,7 +325,7 @@ def test_lstm_layouts_are_gate_blocked() -> None:
     assert params["B"].layout is not None and params["B"].layout.blocks == 8
 
 
-# -- bias through Add / Sum (§4) ---------------------------------------------------------------
+# -- bias through Add / Sum --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("order", ["bias first (legacy)", "bias second (dynamo)"])
@@ -390,7 +383,7 @@ def test_bias_through_reshape_after_gemm_and_sum() -> None:
     assert params["b"].role is Role.BIAS
 
 
-# -- decomposed normalizations (§5) ------------------------------------------------------------
+# -- decomposed normalizations -----------------------------------------------------------------
 
 
 def decomposed_layernorm(scale_shape: tuple[int, ...]) -> dict[str, Param]:
@@ -479,7 +472,7 @@ def test_conflicting_uses_are_reported() -> None:
     assert "norm_scale" in params["s"].reason and "running_var" in params["s"].reason
 
 
-# -- quantized patterns (§9) --------------------------------------------------------------------
+# -- quantized patterns -------------------------------------------------------------------------
 
 
 def test_qdq_weight_and_its_scales_are_quantized() -> None:
@@ -528,19 +521,10 @@ def test_sparse_initializer_weight() -> None:
 
 
 def test_subgraph_initializers_are_scoped_and_outer_names_resolved() -> None:
-    then_graph = helper.make_graph(
-        [node("Gemm", ["x", "W"], "t", transB=1)],
-        "then",
-        [],
-        [helper.make_tensor_value_info("t", F, None)],
-        [w("W", 4, 8)],
+    then_graph = float_graph(
+        [node("Gemm", ["x", "W"], "t", transB=1)], {}, {"t": None}, [w("W", 4, 8)], name="then"
     )
-    else_graph = helper.make_graph(
-        [node("Gemm", ["x", "Wouter"], "e", transB=1)],
-        "else",
-        [],
-        [helper.make_tensor_value_info("e", F, None)],
-    )
+    else_graph = float_graph([node("Gemm", ["x", "Wouter"], "e", transB=1)], {}, {"e": None}, name="else")
     nodes = [
         node("ReduceSum", ["x"], "s", keepdims=0),
         node("Greater", ["s", "zero"], "cond"),
@@ -565,18 +549,9 @@ def test_function_constants_and_call_site_inputs() -> None:
         [body_weight, node("Gemm", ["inp", "weight"], "mid", transB=1), node("Gemm", ["mid", "Wf"], "out")],
         [helper.make_opsetid("", 17)],
     )
-    graph = helper.make_graph(
-        [helper.make_node("Linear", ["x", "W"], ["y"], domain="local")],
-        "g",
-        [helper.make_tensor_value_info("x", F, ["N", 8])],
-        [helper.make_tensor_value_info("y", F, None)],
-        [w("W", 4, 8)],
-    )
-    model = helper.make_model(
-        graph,
-        functions=[function],
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
-    )
+    call = helper.make_node("Linear", ["x", "W"], ["y"], domain="local")
+    model = float_model([call], {"x": ["N", 8]}, {"y": None}, [w("W", 4, 8)], domains={"local": 1})
+    model.functions.append(function)
     params = {p.name: p for p in classify_model(model)[0]}
     assert params["W"].role is Role.WEIGHT and "Linear() as weight" in params["W"].reason
     inner = params["local.Linear()::Wf"]
@@ -600,14 +575,13 @@ def test_graph_input_without_static_shape_names_the_input() -> None:
 
 
 def test_training_info_bindings_define_the_learnable_set() -> None:
-    graph = helper.make_graph(
+    model = float_model(
         [node("Gemm", ["x", "W1"], "h", transB=1), node("Gemm", ["h", "W2"], "y", transB=1)],
-        "g",
-        [helper.make_tensor_value_info("x", F, ["N", 8])],
-        [helper.make_tensor_value_info("y", F, None)],
+        {"x": ["N", 8]},
+        {"y": None},
         [w("W1", 8, 8), w("W2", 4, 8)],
+        opset=None,
     )
-    model = helper.make_model(graph)
     info = model.training_info.add()
     binding = info.update_binding.add()
     binding.key, binding.value = "W1", "W1_new"
@@ -625,13 +599,9 @@ def test_skip_layernorm_and_embed_layernorm() -> None:
 
 
 def test_no_parameters_is_noted() -> None:
-    graph = helper.make_graph(
-        [node("Relu", ["x"], "y")],
-        "g",
-        [helper.make_tensor_value_info("x", F, [1])],
-        [helper.make_tensor_value_info("y", F, [1])],
+    params, notes = classify_model(
+        float_model([node("Relu", ["x"], "y")], {"x": [1]}, {"y": [1]}, opset=None)
     )
-    params, notes = classify_model(helper.make_model(graph))
     assert params == [] and any("nothing to re-initialize" in n for n in notes)
 
 
@@ -762,18 +732,14 @@ def test_reshape_spreading_an_axis_over_input_and_output_is_unknown() -> None:
 
 
 def test_training_info_bound_tensors_in_unrecognised_slots_fall_back_to_torch_convention() -> None:
-    graph = helper.make_graph(
-        [
-            node("Gemm", ["x", "W1"], "h", transB=1),
-            node("Mul", ["h", "G"], "g"),  # [4, 8] in Mul: no slot says what it is
-            node("Add", ["g", "s"], "y"),  # a scalar
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", F, ["N", 8])],
-        [helper.make_tensor_value_info("y", F, None)],
-        [w("W1", 8, 8), w("G", 4, 8), w("s")],
+    nodes = [
+        node("Gemm", ["x", "W1"], "h", transB=1),
+        node("Mul", ["h", "G"], "g"),  # [4, 8] in Mul: no slot says what it is
+        node("Add", ["g", "s"], "y"),  # a scalar
+    ]
+    model = float_model(
+        nodes, {"x": ["N", 8]}, {"y": None}, [w("W1", 8, 8), w("G", 4, 8), w("s")], opset=None
     )
-    model = helper.make_model(graph)
     info = model.training_info.add()
     for key in ("W1", "G", "s"):
         binding = info.update_binding.add()

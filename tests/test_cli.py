@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,16 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import copy_fixtures
 
 from netinit_cli import __version__
 from netinit_cli.cli import cli
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
 
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
-    for name in ("cnn.onnx", "mlp.onnx", "cnn_noparams.onnx", "mlp.safetensors"):
-        shutil.copy(FIXTURES / name, tmp_path / name)
-    return tmp_path
+    """Only four of the bundled fixtures (test_in_place_rewrites_the_model lists the folder)."""
+    return copy_fixtures(tmp_path, ("cnn.onnx", "mlp.onnx", "cnn_noparams.onnx", "mlp.safetensors"))
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

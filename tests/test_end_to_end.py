@@ -1,4 +1,4 @@
-"""Issue 2: the whole path on the bundled fixtures, every method, both formats."""
+"""The whole path on the bundled fixtures, every method, both formats."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+from onnx_builders import float_model, save
 from safetensors.numpy import load_file
 
 from netinit_cli import OutputExistsError, initialize
 from netinit_cli.model import Action, Role
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 METHODS = ["kaiming", "xavier", "orthogonal", "random", "identity"]
 
 
@@ -35,20 +35,6 @@ def run_onnx(path: Path, feed_shape: tuple[int, ...]) -> list[np.ndarray]:
 def initializers(path: Path) -> dict[str, np.ndarray]:
     model = onnx.load(str(path))
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    for name in (
-        "cnn.onnx",
-        "cnn_noparams.onnx",
-        "mlp.onnx",
-        "mlp_noparams.onnx",
-        "cnn.safetensors",
-        "mlp.safetensors",
-    ):
-        shutil.copy(FIXTURES / name, tmp_path / name)
-    return tmp_path
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -122,19 +108,12 @@ def test_existing_output_needs_force(work: Path) -> None:
 def test_integer_and_shape_tensors_never_change(tmp_path: Path) -> None:
     weight = numpy_helper.from_array(np.ones((4, 6), np.float32), "W")
     shape = numpy_helper.from_array(np.array([-1, 3, 2], np.int64), "shape")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "W"], ["h"]),
-            helper.make_node("Reshape", ["h", "shape"], ["output"]),
-        ],
-        "g",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, 3, 2])],
-        [weight, shape],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    source = tmp_path / "reshape.onnx"
-    onnx.save(model, str(source))
+    nodes = [
+        helper.make_node("MatMul", ["input", "W"], ["h"]),
+        helper.make_node("Reshape", ["h", "shape"], ["output"]),
+    ]
+    model = float_model(nodes, {"input": [2, 4]}, {"output": [2, 3, 2]}, [weight, shape])
+    source = save(model, tmp_path / "reshape.onnx")
     report = initialize(source, tmp_path / "out.onnx", all=True)
     actions = {e.param.name: e.action for e in report.entries}
     assert actions == {"W": Action.FILL, "shape": Action.CONSTANT}

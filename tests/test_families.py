@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import FAMILIES_DIR
 
 from netinit_cli import initialize
 from netinit_cli.model import Action, Planned
@@ -35,7 +36,6 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from safetensors import safe_open  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
-FAMILIES_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "families"
 FAMILIES = ["gpt2", "llama", "llama-bf16", "llama-sharded", "bert", "t5", "vit", "resnet", "whisper"]
 INDEX_NAME = "model.safetensors.index.json"
 SEED = 11

@@ -20,13 +20,11 @@ from netinit_cli.methods import parse_method
 from netinit_cli.model import Param, Role
 from netinit_cli.roles import initializer_for
 from netinit_cli.sampling import sample_into
-from netinit_cli.seeding import CHUNK_ELEMENTS, Seed, tensor_generator
+from netinit_cli.seeding import CHUNK_ELEMENTS, Seed, bit_generator
 
 
 def _raw_words() -> bytes:
-    return bytes(
-        tensor_generator(Seed(1234, "default"), "encoder.weight", 2).bit_generator.random_raw(16).tobytes()
-    )
+    return bytes(bit_generator(Seed(1234, "default"), "encoder.weight", 2).random_raw(16).tobytes())
 
 
 def _sampled(dist: Distribution, size: int, dtype: type, seed: Seed, name: str) -> bytes:

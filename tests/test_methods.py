@@ -283,7 +283,8 @@ def test_fixed_roles_whatever_the_method(role: Role, value: float, label: str, m
 
 def _onnx_lstm_bias(hidden: int) -> Param:
     """The ONNX LSTM's B as the classifier sees it (its layout marks Wb's forget block)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
+    from onnx_builders import float_model
 
     from netinit_cli.classify.onnx import classify_model
 
@@ -292,14 +293,7 @@ def _onnx_lstm_bias(hidden: int) -> Param:
     node = helper.make_node(
         "LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=hidden, direction="bidirectional"
     )
-    graph = helper.make_graph(
-        [node],
-        "lstm",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [7, 1, 3])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        weights,
-    )
-    params, _ = classify_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    params, _ = classify_model(float_model([node], {"X": [7, 1, 3]}, {"Y": None}, weights, opset=14))
     bias = next(param for param in params if param.name == "B")
     assert bias.role is Role.BIAS and bias.layout is not None
     return bias

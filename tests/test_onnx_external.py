@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_builders import external_gemm, float_model, save
 
 from netinit_cli.errors import InputError, UnsafeInputError
 from netinit_cli.formats.onnx.reader import open_onnx
@@ -17,37 +18,10 @@ from netinit_cli.formats.onnx.reader import open_onnx
 WEIGHT = np.arange(12, dtype=np.float32).reshape(3, 4)
 
 
-def model_with_external(
-    folder: Path,
-    location: str,
-    *,
-    offset: int = 0,
-    length: int | None = None,
-    extra: dict[str, str] | None = None,
-) -> Path:
-    """x[N,4] @ W^T via Gemm, with W stored externally at ``location``."""
-    weight = numpy_helper.from_array(WEIGHT, "W")
-    weight.ClearField("raw_data")
-    weight.data_location = TensorProto.EXTERNAL
-    entries = {
-        "location": location,
-        "offset": str(offset),
-        "length": str(WEIGHT.nbytes if length is None else length),
-    }
-    entries.update(extra or {})
-    for key, value in entries.items():
-        entry = weight.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        [weight],
-    )
-    path = folder / "model.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+def model_with_external(folder: Path, location: str, **where: Any) -> Path:
+    """x[N,4] @ W^T via Gemm, with W (``WEIGHT``'s shape) stored externally at ``location``
+    (``offset``, ``length``, ``extra`` as :func:`onnx_builders.external_gemm` takes them)."""
+    return save(external_gemm(location, dims=WEIGHT.shape, **where), folder / "model.onnx")
 
 
 @pytest.fixture
@@ -151,16 +125,10 @@ def test_external_constant_attribute_is_validated(layout: tuple[Path, Path]) -> 
     tensor.data_location = TensorProto.EXTERNAL
     entry = tensor.external_data.add()
     entry.key, entry.value = "location", "../outside/secret.bin"
-    graph = helper.make_graph(
-        [
-            helper.make_node("Constant", [], ["W"], value=tensor),
-            helper.make_node("Gemm", ["x", "W"], ["y"], transB=1),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-    )
-    path = folder / "model.onnx"
-    onnx.save_model(helper.make_model(graph), str(path))
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=tensor),
+        helper.make_node("Gemm", ["x", "W"], ["y"], transB=1),
+    ]
+    path = save(float_model(nodes, {"x": ["N", 4]}, {"y": ["N", 3]}, opset=None), folder / "model.onnx")
     with pytest.raises(UnsafeInputError, match=r"'\.\.'"):
         open_onnx(path)

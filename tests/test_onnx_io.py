@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import FIXTURES
 from onnx import TensorProto, helper, numpy_helper
+from onnx_builders import float_model, save
 
 from netinit_cli.classify.stage import classify
 from netinit_cli.dtypes import numpy_dtype
@@ -23,8 +25,6 @@ from netinit_cli.fill import lazy_tensors
 from netinit_cli.formats.onnx import datafile, writer
 from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Action, Param, Planned
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def fake_produce(calls: list[str]) -> Callable[[Planned], np.ndarray]:
@@ -81,23 +81,13 @@ def mlp_model(hidden: int = 16, *, params: bool = True) -> onnx.ModelProto:
     return model
 
 
-def save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path:
-    if external:
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, location=path.name + ".bin", size_threshold=0
-        )
-    else:
-        onnx.save_model(model, str(path))
-    return path
-
-
 def tensor_bytes(path: Path) -> dict[str, bytes]:
     """Every initializer's bytes, with external data loaded (by onnx itself)."""
     model = onnx.load(str(path))
     return {t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
 
 
-# -- fixtures of the lead ---------------------------------------------------------------------
+# -- the bundled fixtures ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_noparams", "mlp_noparams"])
@@ -410,18 +400,9 @@ def test_existing_data_file_is_not_appended_to(tmp_path: Path, monkeypatch: pyte
 
 
 def _gemm_graph(
-    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], **extra: object
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], **extra: list[object]
 ) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        inits,
-    )
-    for key, value in extra.items():
-        getattr(graph, key).extend(value)  # type: ignore[arg-type]
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return float_model(nodes, {"x": ["N", 8]}, {"y": ["N", 4]}, inits, **extra)
 
 
 def _fill_all_and_run(model: onnx.ModelProto, tmp_path: Path) -> tuple[onnx.ModelProto, np.ndarray]:

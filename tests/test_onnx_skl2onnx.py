@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ZOO
 from onnx import numpy_helper
 
 from netinit_cli.classify.stage import classify
@@ -24,7 +25,6 @@ from netinit_cli.fill import lazy_tensors
 from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Action, Planned
 
-ZOO = Path(__file__).resolve().parent.parent / "fixtures" / "onnx"
 CASES: dict[str, dict[str, Any]] = json.loads((ZOO / "skl.json").read_text())
 MLPS = sorted(name for name, case in CASES.items() if case["tensors"])
 NO_PARAMETERS = sorted(name for name, case in CASES.items() if not case["tensors"])
@@ -48,7 +48,7 @@ def run(path: Path, sample: np.ndarray, output: int) -> np.ndarray:
     return result
 
 
-def test_fixtures_cover_the_issue() -> None:
+def test_fixtures_cover_an_mlp_and_a_tree() -> None:
     assert {"skl-mlp.onnx", "skl-tree.onnx"} <= set(CASES)
     assert MLPS and NO_PARAMETERS
 

@@ -1,5 +1,5 @@
-"""Warnings, not decisions (onnx.md §16 step 9): weight-slot tensors whose values or names look
-like fixed buffers get a note; their role is unchanged.  Trained-looking values get none."""
+"""Warnings, not decisions: weight-slot tensors whose values or names look like fixed buffers
+get a note; their role is unchanged.  Trained-looking values get none."""
 
 from __future__ import annotations
 
@@ -10,30 +10,19 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_builders import float_model, save
 
 from netinit_cli.classify.stage import classify
 from netinit_cli.classify.values import VALUE_SAMPLE, structured_value_note
 from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Role
 
-F = TensorProto.FLOAT
 
-
-def conv_model(weight: np.ndarray, path: Path, *, name: str = "W", external: bool = False) -> Path:
-    channels = weight.shape[1]
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", name], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", F, [1, channels, 64])],
-        [helper.make_tensor_value_info("y", F, ["N", "C", "L"])],
-        [numpy_helper.from_array(weight.astype(np.float32), name)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=path.stem + ".bin")
-    else:
-        onnx.save_model(model, str(path))
-    return path
+def conv_model(weight: np.ndarray, path: Path) -> Path:
+    conv = helper.make_node("Conv", ["x", "W"], ["y"])
+    inputs = {"x": [1, weight.shape[1], 64]}
+    weights = [numpy_helper.from_array(weight.astype(np.float32), "W")]
+    return save(float_model([conv], inputs, {"y": ["N", "C", "L"]}, weights), path)
 
 
 def stft_basis(n_fft: int = 64) -> np.ndarray:
@@ -130,14 +119,8 @@ def name_model(names: dict[str, tuple[str, list[int]]]) -> onnx.ModelProto:
             nodes.append(helper.make_node(op, ["x", name], [f"y{index}"], transB=1))
         else:
             nodes.append(helper.make_node(op, ["x", name], [f"y{index}"], axis=-1))
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", F, [2, 8]), helper.make_tensor_value_info("x4", F, [1, 8, 2, 2])],
-        [helper.make_tensor_value_info(f"y{i}", F, None) for i in range(len(nodes))],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    inputs = {"x": [2, 8], "x4": [1, 8, 2, 2]}
+    return float_model(nodes, inputs, {f"y{i}": None for i in range(len(nodes))}, inits)
 
 
 def test_buffer_like_names_are_noted_only_when_the_role_disagrees(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ZOO
 from onnx import numpy_helper
 
 from netinit_cli.classify.stage import classify
@@ -20,7 +21,6 @@ from netinit_cli.fill import lazy_tensors
 from netinit_cli.formats.onnx.reader import open_onnx
 from netinit_cli.model import Action, Planned
 
-ZOO = Path(__file__).resolve().parent.parent / "fixtures" / "onnx"
 CASES: dict[str, dict[str, Any]] = (
     json.loads((ZOO / "zoo.json").read_text()) if (ZOO / "zoo.json").exists() else {}
 )

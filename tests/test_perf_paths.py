@@ -15,7 +15,8 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
+from onnx_builders import float_model, save
 from safetensors.numpy import load_file, save_file
 
 from netinit_cli import blas, initialize
@@ -219,14 +220,11 @@ def test_onnx_external_data_written_directly_matches_the_in_memory_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     weight = np.ones((1024, 384), np.float32)  # 1.5 MiB: goes to the data file, written directly
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 384])],
-        [onnx.numpy_helper.from_array(weight, "W")],
+    matmul = helper.make_node("MatMul", ["x", "W"], ["y"])
+    model = float_model(
+        [matmul], {"x": [1, 1024]}, {"y": [1, 384]}, [onnx.numpy_helper.from_array(weight, "W")], opset=None
     )
-    onnx.save_model(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    save(model, tmp_path / "m.onnx")
     results = []
     for threads in ("1", "2"):
         monkeypatch.setenv("NETINIT_THREADS", threads)

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import FIXTURES, ROOT
 
 from netinit_cli.cli import cli
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-FIXTURES = ROOT / "fixtures"
 
 # README placeholder -> fixture it stands for.
 PLACEHOLDERS = {

@@ -11,14 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, GOLDEN
 from rich.console import Console
 
 from netinit_cli import initialize, inspect
 from netinit_cli.model import Action, Filled, Param, Planned, Role
 from netinit_cli.report import group_key, render, sparkline, std_off_target
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def rendered(report: object, mode: str) -> str:

@@ -11,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CORPORA
 from safetensors import safe_open
 
+from netinit_cli.api import initialize
 from netinit_cli.classify.stage import classify
 from netinit_cli.errors import InputError
 from netinit_cli.formats.safetensors import header as safetensors_header
 from netinit_cli.formats.safetensors.bundle import open_safetensors
 from netinit_cli.formats.safetensors.header import read_header
 
-CORPUS = Path(__file__).parent / "corpus" / "safetensors"
+CORPUS = CORPORA / "safetensors"
 EXPECTED: dict[str, dict[str, object]] = json.loads((CORPUS / "expected.json").read_text())
 
 
@@ -78,12 +80,11 @@ def test_reference_loader_agrees_where_expected(file_name: str) -> None:
 
 
 def test_malformed_input_leaves_no_output(tmp_path: Path) -> None:
-    api = pytest.importorskip("netinit_cli.api")
     source = tmp_path / "bad.safetensors"
     source.write_bytes((CORPUS / "size_mismatch.safetensors").read_bytes())
     out = tmp_path / "out.safetensors"
     with pytest.raises(InputError, match="needs 120"):
-        api.initialize(source, out, all=True)
+        initialize(source, out, all=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
 
 

@@ -12,7 +12,7 @@ import pytest
 from netinit_cli.distributions import Distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.sampling import sample_into
-from netinit_cli.seeding import CHUNK_ELEMENTS, DEFAULT_SEED, Seed, parse_seed, tensor_generator, thread_count
+from netinit_cli.seeding import CHUNK_ELEMENTS, DEFAULT_SEED, Seed, bit_generator, parse_seed, thread_count
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_inherited_without_the_variable_says_how_to_fix_it() -> None:
 
 
 def _draw(seed: Seed, name: str, chunk: int = 0) -> bytes:
-    return bytes(tensor_generator(seed, name, chunk).bit_generator.random_raw(8).tobytes())
+    return bytes(bit_generator(seed, name, chunk).random_raw(8).tobytes())
 
 
 def test_streams_depend_on_seed_name_and_chunk_only() -> None:
@@ -97,8 +97,8 @@ def test_inherited_equals_explicit_bytes() -> None:
 
 _CHILD = """
 import sys
-from netinit_cli.seeding import parse_seed, tensor_generator
-print(tensor_generator(parse_seed(sys.argv[1]), "encoder.layer.0.weight", 3).bit_generator.random_raw(4).tolist())
+from netinit_cli.seeding import parse_seed, bit_generator
+print(bit_generator(parse_seed(sys.argv[1]), "encoder.layer.0.weight", 3).random_raw(4).tolist())
 """
 
 
@@ -114,11 +114,7 @@ def test_string_seeds_are_stable_across_processes() -> None:
             check=True,
         )
         outputs.add(result.stdout)
-    here = str(
-        tensor_generator(parse_seed("my-experiment"), "encoder.layer.0.weight", 3)
-        .bit_generator.random_raw(4)
-        .tolist()
-    )
+    here = str(bit_generator(parse_seed("my-experiment"), "encoder.layer.0.weight", 3).random_raw(4).tolist())
     assert outputs == {here + "\n"}
 
 

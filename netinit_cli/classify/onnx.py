@@ -22,14 +22,24 @@ from netinit_cli.classify.values import buffer_name_note
 from netinit_cli.dtypes import is_float
 from netinit_cli.errors import InputError
 from netinit_cli.formats.onnx.graph import GRAPH_INPUT, Graphs, StoredTensor, has_data, op_domain
-from netinit_cli.model import Layout, Param, Role
+from netinit_cli.model import Layer, Layout, Param, Role
 
 # --------------------------------------------------------------------------------------------
 # Merging the uses of one tensor
 # --------------------------------------------------------------------------------------------
 
 
-def _merge(stored: StoredTensor, findings: list[Finding]) -> tuple[Role, str, Layout | None, list[str]]:
+Merged = tuple[Role, str, Layout | None, list[str], Layer | None]
+
+
+def _merge(stored: StoredTensor, findings: list[Finding]) -> Merged:
+    role, reason, layout, notes = _merge_roles(stored, findings)
+    # The op it feeds, when every slot use agrees (a tensor shared by two layers has none).
+    layers = {f.layer for f in findings if f.kind == "slot" and f.role is role}
+    return role, reason, layout, notes, layers.pop() if len(layers) == 1 else None
+
+
+def _merge_roles(stored: StoredTensor, findings: list[Finding]) -> tuple[Role, str, Layout | None, list[str]]:
     notes: list[str] = []
     floating = is_float(stored.dtype)
     if any(f.kind == "quantized" for f in findings):
@@ -123,7 +133,7 @@ def classify_graphs(graphs: Graphs) -> tuple[list[Param], list[str]]:
     params: list[Param] = []
     notes: list[str] = []
     for stored in graphs.stored:
-        role, reason, layout, extra = results[id(stored)]
+        role, reason, layout, extra, layer = results[id(stored)]
         if stored.source == GRAPH_INPUT:
             if stored.value not in candidates:
                 continue
@@ -156,6 +166,7 @@ def classify_graphs(graphs: Graphs) -> tuple[list[Param], list[str]]:
                 layout=layout,
                 reason=reason,
                 source=stored.source,
+                layer=layer if role.learnable else None,
             )
         )
     if not any(p.role.learnable for p in params):

@@ -12,7 +12,7 @@ end to the op's schema (non-differentiable inputs are constants, others unknown)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import onnx
@@ -20,8 +20,8 @@ import onnx
 from netinit_cli.classify.axes import Axes, broadcasts_as_bias, einsum_layout, map_layout
 from netinit_cli.classify.layouts import EMBEDDING_LAYOUT
 from netinit_cli.classify.onnx_slots import OpKey, Trait, node_attrs, traits
-from netinit_cli.formats.onnx.graph import Scope
-from netinit_cli.model import Layout, Role
+from netinit_cli.formats.onnx.graph import Scope, StoredTensor
+from netinit_cli.model import Layer, Layout, Role
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Finding:
     role: Role
     reason: str
     layout: Layout | None = None
+    layer: Layer | None = None  # the op of a slot use (and, for a bias, its layer's weight)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class Path:
     steps: tuple[str, ...]
     rank: int  # the stored tensor's rank
     reorder: bool = False  # went through a Slice/Split/Concat
+
+    def moved(self, scope: Scope, value: str, step: str, axes: Axes, shape: tuple[int, ...] | None) -> Path:
+        """This path one node further on: ``value`` now, its axes moved to ``axes`` by ``step``."""
+        return replace(self, scope=scope, value=value, axes=axes, shape=shape, steps=(*self.steps, step))
 
 
 Use = tuple[Scope, onnx.NodeProto, int]  # the node that reads a value, and at which input
@@ -63,6 +68,8 @@ class Walk(Protocol):
     def stored_shape(self, scope: Scope, value: str) -> tuple[int, ...] | None: ...
 
     def weight_shape_through(self, scope: Scope, value: str) -> tuple[int, ...] | None: ...
+
+    def stored_behind(self, scope: Scope, value: str) -> StoredTensor | None: ...
 
 
 Recognizer = Callable[[Walk, Path, Scope, onnx.NodeProto, int], Finding | None]
@@ -148,7 +155,12 @@ def _bias(walk: Walk, path: Path, scope: Scope, node: onnx.NodeProto, index: int
         owner, linear = found
         width, channel_first = _output_width(walk, owner, linear)
         if broadcasts_as_bias(shape, width, channel_first):
-            return Finding("slot", Role.BIAS, f"{node.op_type} input {index} after {linear.op_type}")
+            weights = (walk.stored_behind(owner, value) for value in linear.input if value)
+            weight = next((stored.name for stored in weights if stored is not None), None)
+            layer = Layer(linear.op_type, weight)
+            return Finding(
+                "slot", Role.BIAS, f"{node.op_type} input {index} after {linear.op_type}", layer=layer
+            )
     return None
 
 

@@ -39,7 +39,7 @@ from netinit_cli.classify.onnx_slots import (
     traits,
 )
 from netinit_cli.formats.onnx.graph import Graphs, Scope, StoredTensor, op_domain
-from netinit_cli.model import Role
+from netinit_cli.model import Layer, Role
 
 _NON_DIFFERENTIABLE = onnx.defs.OpSchema.DifferentiationCategory.NonDifferentiable
 
@@ -239,23 +239,13 @@ class Classifier:
                 return None
             new_axes = tuple(axes[p] for p in order)
             new_shape = tuple(shape[p] for p in order) if shape is not None else None
-            step = f"Transpose(perm={order})"
-            return [
-                replace(
-                    path,
-                    scope=scope,
-                    value=node.output[0],
-                    axes=new_axes,
-                    shape=new_shape,
-                    steps=(*path.steps, step),
-                )
-            ]
+            return [path.moved(scope, node.output[0], f"Transpose(perm={order})", new_axes, new_shape)]
         if op in ("Squeeze", "Unsqueeze") and shape is None:
             # After a gate reorder only the rank is known; explicit axes still map.
             ranked = self._rank_only(scope, node, attrs, axes)
             if ranked is None:
                 return None
-            return [replace(path, scope=scope, value=node.output[0], axes=ranked, steps=(*path.steps, op))]
+            return [path.moved(scope, node.output[0], op, ranked, None)]
         if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten"):
             target = self._reshaped(scope, node, attrs, shape)
             if target is None:
@@ -264,16 +254,7 @@ class Classifier:
             if moved is None:
                 return None
             step = f"{op}({list(shape or ())}→{list(target)})"
-            return [
-                replace(
-                    path,
-                    scope=scope,
-                    value=node.output[0],
-                    axes=moved,
-                    shape=target,
-                    steps=(*path.steps, step),
-                )
-            ]
+            return [path.moved(scope, node.output[0], step, moved, target)]
         if Trait.REORDERS_GATES in traits(op):
             # Slices and concatenations keep the rank and the meaning of every axis; the sizes
             # they change are the gate blocks the RNN slot splits anyway.
@@ -339,7 +320,7 @@ class Classifier:
             if not partner or not self.is_dynamic(scope, partner):
                 return Finding("unknown", Role.UNKNOWN, f"{where}, but its other operand is constant too")
         if slot.layout is None:
-            return Finding("slot", slot.role, where)
+            return Finding("slot", slot.role, where, layer=self._layer(scope, node, index, slot))
         if path.shape is None and not path.reorder:
             return Finding("unknown", Role.UNKNOWN, f"{where}, with a shape netinit cannot follow")
         shape = path.shape if path.shape is not None else tuple(1 for _ in path.axes)
@@ -356,7 +337,23 @@ class Classifier:
             return Finding("unknown", Role.UNKNOWN, f"{where}, with an unexpected rank {len(shape)}")
         if isinstance(terminal, str):
             return Finding("unknown", Role.UNKNOWN, f"{where}: {terminal}")
-        return mapped(path, slot.role, where, terminal)
+        return replace(mapped(path, slot.role, where, terminal), layer=self._layer(scope, node, index, slot))
+
+    def _layer(self, scope: Scope, node: onnx.NodeProto, index: int, slot: Slot) -> Layer:
+        """The op a slot belongs to; for a bias, the stored weight of that op: the nearest weight
+        slot before the bias (Conv/Gemm B, MoE fc_k) that holds a stored tensor."""
+        hidden = node_attrs(node).get("hidden_size")
+        weight = None
+        if slot.role is Role.BIAS:
+            rows = SLOTS.get((op_domain(node.domain), node.op_type), {})
+            for other in sorted(
+                (i for i, s in rows.items() if s.role is Role.WEIGHT and i < index), reverse=True
+            ):
+                stored = self.stored_behind(scope, node.input[other]) if other < len(node.input) else None
+                if stored is not None:
+                    weight = stored.name
+                    break
+        return Layer(node.op_type, weight, hidden if isinstance(hidden, int) else None)
 
     def declared_shape(self, scope: Scope, value: str) -> tuple[int, ...] | None:
         """The shape declared for ``value`` (graph input, output or value_info), -1 for a
@@ -372,6 +369,19 @@ class Classifier:
                 dims = info.type.tensor_type.shape.dim
                 return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
         return None
+
+    def stored_behind(self, scope: Scope, value: str) -> StoredTensor | None:
+        """The stored tensor a value is, also through Identity, Cast, Transpose or DequantizeLinear."""
+        if not value:
+            return None
+        owner = scope.resolve(value)
+        stored = self.by_scope_value.get((id(owner), value)) if owner is not None else None
+        if stored is not None:
+            return stored
+        found = self.producer(scope, value)
+        if found is None or found[1].op_type not in ("Identity", "Cast", "Transpose", "DequantizeLinear"):
+            return None
+        return self.stored_behind(found[0], found[1].input[0])
 
     def weight_shape_through(self, scope: Scope, value: str) -> tuple[int, ...] | None:
         """Static shape of a weight operand, also when it reaches the op through a Transpose."""

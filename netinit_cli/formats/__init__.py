@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import ModelFile
+from netinit_cli.formats.foreign import HEAD_BYTES, describe_foreign
 
 if TYPE_CHECKING:
     from netinit_cli.formats.onnx.reader import OnnxModel
@@ -28,6 +29,8 @@ MANIFEST = "manifest"
 def sniff(path: Path) -> str:
     """Return the kind of model at ``path`` from its bytes (folders are safetensors bundles)."""
     if path.is_dir():
+        if (foreign := describe_foreign(path, b"")) is not None:
+            raise InputError(foreign)
         return SAFETENSORS
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -35,13 +38,17 @@ def sniff(path: Path) -> str:
         raise InputError(f"{path}: not a regular file")
     try:
         with path.open("rb") as handle:
-            head = handle.read(16)
+            head = handle.read(HEAD_BYTES)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     if len(head) >= 9:
         header_len = int.from_bytes(head[:8], "little")
         if 2 <= header_len <= path.stat().st_size - 8 and head[8:9] in (b"{", b" ", b"\n", b"\t", b"\r"):
             return SAFETENSORS
+    # Before the JSON and ONNX tests: a SavedModel's .pb starts like a protobuf, and a PyTorch
+    # *.bin.index.json like a safetensors index.
+    if (foreign := describe_foreign(path, head)) is not None:
+        raise InputError(foreign)
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
         return _json_kind(path)

@@ -37,13 +37,9 @@ def check_input(model: onnx.ModelProto, graphs: Graphs, path: Path) -> None:
     try:
         with _seen_as_empty(hidden):
             onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise InputError(
-            f"{path}: not a valid ONNX model ({_one_line(exc)}); repair or re-export it"
-        ) from exc
-    except ValueError as exc:
-        # Python's protobuf parsed it, but the checker's C++ parser refuses the re-serialized
-        # bytes (found by atheris: a deeply nested or oversized message).
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        # ValueError: Python's protobuf parsed the model, but the checker's C++ parser refuses the
+        # re-serialized bytes (found by atheris: a deeply nested or oversized message).
         raise InputError(
             f"{path}: not a valid ONNX model ({_one_line(exc)}); repair or re-export it"
         ) from exc

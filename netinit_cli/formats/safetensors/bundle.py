@@ -73,18 +73,9 @@ class SafetensorsModel:
         return self._shards[0].path is None
 
     @property
-    def sharded(self) -> bool:
-        return self._index is not None
-
-    @property
     def index_missing(self) -> dict[str, str]:
         """Index names stored in no shard: name -> shard file the index expects it in."""
         return dict(self._index_missing)
-
-    @property
-    def last_shard(self) -> str:
-        """The shard new tensors go to when the index names none for them."""
-        return self._shards[-1].file_name
 
     def read_array(self, name: str) -> np.ndarray:
         """The stored values, as a read-only zero-copy view (BF16/F8 through ml_dtypes).

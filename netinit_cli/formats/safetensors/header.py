@@ -77,7 +77,6 @@ class Header:
 
     path: Path
     header_size: int  # N, padding included
-    file_size: int
     tensors: list[TensorEntry]
     metadata: dict[str, str]
     warnings: list[str] = field(default_factory=list)
@@ -277,7 +276,7 @@ def read_header(path: Path) -> Header:
         raise fail(
             f"the tensors need {expected} data bytes but only {data_size} follow the header; the file is truncated"
         )
-    return Header(path, header_size, size, entries, metadata, warnings)
+    return Header(path, header_size, entries, metadata, warnings)
 
 
 def _header_metadata(value: Any, fail: Any) -> dict[str, str]:
