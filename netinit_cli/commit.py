@@ -204,7 +204,13 @@ class FileSet:
             info = os.lstat(path)
         except OSError:
             return False
-        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in self.protected
+        # Another hard link to the file: someone keeps these bytes under another name, maybe
+        # for use; leave it.
+        return (
+            stat.S_ISREG(info.st_mode)
+            and info.st_nlink == 1
+            and (info.st_dev, info.st_ino) not in self.protected
+        )
 
     def _rename_primary(self, tmp: Path, step: _Steps) -> None:
         step()

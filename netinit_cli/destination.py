@@ -41,6 +41,16 @@ def identities(paths: Iterable[str | os.PathLike[str] | None]) -> frozenset[Iden
     return frozenset(item for item in found if item is not None)
 
 
+def own_inputs(out: Path, model: Path, files: Iterable[Path]) -> frozenset[Identity]:
+    """The files a model is read from, to protect while writing ``out``: all of them, unless
+    ``out`` is the model itself (``--in-place``, which replaces the model and may remove the
+    data files only it used)."""
+    found = identity(out)
+    if found is not None and found == identity(model):
+        return frozenset()
+    return identities(files)
+
+
 def folder_of(path: Path) -> Path:
     return path.parent if str(path.parent) else Path(".")
 

@@ -3,6 +3,7 @@ tensors to it, and which data files an earlier output at the same path used."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from onnx import TensorProto
 
 from netinit_cli.commit import FileSet
 from netinit_cli.errors import InputError
-from netinit_cli.fileio import COPY_CHUNK, EarlyWriteback, preallocate
+from netinit_cli.fileio import COPY_CHUNK, TEMP_TAG, EarlyWriteback, preallocate, remove_stale_temps
 from netinit_cli.formats.onnx.checks import all_tensors
 from netinit_cli.formats.onnx.external import location
 from netinit_cli.model import Planned
@@ -113,6 +114,20 @@ def referenced_data_files(out: Path) -> set[str]:
         return set()  # not a model (or unreadable): it references nothing
     referenced = {location(t) for t in all_tensors(previous) if t.data_location == TensorProto.EXTERNAL}
     return candidates & referenced
+
+
+def remove_stale_data_temps(out: Path) -> None:
+    """Remove the temporary data files that writers of netinit versions before the commit
+    journal named after the data file (``.<stem>.<digits>.data.netinit-<pid>-….tmp``) and left
+    when killed; temporary files are now named after the model, and removed with its own."""
+    pattern = re.compile(
+        r"\.(" + re.escape(_stem(out)) + rf"\.[0-9a-f]{{{DATA_NAME_DIGITS}}}\.data)" + re.escape(TEMP_TAG)
+    )
+    folder = out.parent if str(out.parent) else Path(".")
+    with contextlib.suppress(OSError):
+        names = {m.group(1) for e in os.scandir(folder) if (m := pattern.match(e.name))}
+        for name in sorted(names):
+            remove_stale_temps(folder / name)
 
 
 class DataWriter:

@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
 
-from netinit_cli.destination import Identity
+from netinit_cli.destination import Identity, own_inputs
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import WriteResult, with_init_suffix
 from netinit_cli.formats.onnx.checks import check_input, check_shapes
@@ -176,6 +176,7 @@ class OnnxModel:
         self._current()
         writer = OnnxWriter(self.path, self._proto, self._graphs, self._external, self._digest)
         self._dirty = True
+        protected |= own_inputs(out, self.path, self.input_files())
         return writer.write(
             out, plan, tensors, provenance, overwrite=overwrite, durable=durable, protected=protected
         )

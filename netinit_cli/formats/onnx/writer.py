@@ -48,6 +48,7 @@ from netinit_cli.formats.onnx.datafile import (
     data_file_name,
     is_data_file_of,
     referenced_data_files,
+    remove_stale_data_temps,
 )
 from netinit_cli.formats.onnx.external import ExternalRef, location, open_checked, tensor_nbytes
 from netinit_cli.formats.onnx.graph import (
@@ -115,6 +116,7 @@ class OnnxWriter:
         threshold = self._threshold(tensors)
         data_name = functools.partial(data_file_name, out, self._digest, plan, provenance, threshold)
         check_destination(out, overwrite=overwrite, protected=protected)
+        remove_stale_data_temps(out)
         files = FileSet(
             out,
             overwrite=overwrite,

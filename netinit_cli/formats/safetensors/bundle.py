@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from netinit_cli.destination import Identity
+from netinit_cli.destination import Identity, own_inputs
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import WriteResult, with_init_suffix
@@ -138,6 +138,7 @@ class SafetensorsModel:
     ) -> WriteResult:
         """See :meth:`.writer.SafetensorsWriter.write`."""
         writer = SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
+        protected |= own_inputs(out, self.path, self.input_files())
         return writer.write(
             out, plan, tensors, provenance, overwrite=overwrite, durable=durable, protected=protected
         )
