@@ -22,8 +22,15 @@ import numpy as np
 from netinit_cli import __version__
 from netinit_cli.classify.stage import Classified, classify_with_template
 from netinit_cli.classify.stage import classify as classify_model
-from netinit_cli.commit import atomic_output, same_destination
-from netinit_cli.destination import Identity, check_destination, identities, output_path, refuse_inputs
+from netinit_cli.commit import atomic_output
+from netinit_cli.destination import (
+    Identity,
+    check_destination,
+    identities,
+    output_path,
+    refuse_inputs,
+    same_destination,
+)
 from netinit_cli.dtypes import itemsize
 from netinit_cli.errors import UsageError
 from netinit_cli.fill import Filler, check_fits_in_memory

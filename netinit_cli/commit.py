@@ -8,7 +8,9 @@ complete old output or the complete new one:
    destination folder and fsynced;
 2. members get names no file in the folder has (a name a format derives from the output's
    name, the ``k``-th variant for the smallest free ``k``): renaming them into place
-   (``RENAME_NOREPLACE``) changes nothing the old primary names;
+   (``RENAME_NOREPLACE``) changes nothing the old primary names.  A name whose file already
+   holds exactly the member's bytes counts as free, and that file is kept (an identical rerun
+   over its own output keeps its names: same input and options, same files);
 3. the primary is renamed last, over the old one (``--force``) or not over anything;
 4. only then are the files the old primary named (and the new one does not) removed, those
    netinit wrote itself and that are not inputs of this run.
@@ -39,7 +41,6 @@ from netinit_cli.destination import (
     Identity,
     check_destination,
     folder_of,
-    identity,
     keep_attributes,
     rename_noreplace,
 )
@@ -47,6 +48,7 @@ from netinit_cli.errors import OutputError, OutputExistsError
 from netinit_cli.fileio import TEMP_TAG, OutputFile, alive, make_temp, write_failed
 
 JOURNAL_SUFFIX = "journal"
+COMPARE_CHUNK = 8 << 20
 MAX_VARIANTS = 1000  # member name variants tried before giving up (each needs a file in the way)
 
 
@@ -126,7 +128,7 @@ class FileSet:
                 self._recover(step)
                 previous = self._check()
                 old = self._named_now() if previous is not None else set()
-                names = self._free_names()
+                names, kept = self._free_names()
                 if self._primary is None:
                     self._primary = self._temp()
                     self._primary[1].write(render(names) if render is not None else b"")
@@ -139,6 +141,9 @@ class FileSet:
                 )
                 journal = self._write_journal(names, doomed)
                 for (_, tmp, _), name in zip(self._members, names, strict=True):
+                    if name in kept:  # already there, byte for byte
+                        tmp.unlink()
+                        continue
                     keep_attributes(tmp, previous)
                     step()
                     rename_noreplace(tmp, self.folder / name)
@@ -174,16 +179,25 @@ class FileSet:
             os.fsync(handle.fileno())
         handle.close()
 
-    def _free_names(self) -> list[str]:
-        """The members' names for the smallest ``k`` none of whose names is taken."""
+    def _free_names(self) -> tuple[list[str], set[str]]:
+        """The members' names for the smallest ``k`` whose names are all free or hold exactly
+        the member's bytes already (a rewrite identical to the output it replaces keeps its
+        names, and its files); and those names of them that are kept as they are."""
         for k in range(MAX_VARIANTS):
             names = [name(k) for name, _, _ in self._members]
             if len(set(names)) != len(names) or self.primary.name in names:
                 raise OutputError(
                     f"{self.primary}: the output's file names would collide; choose another name"
                 )
-            if not any(os.path.lexists(self.folder / name) for name in names):
-                return names
+            kept = set()
+            for (_, tmp, _), name in zip(self._members, names, strict=True):
+                if not os.path.lexists(self.folder / name):
+                    continue
+                if not (self._removable(name) and _same_bytes(tmp, self.folder / name)):
+                    break
+                kept.add(name)
+            else:
+                return names, kept
         raise OutputError(
             f"{self.primary}: {MAX_VARIANTS} variants of its file names are taken in {self.folder}; "
             "clean up the folder or choose another"
@@ -269,11 +283,10 @@ class FileSet:
         for path in renamed:
             with contextlib.suppress(OSError):
                 path.unlink()
-        if renamed or self._members or self._primary:
-            with contextlib.suppress(OSError):
-                journal = journal_path(self.primary)
-                if json.loads(journal.read_text()).get("pid") == os.getpid():
-                    journal.unlink()
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            journal = journal_path(self.primary)
+            if json.loads(journal.read_text()).get("pid") == os.getpid():
+                journal.unlink()
         self.abort()
 
     def abort(self) -> None:
@@ -286,6 +299,22 @@ class FileSet:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         self._members, self._primary = [], None
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two regular files hold the same bytes (read in chunks: memory stays bounded)."""
+    try:
+        if os.path.getsize(a) != os.path.getsize(b):
+            return False
+        with open(a, "rb") as first, open(b, "rb") as second:
+            while True:
+                chunk = first.read(COMPARE_CHUNK)
+                if chunk != second.read(COMPARE_CHUNK):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
 
 
 class _Steps:
@@ -345,11 +374,3 @@ def atomic_output(
     with FileSet(out, overwrite=overwrite, durable=durable, protected=protected, option=option) as files:
         yield files.open_primary()
         files.commit()
-
-
-def same_destination(a: Path, b: Path) -> bool:
-    """Whether two destination paths name one file (existing or not)."""
-    found_a, found_b = identity(a), identity(b)
-    if found_a is not None and found_a == found_b:
-        return True
-    return os.path.abspath(a) == os.path.abspath(b)

@@ -123,6 +123,14 @@ def output_path(out: str | os.PathLike[str], default_name: str) -> Path:
     return path
 
 
+def same_destination(a: Path, b: Path) -> bool:
+    """Whether two destination paths name one file (existing or not)."""
+    found_a, found_b = identity(a), identity(b)
+    if found_a is not None and found_a == found_b:
+        return True
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
 # ---------------------------------------------------------------------------------------------
 # renames
 # ---------------------------------------------------------------------------------------------

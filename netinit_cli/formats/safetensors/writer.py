@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from netinit_cli.commit import FileSet
-from netinit_cli.destination import Identity
+from netinit_cli.destination import Identity, check_destination
 from netinit_cli.errors import InputError, NetinitError, UsageError
 from netinit_cli.fileio import EarlyWriteback, copy_range, open_source, preallocate, write_all
 from netinit_cli.formats.base import WriteResult
@@ -130,6 +130,8 @@ class SafetensorsWriter:
             if not isinstance(key, str) or not isinstance(value, str):
                 raise NetinitError(f"internal error: provenance {key!r} must map strings to strings")
         shard_out = self._output_names(out)
+        if self._index is not None:  # refused now, not after every shard was written
+            check_destination(out, overwrite=overwrite, protected=protected)
         items, notes = self._items(plan, tensors)
         done = _Progress()
         files = FileSet(
