@@ -44,6 +44,7 @@ fuzz: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/lsuv_bench.py --rebuild
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -268,6 +268,7 @@ def build_cases(quick: bool, big: bool) -> list[Case]:
                 "netinit-onnx-big", "kaiming-normal", make_data.onnx_model(quick, big=True), "model.onnx"
             )
         )
+    cases += hf_cases(big)
     for method in DETERMINISM_METHODS:
         cases.append(
             netinit_case(
@@ -278,6 +279,48 @@ def build_cases(quick: bool, big: bool) -> list[Case]:
                 env={"NETINIT_THREADS": "1"},
                 hash_output=True,
                 repeated=False,
+            )
+        )
+    return cases
+
+
+def hf_cases(big: bool) -> list[Case]:
+    """Issue 16: ``netinit --like config.json -o OUTDIR`` (a LLaMA-shaped ~1.1B config, bf16) against
+    ``from_config`` + ``save_pretrained``, and the import of torch + transformers alone; ``--big``: a
+    7B-shaped config (writes 13.5 GB).  Only where torch and transformers are installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        return []
+    import hf_config_bench as hf
+
+    def config_case(name: str, data: Dataset, **kw: object) -> Case:
+        return Case(
+            name=name,
+            what=f"netinit --like {data.key}/config.json -o OUTDIR (default method)",
+            argv=lambda out: [*NETINIT, "--like", str(data.model), "-o", str(out / "model"), "--force", "-q"],
+            data=data,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def script_case(name: str, what: str, child: str, data: Dataset) -> Case:
+        argv = [PYTHON, str(BENCH / "hf_config_bench.py"), "--child", child, str(data.folder)]
+        return Case(name=name, what=what, argv=lambda out: [*argv, str(out / "model")], data=data)
+
+    small = hf.config_dataset("hf-llama-1b", hf.LLAMA_1B, make_data.DATA_ROOT, Dataset)
+    cases = [
+        script_case(
+            "hf-import", "import torch, transformers and the LLaMA classes (nothing else)", "import", small
+        ),
+        config_case("netinit-hf-1b", small, torch_peer="torch-hf-1b"),
+        script_case(
+            "torch-hf-1b", "AutoModelForCausalLM.from_config + save_pretrained (1.1B bf16)", "save", small
+        ),
+    ]
+    if big:
+        cases.append(
+            config_case(
+                "netinit-hf-7b", hf.config_dataset("hf-llama-7b", hf.LLAMA_7B, make_data.DATA_ROOT, Dataset)
             )
         )
     return cases

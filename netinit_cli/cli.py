@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from netinit_cli import __version__
-from netinit_cli.api import build_options, initialize, inspect
+from netinit_cli.api import build_options, default_preset_for, initialize, inspect
 from netinit_cli.errors import EXIT_CODES, NetinitError
 from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
@@ -35,6 +35,8 @@ Examples:
   netinit ckpt.safetensors --all --rule 'lm_head.*=xavier' --rule '*.bias=constant(0.1)'
   netinit ckpt.safetensors --preset hf --all   what transformers' from_config would give
   netinit --like manifest.json -o new.safetensors   create a checkpoint from scratch
+  netinit --like manifest.json -o ckpt/model.safetensors.index.json --shard auto   one worker of many
+  netinit --like config.json -o new-model/    a transformers model folder (pip install 'netinit[hf]')
   netinit model.onnx --dry-run --json          the plan as JSON, nothing written
 \b
 Exit codes: """ + ", ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items())
@@ -177,6 +179,41 @@ def cli() -> None:
     help="Skip the fsync before the rename: faster, still atomic for readers and a killed run, "
     "but a power loss or OS crash soon after may leave the output empty or partial.",
 )
+@click.option(
+    "--shard",
+    metavar="K/N|auto|auto/N",
+    help="Write only worker K's files of N of a sharded bundle; the last worker to finish writes the index. "
+    "auto: K (and N) from a Slurm array, Kubernetes Indexed Job, GitLab parallel or NETINIT_SHARD_INDEX/_COUNT.",
+)
+@click.option(
+    "--max-shard-size",
+    metavar="SIZE",
+    help="Largest file of a new bundle (--like T -o NAME.safetensors.index.json), e.g. 5GB or 2GiB. "
+    "[default: 5GB; with --like config.json save_pretrained's 50GB]",
+)
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="LSUV's batch: an .npz with one array per graph input (by name), or an .npy for a "
+    "one-input model.  Default: a seeded standard-normal batch (float inputs only).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="LSUV: samples in the random batch (a dynamic first axis). [default: 16]",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["f32", "f16", "bf16"]),
+    help="With --like CONFIG: the new model's dtype [default: the config's dtype].",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="With --like CONFIG: run the config's own model code (auto_map).",
+)
 @method_options
 def init_command(
     model: Path | None,
@@ -185,14 +222,20 @@ def init_command(
     in_place: bool,
     dry_run: bool,
     no_fsync: bool,
+    shard: str | None,
+    max_shard_size: str | None,
+    data: Path | None,
+    batch_size: int | None,
+    dtype: str | None,
+    trust_remote_code: bool,
     **kw: Any,
 ) -> None:
     """Fill MODEL's uninitialized parameters (or all with --all) and write a new file."""
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
-    options = _options(kw)
+    options = _options(kw, model)
     keep_freed_buffers()
     err = None if kw["quiet"] else _stderr_console()
-    if options.seed.source == "automatic" and err is not None:
+    if options.seed.source == "automatic" and err is not None and shard is None:  # with --shard: an error
         err.print(f"netinit: seed {options.seed} (automatic); repeat this run with --seed {options.seed}")
     progress = None if err is None else _progress(err, enabled=not dry_run)
     try:
@@ -208,6 +251,12 @@ def init_command(
             progress=progress,
             report=kw["report_path"],
             also_read=(kw["config"],),
+            shard=shard,
+            max_shard_size=max_shard_size,
+            data=data,
+            batch_size=batch_size,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
         )
     finally:
         if progress:
@@ -225,7 +274,7 @@ def inspect_command(model: Path | None, force: bool, **kw: Any) -> None:
     report = inspect(
         model,
         like=kw["like"],
-        options=_options(kw),
+        options=_options(kw, model),
         report=kw["report_path"],
         force=force,
         also_read=(kw["config"],),
@@ -241,9 +290,10 @@ def methods_command() -> None:
     click.echo(describe_presets(), nl=False)
 
 
-def _options(kw: dict[str, Any]) -> Any:
+def _options(kw: dict[str, Any], model: Path | None = None) -> Any:
     overrides = {key: kw[key] for key in OVERRIDE_KEYS}
     return build_options(
+        default_preset=default_preset_for(model, kw["like"]),
         method=kw["method"],
         preset=kw["preset"],
         seed=kw["seed"],

@@ -29,14 +29,17 @@ rename or removal of steps 2–4.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import signal
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from netinit_cli import libc
 from netinit_cli.destination import (
     Identity,
     check_destination,
@@ -45,7 +48,7 @@ from netinit_cli.destination import (
     rename_noreplace,
 )
 from netinit_cli.errors import OutputError, OutputExistsError
-from netinit_cli.fileio import TEMP_TAG, OutputFile, alive, make_temp, write_failed
+from netinit_cli.fileio import TEMP_SUFFIX, TEMP_TAG, OutputFile, alive, make_temp, temp_prefix, write_failed
 
 JOURNAL_SUFFIX = "journal"
 COMPARE_CHUNK = 8 << 20
@@ -374,3 +377,63 @@ def atomic_output(
     with FileSet(out, overwrite=overwrite, durable=durable, protected=protected, option=option) as files:
         yield files.open_primary()
         files.commit()
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path, *, overwrite: bool, durable: bool = True) -> Iterator[Path]:
+    """Yield a new hidden folder beside ``out`` to write into; on success fsync it and put it in place.
+
+    A new ``out`` appears by ``renameat2(RENAME_NOREPLACE)``; an existing one (``overwrite``) is
+    swapped with ``renameat2(RENAME_EXCHANGE)``, then the old folder, now under the temporary name,
+    is removed: a reader sees the complete old or the complete new folder at every instant, and a
+    killed run leaves only a temporary folder (named like temporary files), which the next run for
+    ``out`` removes.  No renameat2 (not Linux, some filesystems): a check, then ``os.rename``.
+    """
+    exists = out.exists() or out.is_symlink()
+    if out.is_symlink() or (exists and not out.is_dir()):
+        raise OutputError(f"{out} is a file or a symbolic link; give a folder path with -o")
+    if exists and not overwrite:
+        raise OutputExistsError(f"{out} already exists; use --force to replace it or -o to choose another")
+    parent, head = folder_of(out), f".{out.name}{TEMP_TAG}"
+    if not parent.is_dir():
+        raise OutputError(f"{out}: the folder {parent} does not exist; create it first")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):  # folders left by killed runs
+            pid = entry.name[len(head) :].split("-", 1)[0]
+            ours = entry.name.startswith(head) and entry.name.endswith(TEMP_SUFFIX) and pid.isdigit()
+            if ours and entry.is_dir(follow_symlinks=False) and not alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    tmp, aside = (parent / f"{temp_prefix(out)}{os.urandom(4).hex()}{TEMP_SUFFIX}" for _ in range(2))
+    try:
+        os.mkdir(tmp)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create a folder in {parent}: {exc.strerror or exc}") from exc
+    try:
+        yield tmp
+        for path in [*(Path(e.path) for e in os.scandir(tmp) if e.is_file()), tmp] if durable else []:
+            fd = os.open(path, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        rename2 = libc.function("renameat2", "isisI")  # -100 AT_FDCWD; RENAME_NOREPLACE 1, _EXCHANGE 2
+        code = errno.ENOSYS if rename2 is None else 0
+        if rename2 is not None and rename2(
+            -100, os.fsencode(tmp), -100, os.fsencode(out), 2 if exists else 1
+        ):
+            code = libc.last_errno()
+        if code == errno.EEXIST or (code in (errno.ENOSYS, errno.EINVAL) and not exists and out.exists()):
+            raise OutputExistsError(f"{out} appeared while netinit was writing it; nothing was replaced")
+        if code in (errno.ENOSYS, errno.EINVAL):  # no renameat2 here: a plain rename (see above)
+            if exists:
+                os.rename(out, aside)
+            os.rename(tmp, out)
+        elif code:
+            raise OSError(code, os.strerror(code))
+        shutil.rmtree(aside if code else tmp, ignore_errors=True)  # the old folder, if any
+        if durable:
+            fsync_folder(parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(out, exc) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -17,7 +17,7 @@ get (biases, norms, tokens) is decided in :mod:`netinit_cli.roles`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .distributions import ACCEPTED_FORMS, NONE, Distribution, distribution_from_node
 from .errors import UsageError
@@ -31,6 +31,7 @@ from .initializers import (
     random_weights,
     variance_scaling,
 )
+from .lsuv.options import LsuvOptions
 from .model import Param
 from .spec import Node, SpecSyntaxError, caret_error, format_number, parse_expression
 
@@ -43,7 +44,7 @@ class OptionDef:
     """One sub-option: ``kind`` says how its text is read (:meth:`parse`)."""
 
     name: str
-    kind: str  # "choice" | "number" | "positive" | "gain" | "distribution" | "noise"
+    kind: str  # "choice" | "number" | "positive" | "count" | "gain" | "distribution" | "noise"
     default: object
     help: str
     choices: tuple[str, ...] = ()
@@ -58,6 +59,10 @@ class OptionDef:
             if node.name is None or node.args is not None or node.name not in self.choices:
                 raise SpecSyntaxError(node.start, f"{self.name} must be one of {', '.join(self.choices)}")
             return node.name
+        if self.kind == "count":
+            if node.number is None or node.number != int(node.number) or node.number < 1:
+                raise SpecSyntaxError(node.start, f"{self.name} must be a whole number ≥ 1")
+            return int(node.number)
         if self.kind in ("number", "positive", "gain"):
             if self.kind == "gain" and node.name in ("auto", "none") and node.args is None:
                 return None
@@ -76,6 +81,8 @@ class OptionDef:
             return "a number > 0, or auto"
         if self.kind in ("number", "positive"):
             return "a number" + (" > 0" if self.kind == "positive" else "")
+        if self.kind == "count":
+            return "a whole number ≥ 1"
         return ACCEPTED_FORMS + (", none" if self.kind == "noise" else "")
 
 
@@ -122,6 +129,7 @@ class Method:
     build: Builder
     aliases: tuple[str, ...] = ()
     check: Check | None = None
+    in_rules: bool = True  # False: a whole-model method, given with --method only
 
     @property
     def options(self) -> tuple[OptionDef, ...]:
@@ -177,6 +185,20 @@ def variance_scaling_method(
     return Method(name, formula, options, primary, _build_variance_scaling, aliases, _slope_needs_leaky_relu)
 
 
+LSUV_LABEL = ", then lsuv"  # ends the plan's label of a weight LSUV may rescale
+
+
+def _build_lsuv(param: Param, spec: MethodSpec, fan_mode: str) -> TensorInit:
+    """LSUV's pre-init is orthogonal's, value for value; the LSUV stage (netinit_cli.lsuv.stage)
+    rescales the layers' weights afterwards and rewrites the label with what it did."""
+    pre_init = orthogonal(param, fan_mode, 1.0)
+    return replace(pre_init, label=pre_init.label + LSUV_LABEL)
+
+
+def _check_lsuv(values: Mapping[str, object], given: Mapping[str, str]) -> None:
+    LsuvOptions.from_values(values)  # raises UsageError
+
+
 # ----------------------------------------------------------------------------------------------
 # The registry: a new method is one entry here.
 
@@ -229,6 +251,20 @@ REGISTRY: tuple[Method, ...] = (
         ("distribution",),
         lambda param, spec, fan_mode: identity(param, fan_mode, _distribution(spec.get("distribution"))),
     ),
+    Method(
+        "lsuv",
+        "Mishkin & Matas 2015 (ONNX only): orthogonal gain 1 and zero biases, then layer by layer in\n"
+        "    graph order W ← W·std/σ(output on a batch, through onnxruntime) until |σ − std| ≤ tol.",
+        (
+            OptionDef("std", "positive", 1.0, "target std of each layer's output (before its activation)"),
+            OptionDef("tol", "positive", 0.1, "tolerance on that std"),
+            OptionDef("max_iter", "count", 10, "most corrections per layer"),
+        ),
+        ("std", "tol", "max_iter"),
+        _build_lsuv,
+        check=_check_lsuv,
+        in_rules=False,  # rescaling walks the whole graph in order, once per run
+    ),
 )
 METHODS: dict[str, Method] = {method.name: method for method in REGISTRY}
 METHOD_NAMES = tuple(METHODS)
@@ -266,6 +302,9 @@ _FLAG_HELP: dict[str, tuple[str, str]] = {
     "negative_slope": ("X", "leaky_relu slope for the gain (default 0.01)."),
     "gain": ("X", "Override the gain (Kaiming/Xavier/Orthogonal)."),
     "forget_bias": ("X", "LSTM forget-gate bias (ONNX gate order; Wb half only)."),
+    "std": ("X", "LSUV: target std of each layer's output (default 1)."),
+    "tol": ("X", "LSUV: tolerance on that std (default 0.1)."),
+    "max_iter": ("N", "LSUV: most corrections per layer (default 10)."),
 }
 _METAVARS = {"choice": "NAME", "distribution": "DIST", "noise": "DIST"}
 

@@ -31,6 +31,9 @@ class Role(StrEnum):
     WEIGHT_NORM_G = "weight_norm_g"  # weight norm's magnitude g = ‖v‖, derived from its direction v
     ZERO = "zero"  # zero by convention (LoRA B)
     CONSTANT = "constant"  # never touched: shapes, integers, buffers, masks
+    # A weight slot whose stored values are a fixed computation (DFT basis, DFL arange,
+    # averaging kernel): kept unless a rule names it, even under --all
+    FIXED_TRANSFORM = "fixed_transform"
     QUANTIZED = "quantized"  # quantized weights and their scales/zero points: never touched
     SCALAR = "scalar"  # float scalar in arithmetic: kept unless opted in
     UNKNOWN = "unknown"  # float tensor with no recognised role: kept unless opted in
@@ -196,3 +199,31 @@ class Filled:
     mean: float
     std: float
     histogram: tuple[int, ...] | None = None  # counts in equal bins from min to max; None if not finite
+
+
+@dataclass(frozen=True)
+class Rescaled:
+    """What LSUV did to one filled weight (see :mod:`netinit_cli.lsuv`): the std of its layer's
+    output on the batch before and after, the corrections and their product ``scale``; or, when
+    ``skipped`` is set, why it keeps its pre-init values (``std_before`` may still be measured)."""
+
+    layer: str  # the node, or ``op#index`` when it has no name
+    op: str
+    output: str  # the measured tensor: after the bias add, before the activation
+    std_before: float | None
+    std_after: float | None
+    iterations: int
+    scale: float
+    converged: bool
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class LsuvSummary:
+    """One LSUV run: per weight name, what was done; and its cost in onnxruntime."""
+
+    layers: dict[str, Rescaled]
+    sessions: int
+    passes: int
+    seconds: float
+    batch: str  # where the batch came from: "--data FILE" or "random normal [16, 3, 224, 224] (seed …)"

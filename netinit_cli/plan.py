@@ -22,7 +22,7 @@ from netinit_cli.classify import weight_norm_pair
 from netinit_cli.distributions import Distribution, parse_distribution
 from netinit_cli.errors import UsageError
 from netinit_cli.initializers import TensorInit, distribution_init
-from netinit_cli.methods import METHOD_NAMES, MethodSpec, parse_method
+from netinit_cli.methods import METHOD_NAMES, METHODS, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
 from netinit_cli.presets import ModelContext, PresetSpec, TensorContext, decide, tensor_contexts
 from netinit_cli.presets.tensor_init import tensor_init
@@ -33,6 +33,10 @@ KEEP = "keep"
 
 # Roles that are kept unless a rule names them: the classifier could not be sure what they are.
 OPT_IN_ROLES = frozenset({Role.SCALAR, Role.UNKNOWN, Role.CONFLICT})
+# Weight slots whose stored values are a fixed transform: kept unless a rule names them, even
+# under --all (re-initializing a DFT basis or a DFL arange breaks the model); a method rule fills
+# them as the weights they are.
+FIXED_ROLES = frozenset({Role.FIXED_TRANSFORM})
 # Roles that are never written, even by a rule: integers, quantized data, shape tensors.
 NEVER_ROLES = frozenset({Role.CONSTANT, Role.QUANTIZED})
 
@@ -73,6 +77,11 @@ def make_rule(pattern: str, spec: str, *, origin: str = "--rule") -> Rule:
         return Rule(pattern, KEEP)
     if head in METHOD_NAMES:
         method = parse_method(spec)
+        if not METHODS[method.name].in_rules:
+            raise UsageError(
+                f"{origin} {pattern}={spec}: {method.name} applies to the whole model, give it with "
+                f"--method {method.name} (a rule can keep tensors out of it: '{pattern}=keep')"
+            )
         return Rule(pattern, method.describe(), method=method)
     try:
         distribution = parse_distribution(spec, allow_none=False, option=f"{origin} {pattern}")
@@ -219,6 +228,9 @@ def _decide(param: Param, options: Options, context: TensorContext | None = None
     if param.role in OPT_IN_ROLES and rule is None:
         why = f"{param.role.value}: kept; opt in with --rule '{param.name}=SPEC'"
         return Planned(param, Action.KEEP, why=why)
+    if param.role in FIXED_ROLES and rule is None:
+        why = f"fixed transform: {param.reason}; a --rule naming it re-initializes it"
+        return Planned(param, Action.KEEP, why=why)
     if param.has_data and not options.all:
         return Planned(param, Action.KEEP, rule=rule_text, why="has data; --all re-initializes it")
     if param.numel == 0:
@@ -249,7 +261,7 @@ def _initializer(param: Param, options: Options, rule: Rule | None) -> TensorIni
     if rule is not None and rule.distribution is not None:
         return distribution_init(rule.distribution)
     method = rule.method if rule is not None and rule.method is not None else options.method
-    if param.role in OPT_IN_ROLES:
+    if param.role in OPT_IN_ROLES or param.role in FIXED_ROLES:
         # Opted in by a method rule: treat it as a weight; the method falls back to the
         # [out, in, k…] convention when there is no layout, and says so in its label.
         param = param.classified(Role.WEIGHT, param.reason, param.layout)

@@ -1,7 +1,8 @@
 """The Rich summary table and the machine-readable JSON report.
 
-The table has a row per tensor for small models and rows grouped by role, action and name
-pattern for large ones.  Filled rows carry a sparkline of the values' histogram next to the
+The table has a row per tensor for small models and a row per name pattern for large ones, each
+row on one line at the console's width (long names shortened in the middle: the JSON report
+keeps them whole).  Filled rows carry a sparkline of the values' histogram next to the
 observed and expected standard deviation; a row whose std is far from the target is flagged.
 """
 
@@ -18,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from netinit_cli import __version__
+from netinit_cli.columns import Column, fit, shorten_end, shorten_middle
 from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.methods import MethodSpec
-from netinit_cli.model import Action, Filled, Planned
+from netinit_cli.model import Action, Filled, LsuvSummary, Planned
 from netinit_cli.plan import Rule, counts
 from netinit_cli.presets import PresetSpec
 from netinit_cli.seeding import Seed
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
     from rich.text import Text
 
@@ -60,6 +62,8 @@ class Report:
     rules: tuple[Rule, ...] = ()
     observed: dict[str, Filled] = field(default_factory=dict)  # statistics of each filled tensor, by name
     preset: PresetSpec | None = None  # replaces the method (then each init names the preset's formula)
+    shard: tuple[int, int] | None = None  # (k, n): this run wrote worker k's files of n (--shard)
+    lsuv: LsuvSummary | None = None  # what LSUV did (--method lsuv)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -129,9 +133,9 @@ def render(report: Report, console: Console, mode: str = "auto") -> None:
 
     mode = choose_mode(mode, len(report.entries))
     if mode == "full":
-        console.print(full_table(report))
+        console.print(full_table(report, console.width))
     elif mode == "summary":
-        console.print(summary_table(report))
+        console.print(summary_table(report, console.width))
     console.print(footer(report), soft_wrap=True)
     if mode != "none":
         for note in report.notes:
@@ -143,17 +147,55 @@ def _title(report: Report) -> str:
     return f"netinit {verb} {report.input or report.output} ({report.kind})"
 
 
-def full_table(report: Report) -> Table:
-    """A row per tensor.  A plan (dry run, inspect) shows layout and reason instead of values."""
-    from rich import box
-    from rich.table import Table
+# Columns by how they give way at narrow widths: names are shortened in the middle (to at least
+# a third of the width up to NAME_SHARE: room for a layer index after the first dots), long
+# text at the end; low-value columns are left out first (drop 1
+# first).  Filled runs: mean, dtype, histogram, fans, role.  Plans: dtype, layout, fans, init,
+# shape.  Grouped rows: elements, role, std.
+def _name_column(header: str, width: int | None) -> Column:
+    return Column(header, squeeze=max(NAME_MIN, min((width or 0) // 3, NAME_SHARE)), middle=True)
+
+
+NAME_MIN = 20
+NAME_SHARE = 40  # a name column is squeezed to a third of the width, at most this
+TEXT_MIN = 16  # "fixed transform…", "kaiming normal"
+FILLED_COLUMNS = (
+    Column("role", drop=5),
+    Column("shape"),
+    Column("dtype", drop=2),
+    Column("fan in/out", right=True, drop=4),
+    Column("action"),
+    Column("init", squeeze=TEXT_MIN),
+    Column("mean", right=True, drop=1),
+    Column("std (target)", right=True),
+    Column("values", drop=3),
+)
+PLAN_COLUMNS = (
+    Column("role"),
+    Column("shape", drop=5),
+    Column("dtype", drop=1),
+    Column("fan in/out", right=True, drop=3),
+    Column("action"),
+    Column("init", squeeze=TEXT_MIN, drop=4),
+    Column("layout", squeeze=12, drop=2),
+    Column("reason", squeeze=16),
+)
+SUMMARY_COLUMNS = (
+    Column("role", squeeze=TEXT_MIN, drop=2),
+    Column("action", squeeze=12),  # mixed: "constant 1, kept 1"
+    Column("tensors", right=True),
+    Column("elements", right=True, drop=1),
+    Column("init", squeeze=TEXT_MIN),
+    Column("std (target)", right=True, drop=3),
+)
+
+
+def full_table(report: Report, width: int | None = None) -> Table:
+    """A row per tensor, one line each within ``width`` cells.  A plan (dry run, inspect) shows
+    layout and reason instead of values."""
     from rich.text import Text
 
-    table = Table(title=Text(_title(report)), box=box.SIMPLE_HEAD, header_style="bold")
-    columns = ["tensor", "role", "shape", "dtype", "fan in/out", "action", "init"]
-    columns += ["layout", "reason"] if report.dry_run else ["mean", "std (target)", "values"]
-    for column in columns:
-        table.add_column(column, justify="right" if column in RIGHT_COLUMNS else "left", overflow="fold")
+    rows: list[list[str | Text]] = []
     for entry in report.entries:
         init = entry.init or entry.why
         if entry.rule:
@@ -174,18 +216,42 @@ def full_table(report: Report) -> Table:
             filled = report.observed.get(entry.param.name)
             mean, histogram = (filled.mean, filled.histogram) if filled else (None, None)
             cells += [_num(mean), _std_cell(entry, filled), sparkline(histogram)]
-        table.add_row(*_plain(cells))
+        rows.append(cells)
+    columns = (_name_column("tensor", width), *(PLAN_COLUMNS if report.dry_run else FILLED_COLUMNS))
+    return _draw(_title(report), columns, rows, width)
+
+
+def _draw(title: str, columns: Sequence[Column], rows: list[list[str | Text]], width: int | None) -> Table:
+    """The table of ``rows``, fitted to ``width`` (see :func:`netinit_cli.columns.fit`): every
+    row on one line, long cells shortened."""
+    from rich import box
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
+    natural = [
+        max([cell_len(column.header), *(cell_len(str(row[i])) for row in rows)])
+        for i, column in enumerate(columns)
+    ]
+    shown = [(i, w) for i, w in enumerate(fit(columns, natural, width)) if w is not None]
+    table = Table(title=Text(title), box=box.SIMPLE_HEAD, header_style="bold")
+    for i, w in shown:
+        justify: JustifyMethod = "right" if columns[i].right else "left"
+        table.add_column(columns[i].header, justify=justify, width=w, no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(_fitted(row[i], columns[i], w) for i, w in shown))
     return table
 
 
-RIGHT_COLUMNS = {"fan in/out", "mean", "std (target)", "tensors", "elements"}
-
-
-def _plain(cells: list[str | Text]) -> list[Text]:
-    """Cells as Text, so names like 'layer[0]' or layouts like '[out, in]' are never read as markup."""
+def _fitted(cell: str | Text, column: Column, width: int) -> Text:
+    """A cell as Text (so names like 'layer[0]' are never read as markup), shortened to ``width``."""
     from rich.text import Text
 
-    return [cell if isinstance(cell, Text) else Text(cell) for cell in cells]
+    if isinstance(cell, Text):
+        cell = cell.copy()
+        cell.truncate(width, overflow="ellipsis")
+        return cell
+    return Text(shorten_middle(cell, width) if column.middle else shorten_end(cell, width))
 
 
 def _std_cell(entry: Planned, filled: Filled | None) -> Text:
@@ -203,27 +269,16 @@ def group_key(name: str) -> str:
     return re.sub(r"(?<=[._/-])\d+(?=[._/-]|$)", "N", name)
 
 
-def summary_table(report: Report) -> Table:
-    from rich import box
-    from rich.table import Table
+def summary_table(report: Report, width: int | None = None) -> Table:
+    """One row per name pattern (:func:`group_key`) with its count; a group whose tensors differ
+    in role, action or init lists each (actions with their counts)."""
     from rich.text import Text
 
-    table = Table(title=Text(_title(report) + " — grouped"), box=box.SIMPLE_HEAD, header_style="bold")
-    for column, justify in (
-        ("pattern", "left"),
-        ("role", "left"),
-        ("action", "left"),
-        ("tensors", "right"),
-        ("elements", "right"),
-        ("init", "left"),
-        ("std (target)", "right"),
-    ):
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    groups: dict[tuple[str, str, Action, str], list[Planned]] = {}
+    groups: dict[str, list[Planned]] = {}
     for entry in report.entries:
-        key = (group_key(entry.param.name), entry.param.role.value, entry.action, entry.init or entry.why)
-        groups.setdefault(key, []).append(entry)
-    for (pattern, role, action, init), entries in groups.items():
+        groups.setdefault(group_key(entry.param.name), []).append(entry)
+    rows: list[list[str | Text]] = []
+    for pattern, entries in groups.items():
         observed = [report.observed.get(e.param.name) for e in entries]
         stds = [filled.std for filled in observed if filled is not None]
         targets = {round(e.expected_std, 12) for e in entries if e.expected_std is not None}
@@ -231,20 +286,37 @@ def summary_table(report: Report) -> Table:
         if len(targets) == 1:
             std = f"{std} ({_num(targets.pop())})"
         flagged = any(std_off_target(e, filled) for e, filled in zip(entries, observed, strict=True))
-        table.add_row(
-            *_plain(
-                [
-                    pattern,
-                    role,
-                    Text(action.value, style=ACTION_STYLE[action]),
-                    str(len(entries)),
-                    f"{sum(e.param.numel for e in entries):,}",
-                    init,
-                    Text(std + (" !" if flagged else ""), style="bold red" if flagged else ""),
-                ]
-            )
+        inits = list(dict.fromkeys(e.init or e.why for e in entries))
+        rows.append(
+            [
+                pattern,
+                ", ".join(dict.fromkeys(e.param.role.value for e in entries)),
+                _actions_cell(entries),
+                str(len(entries)),
+                f"{sum(e.param.numel for e in entries):,}",
+                inits[0] + (f" (+{len(inits) - 1} more)" if len(inits) > 1 else ""),
+                Text(std + (" !" if flagged else ""), style="bold red" if flagged else ""),
+            ]
         )
-    return table
+    columns = (_name_column("pattern", width), *SUMMARY_COLUMNS)
+    return _draw(_title(report) + " — grouped", columns, rows, width)
+
+
+def _actions_cell(entries: Sequence[Planned]) -> Text:
+    """'filled' for a group with one action; 'filled 4, kept 2' for a mixed one."""
+    from rich.text import Text
+
+    tally: dict[Action, int] = {}
+    for entry in entries:
+        tally[entry.action] = tally.get(entry.action, 0) + 1
+    if len(tally) == 1:
+        (action,) = tally
+        return Text(action.value, style=ACTION_STYLE[action])
+    text = Text()
+    for index, (action, count) in enumerate(tally.items()):
+        text.append(", " if index else "")
+        text.append(f"{action.value} {count}", style=ACTION_STYLE[action])
+    return text
 
 
 def footer(report: Report) -> Text:
@@ -265,6 +337,8 @@ def footer(report: Report) -> Text:
         parts.append(f"{report.bytes_written:,} bytes written to {report.output}")
         parts.append(f"{report.elapsed:.2f} s")
     text = Text("; ".join(parts))
+    if report.lsuv is not None:
+        text.append("\n" + lsuv_line(report.lsuv))
     if not report.dry_run and tally["filled"] == 0:
         learnable = any(e.param.role.learnable for e in report.entries)
         if learnable and not report.all:
@@ -282,6 +356,47 @@ def footer(report: Report) -> Text:
             f"\n{len(flagged)} tensor(s) with std far from target (!): {', '.join(flagged[:5])}", style="red"
         )
     return text
+
+
+def lsuv_line(summary: LsuvSummary) -> str:
+    """One line under the table: layers rescaled and skipped, and the onnxruntime cost."""
+    layers = summary.layers.values()
+    rescaled = [layer for layer in layers if layer.skipped is None]
+    unconverged = sum(not layer.converged for layer in rescaled)
+    parts = [
+        f"lsuv: {len(rescaled)} layer(s) rescaled"
+        + (f" ({unconverged} not within tol after max_iter)" if unconverged else ""),
+        f"{len(layers) - len(rescaled)} skipped",
+        f"{summary.sessions} onnxruntime session(s), {summary.passes} pass(es), {summary.seconds:.2f} s",
+        f"batch {summary.batch}",
+    ]
+    return "; ".join(parts)
+
+
+def lsuv_json(summary: LsuvSummary) -> dict[str, Any]:
+    return {
+        "sessions": summary.sessions,
+        "passes": summary.passes,
+        "seconds": round(summary.seconds, 4),
+        "batch": summary.batch,
+        "rescaled": sum(layer.skipped is None for layer in summary.layers.values()),
+        "skipped": sum(layer.skipped is not None for layer in summary.layers.values()),
+    }
+
+
+def lsuv_entry_json(summary: LsuvSummary, name: str) -> dict[str, Any]:
+    """The LSUV keys of one tensor (null for a tensor that is no LSUV layer's weight)."""
+    layer = summary.layers.get(name)
+    return {
+        "lsuv_layer": layer.layer if layer else None,
+        "lsuv_output": layer.output if layer else None,
+        "lsuv_std_before": layer.std_before if layer else None,
+        "lsuv_std_after": layer.std_after if layer and layer.skipped is None else None,
+        "lsuv_iterations": layer.iterations if layer else None,
+        "lsuv_scale": layer.scale if layer else None,
+        "lsuv_converged": layer.converged if layer and layer.skipped is None else None,
+        "lsuv_skipped": layer.skipped if layer else None,
+    }
 
 
 def entry_json(entry: Planned, filled: Filled | None = None) -> dict[str, Any]:
@@ -338,11 +453,20 @@ def report_json(report: Report) -> dict[str, Any]:
         "rules": [rule.describe() for rule in report.rules],
         "counts": report.counts,
         "bytes_written": report.bytes_written,
+        "shard": None if report.shard is None else {"index": report.shard[0], "count": report.shard[1]},
         "elapsed_seconds": round(report.elapsed, 4),
         "versions": versions(),
         "notes": list(report.notes),
-        "tensors": [entry_json(entry, report.observed.get(entry.param.name)) for entry in report.entries],
+        "tensors": [_tensor_json(report, entry) for entry in report.entries],
+        **({"lsuv": lsuv_json(report.lsuv)} if report.lsuv is not None else {}),
     }
+
+
+def _tensor_json(report: Report, entry: Planned) -> dict[str, Any]:
+    record = entry_json(entry, report.observed.get(entry.param.name))
+    if report.lsuv is not None:
+        record.update(lsuv_entry_json(report.lsuv, entry.param.name))
+    return record
 
 
 def iter_flagged(entries: Iterable[Planned], observed: Mapping[str, Filled]) -> list[str]:

@@ -35,6 +35,7 @@ from .errors import UsageError
 DEFAULT_SEED = 1234
 CHUNK_ELEMENTS = 1 << 20  # one independent stream per 2**20 elements; part of the stream definition
 SEED_ENV = "NETINIT_SEED"
+PURPOSE_KEY = 0xFFFFFFFF  # the first spawn-key word of streams that are not a tensor's
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _KIND_INT = 0
@@ -122,6 +123,15 @@ def seed_words(seed: Seed) -> list[int]:
 def seed_sequence(seed: Seed, name: str, chunk: int = 0) -> np.random.SeedSequence:
     entropy = seed_words(seed) + _digest_words(name.encode("utf-8"))
     return np.random.SeedSequence(entropy, spawn_key=(chunk,))
+
+
+def purpose_sequence(seed: Seed, purpose: str) -> np.random.SeedSequence:
+    """The parent of the streams ``seed`` gives something other than a tensor (LSUV's random
+    batch: ``purpose="lsuv batch"``).  Draw only from its children (``spawn_key=(PURPOSE_KEY, i)``):
+    their spawn keys have two words and no tensor stream's has, so they never meet one."""
+    return np.random.SeedSequence(
+        seed_words(seed) + _digest_words(purpose.encode("utf-8")), spawn_key=(PURPOSE_KEY,)
+    )
 
 
 def bit_generator(seed: Seed, name: str, chunk: int = 0) -> np.random.PCG64DXSM:

@@ -28,8 +28,10 @@ METHODS = (
     "random(weights=normal(0,0.02), biases=0.01)",
     "identity",
     "orthogonal",
+    "lsuv",
 )
-BLAS_DEPENDENT = ("orthogonal",)
+# Orthogonal values come from NumPy's BLAS; LSUV's scales also from onnxruntime's kernels.
+BLAS_DEPENDENT = ("orthogonal", "lsuv")
 # Fields of a plan entry that depend only on classification and planning.
 PLAN_KEYS = ("name", "aliases", "role", "reason", "source", "shape", "dtype", "layout", "has_data")
 PLAN_KEYS += ("fan_in", "fan_out", "action", "why", "init", "rule", "expected_mean", "expected_std")

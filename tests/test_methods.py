@@ -128,7 +128,7 @@ def test_method_error_texts_are_exact() -> None:
         "--method 'kaimin': unknown method (character 1)",
         "  kaimin",
         "  ^",
-        "  accepted: kaiming | xavier | orthogonal | random | identity, optionally with (key=value, …), "
+        "  accepted: kaiming | xavier | orthogonal | random | identity | lsuv, optionally with (key=value, …), "
         "e.g. kaiming(distribution=uniform)",
     ]
     with pytest.raises(UsageError) as info:
@@ -165,6 +165,10 @@ def specs(draw: st.DrawFn) -> tuple[str, dict[str, str | None]]:
         overrides["gain"] = draw(st.one_of(st.none(), _numbers.map(repr), st.just("auto")))
     elif name == "orthogonal":
         overrides["gain"] = draw(st.one_of(st.none(), _numbers.map(repr)))
+    elif name == "lsuv":
+        overrides["std"] = draw(st.one_of(st.none(), st.floats(0.5, 10).map(repr)))
+        overrides["tol"] = draw(st.one_of(st.none(), st.floats(1e-3, 0.45).map(repr)))
+        overrides["max_iter"] = draw(st.one_of(st.none(), st.integers(1, 1000).map(str)))
     elif name == "random":
         overrides["weights"] = draw(st.one_of(st.none(), _dists))
         overrides["biases"] = draw(st.one_of(st.none(), _dists, st.just("none")))

@@ -1,5 +1,6 @@
 """Warnings, not decisions: weight-slot tensors whose values or names look like fixed buffers
-get a note; their role is unchanged.  Trained-looking values get none."""
+get a note; their role is unchanged.  Trained-looking values get none.  (Values that are a fixed
+transform — DFT basis, DFL arange — are decided: tests/test_fixed_transforms.py.)"""
 
 from __future__ import annotations
 
@@ -35,17 +36,15 @@ def stft_basis(n_fft: int = 64) -> np.ndarray:
 
 
 STRUCTURED = {
-    # YOLOv8's DFL head: a 1×1 Conv whose weight is arange(16).
-    "dfl arange": (np.arange(16, dtype=np.float32).reshape(1, 16, 1), "arange-like"),
     "integer kernel (Sobel)": (
         np.array([[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]], np.float32),
         "integer-valued",
     ),
     "all zeros": (np.zeros((4, 3, 3), np.float32), "every sampled value is 0"),
-    "stft basis": (stft_basis(), "DFT"),
-    "plain dft basis, real part": (
-        np.cos(2 * np.pi * np.outer(np.arange(8), np.arange(32)) / 32)[:, None, :],
-        "DFT",
+    # An arange in the leading sample only: the whole tensor is not one, so a note, not a decision.
+    "arange, then not": (
+        np.r_[np.arange(VALUE_SAMPLE), np.ones(VALUE_SAMPLE)].astype(np.float32).reshape(1, -1, 1),
+        "arange-like",
     ),
 }
 

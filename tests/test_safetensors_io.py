@@ -419,7 +419,8 @@ def test_streaming_writer_peak_memory_is_about_one_tensor(tmp_path: Path) -> Non
 def test_folder_resolution(tmp_path: Path) -> None:
     from netinit_cli.errors import InputError
 
-    tensors = {"dense.weight": np.zeros((2, 2), np.float32)}
+    # Trained-looking values: zeros would add a note on the weight's values.
+    tensors = {"dense.weight": np.array([[0.3, -0.1], [0.2, 0.5]], np.float32)}
     save_file(tensors, str(tmp_path / "model.safetensors"))
     assert open_safetensors(tmp_path).path.name == "model.safetensors"
     save_file(tensors, str(tmp_path / "model.init.safetensors"))  # a previous netinit output beside it

@@ -2,9 +2,11 @@
 :class:`~netinit_cli.model.Param` (role, layout, reason), plus notes for the user.
 
 Readers only read; this is where their tensors meet the classifiers: ONNX graphs go to
-:func:`~netinit_cli.classify.onnx.classify_graphs` (then missing external data and stored
-values that look like fixed buffers are noted), safetensors names to
-:func:`~netinit_cli.classify.names.classify_params` (then tied tensors are folded).  A
+:func:`~netinit_cli.classify.onnx.classify_graphs` (then missing external data is noted),
+safetensors names to :func:`~netinit_cli.classify.names.classify_params` (then tied tensors
+are folded).  Both then read a sample of each weight-slot tensor's stored values: a fixed
+transform (a DFT basis, an arange) becomes ``fixed_transform``; values that only look like a
+fixed buffer are noted (:func:`read_values`).  A
 ``--like`` template is classified here too and merged into the bundle, or becomes the tensors
 of a new checkpoint.
 """
@@ -21,13 +23,16 @@ import numpy as np
 from netinit_cli.classify.families import TIE_PAIRS
 from netinit_cli.classify.names import classify_params
 from netinit_cli.errors import InputError
-from netinit_cli.model import Param
+from netinit_cli.model import Param, Role
 
 if TYPE_CHECKING:
     from netinit_cli.formats.base import ModelFile
     from netinit_cli.formats.onnx.reader import OnnxModel
     from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.hf_template import HfTemplate
     from netinit_cli.formats.safetensors.template import Manifest
+
+    Template = OnnxModel | SafetensorsModel | Manifest | HfTemplate
 
 
 @dataclass
@@ -45,11 +50,14 @@ def classify(model: ModelFile) -> Classified:
     return _classify_safetensors(cast("SafetensorsModel", model))
 
 
-def classify_with_template(model: ModelFile, template: OnnxModel | SafetensorsModel | Manifest) -> Classified:
+def classify_with_template(model: ModelFile, template: Template) -> Classified:
     """``model``'s tensors plus those of ``--like TEMPLATE`` it lacks (to be created); for a
-    model created from scratch, the template's tensors."""
+    model created from scratch, the template's tensors (a config template's roles come from the
+    module classes that own them, its buffers keep the model class's values)."""
     from netinit_cli.formats.safetensors.template import merge_template, new_params
 
+    if template.kind == "hf-config":
+        return Classified(template_params(template), _config_notes(cast("HfTemplate", template)))
     bundle = cast("SafetensorsModel", model)
     wanted = template_params(template)
     if bundle.created:
@@ -59,9 +67,15 @@ def classify_with_template(model: ModelFile, template: OnnxModel | SafetensorsMo
     return Classified(params, [*classified.notes, *notes])
 
 
-def template_params(template: OnnxModel | SafetensorsModel | Manifest) -> list[Param]:
+def template_params(template: Template) -> list[Param]:
     """The tensors a template asks for, classified, each with ``has_data=False`` where it is a
-    safetensors bundle or manifest (an ONNX template keeps what its graph says)."""
+    safetensors bundle, manifest or config (an ONNX template keeps what its graph says; a config's
+    persistent buffers have data)."""
+    if template.kind == "hf-config":
+        from netinit_cli.classify.modules import classify_modules
+
+        config = cast("HfTemplate", template)
+        return classify_modules(config.tensors, f"template {config.config_path.name}")
     if template.kind == "onnx":
         params = _classify_onnx(cast("OnnxModel", template)).params
         return [param for param in params if param.source in ("initializer", "graph_input")]
@@ -76,9 +90,17 @@ def template_params(template: OnnxModel | SafetensorsModel | Manifest) -> list[P
     return classify_params(as_template(bundle.path.name, folded), hint)
 
 
+def _config_notes(template: HfTemplate) -> list[str]:
+    notes = [f"{template.model_class} built from {template.config_path.name} on the meta device"]
+    if template.aliases:
+        tied = ", ".join(f"{alias} = {name}" for alias, name in sorted(template.aliases.items())[:3])
+        more = f" and {len(template.aliases) - 3} more" if len(template.aliases) > 3 else ""
+        notes.append(f"tied, written once as save_pretrained does: {tied}{more}")
+    return notes
+
+
 def _classify_onnx(model: OnnxModel) -> Classified:
     from netinit_cli.classify.onnx import classify_graphs
-    from netinit_cli.classify.values import structured_value_note
 
     graphs = model.graphs
     params, notes = classify_graphs(graphs)
@@ -87,28 +109,56 @@ def _classify_onnx(model: OnnxModel) -> Classified:
         if missing is not None:
             param.has_data = False
             notes.append(f"{param.name}: external data file {missing!r} is missing")
+    # Constant value_floats and sparse tensors are not read for their values.
     stored = {s.name: s for s in graphs.stored}
-    for param in params:
-        # Weight-slot tensors whose stored values look like a fixed buffer (a sample of each:
-        # see structured_value_note).  Constant value_floats and sparse tensors are not read.
-        where = stored[param.name]
-        if not (param.role.random and param.has_data) or where.sparse is not None or where.tensor is None:
-            continue
-        try:
-            values = model.read_array(param.name)
-        except InputError:
-            continue
-        note = structured_value_note(param.name, param.role, values)
-        if note:
-            param.notes.append(note)
-            notes.append(note)
+    readable = {name for name, where in stored.items() if where.sparse is None and where.tensor is not None}
+    params = read_values(params, model.read_array, readable, notes)
     return Classified(params, [*model.notes, *notes])
 
 
 def _classify_safetensors(model: SafetensorsModel) -> Classified:
     params = classify_params(model.params, model.metadata.get("format"))
     params, notes = fold_ties(params, model.read_array)
+    params = read_values(params, model.read_array, None, notes)
     return Classified(params, [*model.notes, *notes])
+
+
+def read_values(
+    params: list[Param], read: Callable[[str], np.ndarray], readable: set[str] | None, notes: list[str]
+) -> list[Param]:
+    """Weight-slot tensors whose stored values are a fixed transform become ``fixed_transform``
+    (kept unless a ``--rule`` names them); others whose values look like a fixed buffer get a
+    note.  Only a bounded sample of each weight-slot tensor with data is read (see
+    :mod:`netinit_cli.classify.values`); ``readable`` limits the names read (``None``: all)."""
+    from netinit_cli.classify.values import FIXED_DTYPES, fixed_transform, structured_value_note
+
+    result = []
+    for param in params:
+        if not (param.role.random and param.has_data) or (
+            readable is not None and param.name not in readable
+        ):
+            result.append(param)
+            continue
+        try:
+            values = read(param.name)
+        except InputError:
+            result.append(param)
+            continue
+        fixed = None
+        if param.role is Role.WEIGHT and param.dtype in FIXED_DTYPES:
+            fixed = fixed_transform(values, param.layout)
+        if fixed is not None:
+            param = param.classified(Role.FIXED_TRANSFORM, f"{fixed} in {param.reason}", param.layout)
+            # Decided: a note that its buffer-like name disagrees with a weight role is stale.
+            stale = f"{param.name}: classified {Role.WEIGHT.value} but its name "
+            notes[:] = [note for note in notes if not note.startswith(stale)]
+        else:
+            note = structured_value_note(param.name, param.role, values)
+            if note:
+                param.notes.append(note)
+                notes.append(note)
+        result.append(param)
+    return result
 
 
 def fold_ties(params: list[Param], read: Callable[[str], np.ndarray]) -> tuple[list[Param], list[str]]:

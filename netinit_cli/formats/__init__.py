@@ -8,22 +8,25 @@ a content test in :func:`sniff` and a branch in :func:`open_model`; see ARCHITEC
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from netinit_cli.errors import InputError
+from netinit_cli.errors import InputError, UsageError
 from netinit_cli.formats.base import ModelFile
 from netinit_cli.formats.foreign import HEAD_BYTES, describe_foreign
 
 if TYPE_CHECKING:
     from netinit_cli.formats.onnx.reader import OnnxModel
     from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.hf_template import HfTemplate
     from netinit_cli.formats.safetensors.template import Manifest
 
 SAFETENSORS = "safetensors"
 ONNX = "onnx"
 INDEX = "safetensors-index"
 MANIFEST = "manifest"
+HF_CONFIG = "hf-config"
 
 
 def sniff(path: Path) -> str:
@@ -69,6 +72,10 @@ def _json_kind(path: Path) -> str:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
     if isinstance(document, dict) and "weight_map" in document:
         return INDEX
+    if isinstance(document, dict) and (
+        isinstance(document.get("model_type"), str) or isinstance(document.get("architectures"), list)
+    ):
+        return HF_CONFIG
     if isinstance(document, dict):
         return MANIFEST
     raise InputError(f"{path}: JSON is neither a safetensors index nor a tensor manifest")
@@ -85,14 +92,54 @@ def open_model(path: Path) -> ModelFile:
         from netinit_cli.formats.onnx.reader import open_onnx
 
         return open_onnx(path)
+    if kind == HF_CONFIG:
+        raise InputError(
+            f"{path}: a transformers config is not a model; create one from it: netinit --like {path} -o OUTDIR"
+        )
     raise InputError(
         f"{path}: a tensor manifest is not a model; use it as a template: netinit --like {path} -o OUT"
     )
 
 
-def open_template(path: Path) -> OnnxModel | SafetensorsModel | Manifest:
-    """Open ``--like TEMPLATE``: an ONNX model, a JSON manifest, or a safetensors file, index or
-    folder (read only: the classify stage turns it into the params to create)."""
+@dataclass(frozen=True)
+class ConfigOptions:
+    """How a transformers config template is built and split (``--dtype``, ``--trust-remote-code``,
+    ``--max-shard-size``); they apply to no other template."""
+
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    max_shard_size: int | None = None
+
+    def given(self) -> bool:
+        return self != ConfigOptions()
+
+
+def is_config_template(path: Path) -> bool:
+    """A transformers ``config.json``, or a folder holding one and no safetensors weights."""
+    if path.is_dir():
+        weights = any(p.name.endswith((".safetensors", ".safetensors.index.json")) for p in path.iterdir())
+        return (path / "config.json").is_file() and not weights
+    return path.is_file() and sniff(path) == HF_CONFIG
+
+
+def open_template(
+    path: Path, config_options: ConfigOptions | None = None
+) -> OnnxModel | SafetensorsModel | Manifest | HfTemplate:
+    """Open ``--like TEMPLATE``: an ONNX model, a JSON manifest, a transformers config (or a folder
+    holding one), or a safetensors file, index or folder (read only: the classify stage turns it
+    into the params to create)."""
+    config_options = config_options or ConfigOptions()
+    if is_config_template(path):
+        from netinit_cli.formats.safetensors.hf_template import load_template
+
+        return load_template(
+            path, dtype=config_options.dtype, trust_remote_code=config_options.trust_remote_code
+        )
+    if config_options.given():
+        raise UsageError(
+            f"--like {path}: --dtype, --max-shard-size and --trust-remote-code apply to a transformers "
+            "config.json template only"
+        )
     if sniff(path) == ONNX:
         from netinit_cli.formats.onnx.reader import open_onnx
 

@@ -161,6 +161,13 @@ class OnnxModel:
     def default_output(self) -> Path:
         return with_init_suffix(self.path, ".onnx")
 
+    def in_memory(self, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+        """A copy of the model entirely in memory with the tensors of ``values`` (by name) set:
+        what onnxruntime would load from the output (see :mod:`.memory`)."""
+        from netinit_cli.formats.onnx.memory import in_memory
+
+        return in_memory(self.proto, self.path.resolve().parent, values)
+
     def write(
         self,
         out: Path,

@@ -231,56 +231,64 @@ class OnnxWriter:
         if to_data_file:
             fd, offset = writer.reserve(nbytes)
             tensor.write_into(fd, offset, writer.path)
-            target = self._dense_target(stored)
+            target = dense_target(self._proto, stored)
             for name in DATA_FIELDS:
                 target.ClearField(name)
             _point_to(target, writer.location, writer.advance(nbytes), nbytes)
             return
-        values = tensor.array().reshape(shape)
-        if attribute is not None and attribute.type == AttributeProto.FLOAT:
-            attribute.f = float(values.reshape(-1)[0])
-            return
-        if attribute is not None and attribute.type == AttributeProto.FLOATS:
-            attribute.ClearField("floats")
-            attribute.floats.extend(float(v) for v in values.reshape(-1))
-            return
-        target = self._dense_target(stored)
-        target.data_location = TensorProto.DEFAULT
-        target.ClearField("external_data")
-        for name in DATA_FIELDS:
-            target.ClearField(name)
-        target.raw_data = values.reshape(-1).view(np.uint8).tobytes()
+        store_inline(self._proto, stored, tensor.array())
 
-    def _dense_target(self, stored: StoredTensor) -> TensorProto:
-        """The TensorProto that will hold a filled tensor's values, created where needed."""
-        if stored.sparse is None and stored.tensor is not None:
-            return stored.tensor
-        dense = TensorProto(name=stored.value, data_type=stored.elem_type, dims=list(stored.shape))
-        graph = stored.scope.graph
-        if stored.source in (CONSTANT_NODE, FUNCTION_CONSTANT) and stored.attribute is not None:
-            # A sparse Constant becomes a dense one, in the same node.
-            attribute = stored.attribute
-            attribute.Clear()
-            attribute.name = "value"
-            attribute.type = AttributeProto.TENSOR
-            attribute.t.CopyFrom(dense)
-            return attribute.t
-        assert graph is not None
-        if stored.source == SPARSE_INITIALIZER:
-            for index, sparse in enumerate(graph.sparse_initializer):
-                if sparse is stored.sparse or sparse.values.name == stored.value:
-                    del graph.sparse_initializer[index]
-                    break
-        graph.initializer.append(dense)
-        if stored.source == GRAPH_INPUT and self._proto.ir_version >= 4:
-            # IR >= 4: an initializer need not be an input; dropping the input means
-            # onnxruntime no longer asks for it.
-            for index, value_info in enumerate(graph.input):
-                if value_info.name == stored.value:
-                    del graph.input[index]
-                    break
-        added: TensorProto = graph.initializer[len(graph.initializer) - 1]
-        return added
+
+def store_inline(proto: onnx.ModelProto, stored: StoredTensor, values: np.ndarray) -> None:
+    """Put a filled tensor's values (its stored dtype, little-endian) into the graph itself: in its
+    Constant attribute, or inline in its dense tensor (created where needed)."""
+    values = values.reshape(tuple(stored.shape))
+    attribute = stored.attribute
+    if attribute is not None and attribute.type == AttributeProto.FLOAT:
+        attribute.f = float(values.reshape(-1)[0])
+        return
+    if attribute is not None and attribute.type == AttributeProto.FLOATS:
+        attribute.ClearField("floats")
+        attribute.floats.extend(float(v) for v in values.reshape(-1))
+        return
+    target = dense_target(proto, stored)
+    target.data_location = TensorProto.DEFAULT
+    target.ClearField("external_data")
+    for name in DATA_FIELDS:
+        target.ClearField(name)
+    target.raw_data = values.reshape(-1).view(np.uint8).tobytes()
+
+
+def dense_target(proto: onnx.ModelProto, stored: StoredTensor) -> TensorProto:
+    """The TensorProto of ``proto`` that will hold a filled tensor's values, created where needed."""
+    if stored.sparse is None and stored.tensor is not None:
+        return stored.tensor
+    dense = TensorProto(name=stored.value, data_type=stored.elem_type, dims=list(stored.shape))
+    graph = stored.scope.graph
+    if stored.source in (CONSTANT_NODE, FUNCTION_CONSTANT) and stored.attribute is not None:
+        # A sparse Constant becomes a dense one, in the same node.
+        attribute = stored.attribute
+        attribute.Clear()
+        attribute.name = "value"
+        attribute.type = AttributeProto.TENSOR
+        attribute.t.CopyFrom(dense)
+        return attribute.t
+    assert graph is not None
+    if stored.source == SPARSE_INITIALIZER:
+        for index, sparse in enumerate(graph.sparse_initializer):
+            if sparse is stored.sparse or sparse.values.name == stored.value:
+                del graph.sparse_initializer[index]
+                break
+    graph.initializer.append(dense)
+    if stored.source == GRAPH_INPUT and proto.ir_version >= 4:
+        # IR >= 4: an initializer need not be an input; dropping the input means
+        # onnxruntime no longer asks for it.
+        for index, value_info in enumerate(graph.input):
+            if value_info.name == stored.value:
+                del graph.input[index]
+                break
+    added: TensorProto = graph.initializer[len(graph.initializer) - 1]
+    return added
 
 
 def _typed_nbytes(tensor: TensorProto) -> int:

@@ -135,18 +135,33 @@ class SafetensorsModel:
         overwrite: bool,
         durable: bool = True,
         protected: frozenset[Identity] = frozenset(),
+        shard: tuple[int, int] | None = None,
+        max_shard_size: int | None = None,
     ) -> WriteResult:
         """See :meth:`.writer.SafetensorsWriter.write`."""
-        writer = SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
-        protected |= own_inputs(out, self.path, self.input_files())
-        return writer.write(
-            out, plan, tensors, provenance, overwrite=overwrite, durable=durable, protected=protected
+        return self._writer().write(
+            out,
+            plan,
+            tensors,
+            provenance,
+            overwrite=overwrite,
+            durable=durable,
+            protected=protected | own_inputs(out, self.path, self.input_files()),
+            shard=shard,
+            max_shard_size=max_shard_size,
         )
 
     def input_files(self) -> list[Path]:
         """The files this model is read from: the index and every shard."""
         files = [shard.path for shard in self._shards if shard.path is not None]
         return ([self._index.path] if self._index is not None else []) + files
+
+    def writes_bundle(self, out: Path) -> bool:
+        """Whether writing to ``out`` gives an index and its shards."""
+        return self._writer().writes_bundle(out)
+
+    def _writer(self) -> SafetensorsWriter:
+        return SafetensorsWriter(self._shards, self._index, self._entry, self._placement)
 
 
 def new_model(out_path: Path) -> SafetensorsModel:

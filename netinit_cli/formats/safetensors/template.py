@@ -13,6 +13,7 @@ from netinit_cli.formats.safetensors.bundle import SafetensorsModel, new_model
 from netinit_cli.formats.safetensors.header import (
     DTYPE_BITS,
     FILE_SUFFIX,
+    INDEX_SUFFIX,
     U64_LIMIT,
     encodable,
     is_u64,
@@ -58,10 +59,14 @@ def as_template(source: str, params: list[Param]) -> list[Param]:
 
 
 def new_safetensors(out_path: Path) -> SafetensorsModel:
-    """A model with no input file (``--like T -o new.safetensors``): every tensor is created."""
+    """A model with no input file (``--like T -o new.safetensors``, or ``-o NAME.safetensors.index.json``
+    for a sharded bundle): every tensor is created."""
     out_path = Path(out_path)
-    if out_path.name.endswith(".json"):
-        raise UsageError(f"{out_path}: a new checkpoint is written as one file; give -o NAME{FILE_SUFFIX}")
+    if out_path.name.endswith(".json") and not out_path.name.endswith(INDEX_SUFFIX):
+        raise UsageError(
+            f"{out_path}: a new checkpoint is one file (-o NAME{FILE_SUFFIX}) or a sharded bundle "
+            f"(-o NAME{INDEX_SUFFIX})"
+        )
     return new_model(out_path)
 
 

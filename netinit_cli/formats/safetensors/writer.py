@@ -12,12 +12,16 @@ kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest
   output is ``model.init.safetensors.index.json`` and shard ``model-00001-of-00002.safetensors``
   becomes ``model.init-00001-of-00002.safetensors`` (the index's stem is replaced by the output
   index's stem; a shard name not starting with the stem gets ``<out stem>-`` in front).  Where a
-  file of that name exists (the shards of the output being replaced), the shards are named
-  ``model.init.1-00001-of-00002.safetensors`` (``.2``, … : the first variant free for every shard),
-  so the old index keeps naming complete old shards until the new index replaces it; then the old
-  shards netinit wrote are removed (:class:`~netinit_cli.commit.FileSet`).  The index
-  is rewritten with ``weight_map`` from what was written and ``metadata.total_size`` (sum of
-  tensor data bytes) and ``total_parameters`` recomputed; other index metadata keys are kept.
+  file of that name holds other bytes (the shards of the output being replaced), the shards are
+  named ``model.init.1-00001-of-00002.safetensors`` (``.2``, … : the first variant free for every
+  shard), so the old index keeps naming complete old shards until the new index replaces it; then
+  the old shards netinit wrote are removed (:class:`~netinit_cli.commit.FileSet`).  The index
+  is rewritten with ``weight_map`` and ``metadata.total_size`` (sum of tensor data bytes) and
+  ``total_parameters`` computed from the plan; other index metadata keys are kept.  A new bundle
+  (``--like T -o NAME.safetensors.index.json``) is split by size (``sharded.split_by_size``).
+  Every file of a bundle records ``netinit.plan`` (a digest of the layout and options) and
+  ``netinit.shard_files``, so a ``--shard K/N`` worker (``sharded.write_worker``) recognises files
+  of its own run, and the union of the workers' files is this module's single-run output.
 * **New tensors** (``has_data=False``, from ``--like``) go to the shard the index's ``weight_map``
   names for them, else to the last shard.  A param with no data that the plan does not fill is
   left out of the output and reported in ``WriteResult.notes``.
@@ -44,6 +48,7 @@ from netinit_cli.destination import Identity, check_destination
 from netinit_cli.errors import InputError, NetinitError, UsageError
 from netinit_cli.fileio import EarlyWriteback, copy_range, open_source, preallocate, write_all
 from netinit_cli.formats.base import WriteResult
+from netinit_cli.formats.safetensors import sharded
 from netinit_cli.formats.safetensors.header import (
     DTYPE_BITS,
     DTYPE_RANK,
@@ -59,6 +64,7 @@ from netinit_cli.formats.safetensors.header import (
     shape_text,
 )
 from netinit_cli.model import Planned
+from netinit_cli.shard import PlannedTensor, plan_digest, shard_metadata
 
 if TYPE_CHECKING:
     from netinit_cli.fill import LazyTensor
@@ -84,11 +90,26 @@ class _Item:
 class _Progress:
     """What one write has done so far, across its shards."""
 
-    total_bytes: int = 0
-    total_params: int = 0
-    weight_map: dict[str, str] = field(default_factory=dict)
     produced: dict[str, tuple[int, int]] = field(default_factory=dict)  # primary -> (fd, offset)
     sources: dict[Path, int] = field(default_factory=dict)  # input shard -> open fd
+
+
+@dataclass(frozen=True)
+class _File:
+    """One output file as planned: where, its metadata, its tensors in write order, its header."""
+
+    target: Path
+    items: list[_Item]
+    header: bytes
+
+    @classmethod
+    def make(cls, target: Path, metadata: dict[str, str], items: list[_Item]) -> _File:
+        items = sorted(items, key=lambda item: (-DTYPE_RANK[item.dtype], item.name))
+        return cls(target, items, encode_header(metadata, items))
+
+    @property
+    def size(self) -> int:
+        return 8 + len(self.header) + sum(item.nbytes for item in self.items)
 
 
 class SafetensorsWriter:
@@ -117,49 +138,119 @@ class SafetensorsWriter:
         overwrite: bool,
         durable: bool = True,
         protected: frozenset[Identity] = frozenset(),
+        shard: tuple[int, int] | None = None,
+        max_shard_size: int | None = None,
     ) -> WriteResult:
         """Stream a new file (or bundle) to ``out``; see the module docstring for the layout.
 
         The tensors of ``tensors`` are produced (once each, in write order) and written; every
         other tensor of the plan is copied byte-identical from the input.  Metadata = the input's
         ``__metadata__`` plus ``provenance``.  All files appear together (shards first, under
-        names no file has, the index last) or not at all (:class:`~netinit_cli.commit.FileSet`).
-        ``protected``: the input files, never written over.
+        names no file has, the index last) or not at all (:class:`~netinit_cli.commit.FileSet`);
+        ``protected``: the input files, never written over.  A ``--shard`` worker commits its
+        files one by one and the index when all are there (:func:`sharded.write_worker`).
         """
         for key, value in provenance.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise NetinitError(f"internal error: provenance {key!r} must map strings to strings")
-        shard_out = self._output_names(out)
-        if self._index is not None:  # refused now, not after every shard was written
-            check_destination(out, overwrite=overwrite, protected=protected)
         items, notes = self._items(plan, tensors)
+        if self.writes_bundle(out):
+            files, index_bytes, expected = self._bundle(out, items, provenance, max_shard_size)
+        else:
+            source = self._shards[0]
+            target = out.with_name(self._output_names(out)[source.file_name])
+            files, index_bytes = (
+                [_File.make(target, {**source.metadata, **provenance}, items[source.file_name])],
+                None,
+            )
+        if index_bytes is not None:  # refused now, not after every shard was written
+            check_destination(out, overwrite=overwrite, protected=protected)
         done = _Progress()
-        files = FileSet(
-            out,
-            overwrite=overwrite,
-            durable=durable,
-            protected=protected,
-            names=_index_shards if self._index is not None else lambda path: set(),
-            ours=_written_by_netinit,
-        )
-        order: list[str] = []  # output shard base names, in member order
-        with files, contextlib.ExitStack() as closing:
+        with contextlib.ExitStack() as closing:
             closing.callback(_close_all, done.sources)
-            for shard in self._shards:
-                base = shard_out[shard.file_name]
-                metadata = {**shard.metadata, **provenance}
-                if self._index is None:
-                    handle = files.open_primary()
-                else:
-                    handle = files.member(functools.partial(shard_variant, base, _index_stem(out.name)))
-                    order.append(base)
-                self._write_shard(
-                    handle, out.with_name(base), metadata, items[shard.file_name], done, durable
+            if shard is not None:
+                if index_bytes is None:
+                    raise UsageError(f"{out}: --shard splits a sharded bundle; this output is one file")
+
+                def write_file(number: int, handle: BinaryIO) -> None:
+                    done.produced.clear()  # the files written before are committed and closed
+                    self._write_shard(handle, files[number], done, durable)
+
+                planned = [sharded.PlannedFile(file.target.name, file.size) for file in files]
+                result = sharded.write_worker(
+                    out,
+                    planned,
+                    index_bytes,
+                    expected,
+                    shard,
+                    write_file,
+                    overwrite=overwrite,
+                    durable=durable,
                 )
-            written = files.commit(functools.partial(self._render_index, done, order))
+                result.notes[:0] = notes
+                return result
+            fileset = FileSet(
+                out,
+                overwrite=overwrite,
+                durable=durable,
+                protected=protected,
+                names=_index_shards if index_bytes is not None else lambda path: set(),
+                ours=_written_by_netinit,
+            )
+            with fileset:
+                stem = _index_stem(out.name)
+                for file in files:
+                    if index_bytes is None:
+                        handle = fileset.open_primary()
+                    else:
+                        handle = fileset.member(functools.partial(shard_variant, file.target.name, stem))
+                    self._write_shard(handle, file, done, durable)
+                bases = [file.target.name for file in files]
+                written = fileset.commit(functools.partial(_renamed_in_index, index_bytes or b"", bases))
         size = sum(path.stat().st_size for path in written)
-        notes += [f"removed {name}, a file of the output this one replaced" for name in files.removed]
+        notes += [f"removed {name}, a file of the output this one replaced" for name in fileset.removed]
         return WriteResult(paths=written, bytes_written=size, notes=notes)
+
+    def writes_bundle(self, out: Path) -> bool:
+        """An index and its shards: the input is a bundle, or a new checkpoint goes to ``*.index.json``."""
+        return self._index is not None or (self._shards[0].path is None and out.name.endswith(".json"))
+
+    def _bundle(
+        self, out: Path, items: dict[str, list[_Item]], provenance: dict[str, str], max_shard_size: int | None
+    ) -> tuple[list[_File], bytes, dict[str, str]]:
+        """Every file of the bundle, the index and the ``netinit.*`` keys each file records, from the
+        plan alone: every worker of a ``--shard`` run computes the same."""
+        if self._index is None:  # a new bundle: split like the Hub
+            created = items[self._shards[0].file_name]
+            groups = sharded.split_by_size(
+                [item.nbytes for item in created], max_shard_size or sharded.DEFAULT_MAX_SHARD_SIZE
+            )
+            names = sharded.numbered_names(out, len(groups))
+            layout: list[tuple[str, dict[str, str], list[_Item]]] = [
+                (name, {}, [created[i] for i in group]) for name, group in zip(names, groups, strict=True)
+            ]
+            index_metadata: dict[str, Any] = {}
+        else:
+            shard_out = self._output_names(out)
+            layout = [(shard_out[s.file_name], s.metadata, items[s.file_name]) for s in self._shards]
+            index_metadata = dict(self._index.metadata)
+        tensors = [
+            PlannedTensor(item.name, item.dtype, item.shape, name, "filled" if item.tensor else "copied")
+            for name, _, chosen in layout
+            for item in chosen
+        ]
+        expected = shard_metadata(provenance, plan_digest(tensors, provenance), len(layout))
+        files = [
+            _File.make(out.with_name(name), {**metadata, **expected}, chosen)
+            for name, metadata, chosen in layout
+        ]
+        index_metadata["total_size"] = sum(item.nbytes for file in files for item in file.items)
+        index_metadata["total_parameters"] = sum(
+            math.prod(item.shape) for file in files for item in file.items
+        )
+        weight_map = {item.name: file.target.name for file in files for item in file.items}
+        document = {"metadata": index_metadata, "weight_map": dict(sorted(weight_map.items()))}
+        return files, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), expected
 
     def _output_names(self, out: Path) -> dict[str, str]:
         """Input shard file name → output shard file name."""
@@ -209,32 +300,19 @@ class SafetensorsWriter:
                 )
         return items, notes
 
-    def _write_shard(
-        self,
-        handle: BinaryIO,
-        target: Path,
-        metadata: dict[str, str],
-        items: list[_Item],
-        done: _Progress,
-        durable: bool,
-    ) -> None:
-        """One output file: the header, then each tensor at its offset.  ``done.weight_map``
-        records each tensor under ``target``'s (base) name."""
-        items = sorted(items, key=lambda item: (-DTYPE_RANK[item.dtype], item.name))
-        header = encode_header(metadata, items)
+    def _write_shard(self, handle: BinaryIO, file: _File, done: _Progress, durable: bool) -> None:
+        """One output file, into ``handle``: the header, then each tensor at its offset."""
+        target = file.target
         fd = handle.fileno()
-        position = 8 + len(header)
-        preallocate(fd, 0, position + sum(item.nbytes for item in items), target)
-        write_all(fd, struct.pack("<Q", len(header)) + header, target)
+        position = 8 + len(file.header)
+        preallocate(fd, 0, file.size, target)
+        write_all(fd, struct.pack("<Q", len(file.header)) + file.header, target)
         writeback = EarlyWriteback(fd, active=durable)
         try:
-            for item in items:
+            for item in file.items:
                 self._write_item(item, fd, position, target, done)
                 position += item.nbytes
                 writeback.wrote(item.nbytes)
-                done.total_bytes += item.nbytes
-                done.total_params += math.prod(item.shape)
-                done.weight_map[item.name] = target.name
         finally:
             writeback.finish()
 
@@ -258,25 +336,22 @@ class SafetensorsWriter:
             src_offset = src_shard.header.data_start + src_entry.begin
             copy_range(done.sources[src_shard.path], src_offset, nbytes, fd, target)
 
-    def _render_index(self, done: _Progress, bases: list[str], names: list[str]) -> bytes:
-        """The index, naming each shard by the name it is committed under."""
-        if self._index is None:
-            return b""
-        final = dict(zip(bases, names, strict=True))
-        index_metadata = {
-            **self._index.metadata,
-            "total_size": done.total_bytes,
-            "total_parameters": done.total_params,
-        }
-        weight_map = {name: final[base] for name, base in sorted(done.weight_map.items())}
-        document = {"metadata": index_metadata, "weight_map": weight_map}
-        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+def _renamed_in_index(index_bytes: bytes, bases: list[str], names: list[str]) -> bytes:
+    """The index naming each shard by the name it is committed under (the same bytes when every
+    shard keeps its planned name)."""
+    if not index_bytes or bases == names:
+        return index_bytes
+    final = dict(zip(bases, names, strict=True))
+    document = json.loads(index_bytes)
+    document["weight_map"] = {name: final[base] for name, base in document["weight_map"].items()}
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
 def shard_variant(base: str, out_stem: str, k: int) -> str:
     """The ``k``-th name of an output shard: ``model.init-00001-of-00002.safetensors``, then
-    ``model.init.1-00001-of-00002.safetensors``, ``model.init.2-…`` (the first that no file in the
-    folder has, so a shard the old index names is never written over)."""
+    ``model.init.1-00001-of-00002.safetensors``, ``model.init.2-…`` (the first that no other file
+    in the folder has, so a shard the old index names is never written over)."""
     if k == 0:
         return base
     assert base.startswith(out_stem), (base, out_stem)
