@@ -16,8 +16,8 @@ complete old output or the complete new one:
    netinit wrote itself and that are not inputs of this run.
 
 Steps 2–4 run under an exclusive ``flock`` of the destination folder, so concurrent writers of
-one folder commit one after the other, and listed in a journal
-``.<primary>.netinit-journal``: a run killed between two renames or removals leaves it, and the
+one folder commit one after the other, and (when they rename a member or remove a file) listed
+in a journal ``.<primary>.netinit-journal``: a run killed between two renames or removals leaves it, and the
 next commit to the same output removes the files it lists that the primary then in place does
 not name.  (Where ``flock`` is unsupported, commits are not serialized; the journal of a live
 process is left alone.)
@@ -142,7 +142,9 @@ class FileSet:
                     for name in old - set(names)
                     if self._removable(name) and self.ours(self.folder / name)
                 )
-                journal = self._write_journal(names, doomed)
+                # Nothing to undo or finish after a kill when no member is renamed and no file
+                # removed: then no journal (one file's commit is one rename).
+                journal = self._write_journal(names, doomed) if names or doomed else None
                 for (_, tmp, _), name in zip(self._members, names, strict=True):
                     if name in kept:  # already there, byte for byte
                         tmp.unlink()
@@ -160,7 +162,8 @@ class FileSet:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.folder / name)
                     self.removed.append(name)
-                journal.unlink()
+                if journal is not None:
+                    journal.unlink()
         except OSError as exc:
             self._undo(renamed)
             raise write_failed(self.primary, exc) from exc
@@ -289,7 +292,8 @@ class FileSet:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             journal = journal_path(self.primary)
             if json.loads(journal.read_text()).get("pid") == os.getpid():
-                journal.unlink()
+                if journal is not None:
+                    journal.unlink()
         self.abort()
 
     def abort(self) -> None:

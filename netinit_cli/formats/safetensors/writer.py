@@ -163,7 +163,7 @@ class SafetensorsWriter:
                 [_File.make(target, {**source.metadata, **provenance}, items[source.file_name])],
                 None,
             )
-        if index_bytes is not None:  # refused now, not after every shard was written
+        if index_bytes is not None and shard is None:  # refused now, not after every shard is written
             check_destination(out, overwrite=overwrite, protected=protected)
         done = _Progress()
         with contextlib.ExitStack() as closing:
