@@ -292,8 +292,7 @@ class FileSet:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             journal = journal_path(self.primary)
             if json.loads(journal.read_text()).get("pid") == os.getpid():
-                if journal is not None:
-                    journal.unlink()
+                journal.unlink()
         self.abort()
 
     def abort(self) -> None:
