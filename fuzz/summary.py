@@ -1,6 +1,7 @@
-"""The hostile-input figures for the README, measured: every case of the suite plus seeded
-random mutations, each run through the real CLI in a worker under RLIMIT_AS = 2 GiB with a
-per-case time limit.
+"""The hostile-input figures for the README, measured: every case of the suite (malformed
+models; hostile option values, config files, seeds and tensor names) plus seeded random
+mutations, each run through the real CLI in a worker under RLIMIT_AS = 2 GiB with a per-case
+time limit.
 
     .venv/bin/python fuzz/summary.py                    # suite cases + 1000 mutations per format
     .venv/bin/python fuzz/summary.py --mutations 0      # only the suite's cases
@@ -8,7 +9,8 @@ per-case time limit.
 A "traceback" is exit 1 (internal error) or any traceback text on stderr; a "hang" is a case
 over the time limit or a worker that stopped answering; a "partial output" is any file left in
 the output folder after a failure, or an output that does not load after a success; a
-"modified input" is any change to the input folder or to the file outside it.
+"modified input" is any change to the input folder or to the file outside it; a "control
+character" is one printed on stdout or stderr (where a terminal would interpret it).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> None:
     print(f"  partial outputs: {partial}")
     print(f"  modified inputs: {count('modified input')}")
     print(f"  wrong exit code or not one error line: {count('expected [') + count('not one')}")
+    print(f"  control characters on stdout or stderr: {count('control characters')}")
     problems = [o for o in outcomes if o.problems]
     for outcome in problems[:20]:
         print(f"    {outcome.name}: {outcome.problems[0][:160]}")

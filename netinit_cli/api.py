@@ -42,6 +42,7 @@ from netinit_cli.methods import MethodSpec, parse_method
 from netinit_cli.model import Planned
 from netinit_cli.plan import Options, Rule, make_plan, make_rule, parse_rule
 from netinit_cli.presets import PresetSpec, model_context, parse_preset, preset_notes
+from netinit_cli.readfile import read_regular
 from netinit_cli.report import Report
 from netinit_cli.seeding import Seed, parse_seed
 from netinit_cli.shard import parse_shard
@@ -92,12 +93,14 @@ def build_options(
     first matching rule wins).
     """
     file_rules: list[Rule] = []
+    seed_option = "--seed"
     if config is not None:
         settings = load_config(Path(config))
         if method is None and preset is None:
             method, preset = settings.get("method"), settings.get("preset")
-        seed = settings.get("seed", seed) if seed is None else seed
-        all = bool(settings.get("all", all)) or all
+        if seed is None and "seed" in settings:
+            seed, seed_option = settings["seed"], f"--config {config}: seed"
+        all = settings.get("all", False) or all
         fan_mode = settings.get("fan_mode", fan_mode) if fan_mode == "semantic" else fan_mode
         for pattern, spec in settings.get("rules", {}).items():
             file_rules.append(make_rule(str(pattern), str(spec), origin=f"{config} [rules]"))
@@ -113,7 +116,7 @@ def build_options(
     if method is None:
         method = "kaiming"
     spec = method if isinstance(method, MethodSpec) else parse_method(str(method), method_options or {})
-    seed_value = seed if isinstance(seed, Seed) else parse_seed(seed)
+    seed_value = seed if isinstance(seed, Seed) else parse_seed(seed, option=seed_option)
     parsed_rules = tuple(rule if isinstance(rule, Rule) else parse_rule(rule) for rule in rules)
     return Options(
         method=spec,
@@ -157,28 +160,100 @@ def _check_preset_alone(
 
 
 CONFIG_KEYS = {"method", "preset", "seed", "all", "fan_mode", "rules"}
+CONFIG_LIMIT = 1 << 20  # bytes; a config is a few lines, a [rules] table a few hundred
 
 
 def load_config(path: Path) -> dict[str, Any]:
+    """Read a ``--config`` TOML file: known keys only, each of its own type (``all`` a boolean,
+    ``seed`` an integer or a string, ``method``, ``preset`` and ``fan_mode`` strings, ``[rules]``
+    a table of strings); anything else is a :class:`UsageError` naming the key."""
     import tomllib
 
+    where = f"--config {path}"
+    data = read_regular(path, where, CONFIG_LIMIT, "a config file")
     try:
-        with path.open("rb") as handle:
-            settings = tomllib.load(handle)
-    except OSError as exc:
-        raise UsageError(f"--config {path}: cannot read: {exc.strerror}") from exc
+        settings = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{where}: not UTF-8 text (byte {exc.start + 1}); a config file is TOML text"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config {path}: not valid TOML: {exc}") from exc
+        raise UsageError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{where}: not valid TOML: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise UsageError(f"{where}: not valid TOML: {exc}") from None
     unknown = sorted(set(settings) - CONFIG_KEYS)
     if unknown:
-        raise UsageError(
-            f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}"
-        )
+        shown_keys = ", ".join(repr(key) if len(key) <= 40 else repr(key[:39] + "…") for key in unknown[:5])
+        raise UsageError(f"{where}: unknown key(s) {shown_keys}; known: {', '.join(sorted(CONFIG_KEYS))}")
+    for key, value in settings.items():
+        _check_config_value(where, key, value)
     if "method" in settings and "preset" in settings:
-        raise UsageError(f"--config {path}: give method or preset, not both (a preset replaces the method)")
-    if "rules" in settings and not isinstance(settings["rules"], dict):
-        raise UsageError(f'--config {path}: [rules] must be a table of "GLOB" = "SPEC"')
+        raise UsageError(f"{where}: give method or preset, not both (a preset replaces the method)")
     return settings
+
+
+def _check_config_value(where: str, key: str, value: object) -> None:
+    if key == "all":
+        if not isinstance(value, bool):
+            word = value.strip().lower() if isinstance(value, str) else ""
+            write = f"all = {word}" if word in ("true", "false") else "all = true or all = false"
+            raise UsageError(
+                f"{where}: all = {_toml_shown(value)} is {_toml_kind(value)}; write {write} (a TOML boolean, no quotes)"
+            )
+    elif key == "seed":
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UsageError(
+                f"{where}: seed = {_toml_shown(value)} is {_toml_kind(value)}; write an integer "
+                '(seed = 42) or a string (seed = "run-7")'
+            )
+    elif key in ("method", "preset", "fan_mode"):
+        if not isinstance(value, str):
+            example = {
+                "method": 'method = "xavier"',
+                "preset": 'preset = "hf"',
+                "fan_mode": 'fan_mode = "torch"',
+            }[key]
+            raise UsageError(
+                f"{where}: {key} = {_toml_shown(value)} is {_toml_kind(value)}; write a string ({example})"
+            )
+    elif key == "rules":
+        if not isinstance(value, dict):
+            raise UsageError(f'{where}: [rules] must be a table of "GLOB" = "SPEC", not {_toml_kind(value)}')
+        for pattern, spec in value.items():
+            if not isinstance(spec, str):
+                raise UsageError(
+                    f"{where}: [rules] {_toml_shown(pattern)} = {_toml_shown(spec)} is {_toml_kind(spec)}; "
+                    'write a string ("*.bias" = "constant(0.1)")'
+                )
+
+
+_TOML_KINDS = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
+
+
+def _toml_kind(value: object) -> str:
+    return next((name for kind, name in _TOML_KINDS if isinstance(value, kind)), "a date or time")
+
+
+def _toml_shown(value: object) -> str:
+    """A TOML value as the user wrote it, roughly, and short."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, int) and abs(value) >= 10**40:
+        text = "an integer of more than 40 digits"
+    elif isinstance(value, (list, dict)):
+        text = "[…]" if isinstance(value, list) else "{…}"
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def read(

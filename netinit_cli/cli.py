@@ -6,7 +6,8 @@ Errors become one line on stderr and an exit code here, and only here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,6 +21,7 @@ from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_met
 from netinit_cli.model import Planned
 from netinit_cli.presets import PRESETS, describe_presets
 from netinit_cli.report import TABLE_MODES, Report, render
+from netinit_cli.safe_text import shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,6 +54,31 @@ class DefaultGroup(click.Group):
             args = ["init"]
         return super().parse_args(ctx, args)
 
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        """click's own errors (unknown option, bad choice, missing value) as one line too.
+
+        click prints them as three lines (usage, a hint, the error); netinit runs click in its
+        non-standalone mode and prints them here, like its own errors, then exits."""
+        if not extra.pop("standalone_mode", True):
+            return super().main(args, prog_name, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            sub = (
+                exc.ctx.command_path.partition(" ")[2]
+                if isinstance(exc, click.UsageError) and exc.ctx
+                else ""
+            )
+            command = f"netinit {sub}".strip()
+            _error_line(f"{exc.format_message().rstrip('.')}; see '{command} --help'")
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("netinit: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         """The one place where errors become a single line on stderr and an exit code."""
         try:
@@ -59,7 +86,9 @@ class DefaultGroup(click.Group):
         except NetinitError as exc:
             if ctx.meta.get(DEBUG_KEY):
                 _print_traceback()
-            click.echo(f"netinit: error: {exc}", err=True)
+            _error_line(str(exc))
+            if ctx.meta.get(DEBUG_KEY) and exc.detail:
+                click.echo(exc.detail, err=True)
             ctx.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -69,11 +98,17 @@ class DefaultGroup(click.Group):
         except Exception as exc:  # a bug: one line, the traceback only on request
             if ctx.meta.get(DEBUG_KEY):
                 _print_traceback()
-            click.echo(
-                f"netinit: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
-                err=True,
+            _error_line(
+                f"{type(exc).__name__}: {exc} (rerun with --debug and report it)",
+                prefix="netinit: internal error: ",
             )
             ctx.exit(1)
+
+
+def _error_line(message: str, *, prefix: str = "netinit: error: ") -> None:
+    """One line on stderr: control characters in the message (names, paths, values) are shown
+    escaped, so nothing in it can move the cursor or start another line."""
+    click.echo(prefix + shown(message), err=True)
 
 
 DEBUG_KEY = "netinit.debug"
@@ -333,7 +368,7 @@ class _Progress:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # tensor names are never markup
             BarColumn(),
             DownloadColumn(),
             TimeRemainingColumn(),
@@ -347,7 +382,7 @@ class _Progress:
         self.bar.start()
 
     def advance(self, planned: Planned, nbytes: int) -> None:
-        self.bar.update(self.task, advance=nbytes, description=planned.param.name[-40:])
+        self.bar.update(self.task, advance=nbytes, description=shown(planned.param.name)[-40:])
 
     def stop(self) -> None:
         self.bar.stop()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .spec import Node, SpecSyntaxError, caret_error, format_number, parse_expression
+from .spec import Node, SpecSyntaxError, caret_error, clipped, format_number, parse_expression
 
 _PARAM_NAMES: dict[str, tuple[str, ...]] = {
     "normal": ("mean", "std"),
@@ -118,7 +118,7 @@ def distribution_from_node(node: Node, *, allow_none: bool) -> Distribution:
     assert node.name is not None
     kind = _ALIASES.get(node.name, node.name)
     if kind not in _PARAM_NAMES:
-        raise SpecSyntaxError(node.start, f"unknown distribution {node.name!r}")
+        raise SpecSyntaxError(node.start, f"unknown distribution {clipped(node.name)!r}")
     if kind == "none":
         if not allow_none:
             raise SpecSyntaxError(node.start, "none is not accepted here (only for biases and noise)")
@@ -145,7 +145,7 @@ def distribution_from_node(node: Node, *, allow_none: bool) -> Distribution:
             key = arg.key
             if key not in names:
                 raise SpecSyntaxError(
-                    arg.key_pos, f"{kind} has no parameter {key!r} (it takes {', '.join(names)})"
+                    arg.key_pos, f"{kind} has no parameter {clipped(key)!r} (it takes {', '.join(names)})"
                 )
             if key in values:
                 raise SpecSyntaxError(arg.key_pos, f"{key} is given twice")

@@ -104,24 +104,35 @@ def compute_dtype(dtype: str) -> np.dtype:
 
 
 def cast_checked(values: np.ndarray, dtype: str, tensor: str) -> np.ndarray:
-    """Round generated values to ``dtype`` once, refusing values the format cannot hold.
+    """Round generated values to ``dtype`` once, refusing values the format cannot hold: every
+    value must be finite and within the dtype's range, whatever the dtype.
 
     float8_e4m3fn turns overflow into NaN and e5m2 into inf, silently: check before casting.
+    Values already in ``dtype`` (F32, F64) are only checked to be finite (the plan refuses
+    parameters that could overflow; this is the safety net, one pass over the values).
     """
     target = numpy_dtype(dtype)
     if values.dtype == target:
+        if values.size and values.dtype.kind == "f" and not np.isfinite(values).all():
+            with np.errstate(all="ignore"):
+                peak = float(np.max(np.abs(values)))
+            raise _misfit(tensor, dtype, peak, _largest_finite(target))
         return _contiguous(values)
     if values.size:
-        limit = _largest_finite(target) if dtype != "F64" else float("inf")
+        limit = _largest_finite(target)
         peak = float(np.max(np.abs(values)))
         if not np.isfinite(peak) or peak > limit:
-            raise UsageError(
-                f"tensor {tensor!r}: a generated value ({peak:.4g}) does not fit {dtype} "
-                f"(largest finite {limit:.4g}); use a smaller scale or a wider dtype"
-            )
+            raise _misfit(tensor, dtype, peak, limit)
     if target == np.float16 and values.dtype == np.float32:
         return float32_to_float16(_contiguous(values))
     return _contiguous(values.astype(target))
+
+
+def _misfit(tensor: str, dtype: str, peak: float, limit: float) -> UsageError:
+    return UsageError(
+        f"tensor {tensor!r}: a generated value ({peak:.4g}) does not fit {dtype} "
+        f"(largest finite {limit:.4g}); use a smaller scale or a wider dtype"
+    )
 
 
 def _contiguous(values: np.ndarray) -> np.ndarray:

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 
 class NetinitError(Exception):
-    """Base class.  ``exit_code`` is what the command-line tool exits with."""
+    """Base class.  ``exit_code`` is what the command-line tool exits with.
+
+    The message is one line; ``detail`` (a caret diagram, say) is printed under it only with
+    ``--debug``.
+    """
 
     exit_code = 1  # internal failure unless a subclass says otherwise
+
+    def __init__(self, message: str = "", *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class UsageError(NetinitError):

@@ -16,17 +16,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from .distributions import Distribution
 from .matrices import identity_indices, matrix_plan, orthogonal_fill
 from .model import Param, Role
-from .sampling import sample_into
+from .sampling import reach, sample_into
 from .seeding import Seed
 from .spec import format_number
 
 Filler = Callable[[np.ndarray, Seed, str], None]
+Reach = Callable[[np.dtype[np.floating]], float]  # compute dtype -> largest magnitude produced
 
 
 @dataclass
@@ -47,6 +49,9 @@ class TensorInit:
     # Set when ``fill`` is exactly ``sample_into(distribution, …)``: the values can then be
     # generated block by block straight into the output file (see fill.py).
     distribution: Distribution | None = None
+    # The largest magnitude ``fill`` produces (intermediates included) when it computes in the
+    # given dtype, if known: the plan refuses what does not fit (see sampling.reach).
+    reach: Reach | None = None
 
 
 def constant_init(value: float, label: str | None = None) -> TensorInit:
@@ -56,7 +61,8 @@ def constant_init(value: float, label: str | None = None) -> TensorInit:
         out.fill(value)
 
     label = label or f"constant {format_number(value)}"
-    return TensorInit(label, None, None, value, 0.0, fill, Distribution("constant", (value,)))
+    dist = Distribution("constant", (value,))
+    return TensorInit(label, None, None, value, 0.0, fill, dist, partial(reach, dist))
 
 
 def distribution_init(
@@ -68,7 +74,9 @@ def distribution_init(
         sample_into(dist, out, seed, name)
 
     fan_in, fan_out = fans if fans is not None else (None, None)
-    return TensorInit(label or dist.describe(), fan_in, fan_out, dist.mean, dist.std, fill, dist)
+    return TensorInit(
+        label or dist.describe(), fan_in, fan_out, dist.mean, dist.std, fill, dist, partial(reach, dist)
+    )
 
 
 def weight_fans(param: Param, fan_mode: str) -> tuple[int, int, str]:
@@ -188,7 +196,8 @@ def orthogonal(param: Param, fan_mode: str, gain: float) -> TensorInit:
 
     rms = gain / math.sqrt(max(rows, cols, 1))
     label = f"orthogonal gain={format_number(gain)}{blocks}{_suffix(note)}"
-    return TensorInit(label, fan_in, fan_out, 0.0, rms, fill_orthogonal)
+    # |q| ≤ 1 for an orthonormal Q; its N(0, 1) draws reach 9.5 at most.
+    return TensorInit(label, fan_in, fan_out, 0.0, rms, fill_orthogonal, reach=lambda dtype: max(gain, 10.0))
 
 
 def identity(param: Param, fan_mode: str, noise: Distribution) -> TensorInit:
@@ -205,4 +214,7 @@ def identity(param: Param, fan_mode: str, noise: Distribution) -> TensorInit:
         out.reshape(-1)[identity_indices(plan)] += 1
 
     shown = "" if noise.kind == "none" else f" + {noise.describe()}"
-    return TensorInit(f"identity{shown}{_suffix(note)}", fan_in, fan_out, None, None, fill_identity)
+    label = f"identity{shown}{_suffix(note)}"
+    return TensorInit(
+        label, fan_in, fan_out, None, None, fill_identity, reach=lambda dtype: reach(noise, dtype) + 1.0
+    )

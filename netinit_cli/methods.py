@@ -33,7 +33,7 @@ from .initializers import (
 )
 from .lsuv.options import LsuvOptions
 from .model import Param
-from .spec import Node, SpecSyntaxError, caret_error, format_number, parse_expression
+from .spec import Node, SpecSyntaxError, caret_error, clipped, format_number, parse_expression
 
 # ----------------------------------------------------------------------------------------------
 # Sub-options: read by the parser, describe(), the CLI flags and `netinit methods`.
@@ -405,7 +405,7 @@ def parse_method(text: str = "kaiming", overrides: Mapping[str, str | None] | No
                 "--method",
                 text,
                 arg.key_pos,
-                f"{name} has no option {arg.key!r}{hint}",
+                f"{name} has no option {clipped(arg.key)!r}{hint}",
                 _accepted_forms(name),
             )
         if arg.key in given:

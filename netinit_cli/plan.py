@@ -28,6 +28,7 @@ from netinit_cli.presets import ModelContext, PresetSpec, TensorContext, decide,
 from netinit_cli.presets.tensor_init import tensor_init
 from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
+from netinit_cli.spec import clipped
 
 KEEP = "keep"
 
@@ -66,7 +67,7 @@ def parse_rule(text: str, *, origin: str = "--rule") -> Rule:
     pattern, spec = pattern.strip(), spec.strip()
     if not sep or not pattern or not spec:
         raise UsageError(
-            f"{origin} {text!r}: expected GLOB=SPEC, e.g. 'lm_head.*=xavier' or '*.bias=constant(0.1)' or 'pos*=keep'"
+            f"{origin} {clipped(text, 80)!r}: expected GLOB=SPEC, e.g. 'lm_head.*=xavier' or '*.bias=constant(0.1)' or 'pos*=keep'"
         )
     return make_rule(pattern, spec, origin=origin)
 
@@ -84,10 +85,10 @@ def make_rule(pattern: str, spec: str, *, origin: str = "--rule") -> Rule:
             )
         return Rule(pattern, method.describe(), method=method)
     try:
-        distribution = parse_distribution(spec, allow_none=False, option=f"{origin} {pattern}")
+        distribution = parse_distribution(spec, allow_none=False, option=f"{origin} {clipped(pattern, 80)}")
     except UsageError as exc:
         raise UsageError(
-            f"{origin} {pattern}={spec}: SPEC must be a method ({', '.join(METHOD_NAMES)}), "
+            f"{origin} {clipped(f'{pattern}={spec}', 80)}: SPEC must be a method ({', '.join(METHOD_NAMES)}), "
             f"a distribution, or 'keep' — {str(exc).splitlines()[0]}"
         ) from None
     return Rule(pattern, distribution.describe(), distribution=distribution)
@@ -243,6 +244,7 @@ def _decide(param: Param, options: Options, context: TensorContext | None = None
         init = tensor_init(choice, param)
     else:
         init = _initializer(param, options, rule)
+    check_reach(param, init)
     return Planned(
         param,
         Action.FILL,
@@ -266,6 +268,29 @@ def _initializer(param: Param, options: Options, rule: Rule | None) -> TensorIni
         # [out, in, k…] convention when there is no layout, and says so in its label.
         param = param.classified(Role.WEIGHT, param.reason, param.layout)
     return initializer_for(param, method, fan_mode=options.fan_mode)
+
+
+def check_reach(param: Param, init: TensorInit) -> None:
+    """Refuse, before anything is generated, an initializer whose values (or the values it
+    computes with) cannot be finite in the dtype they are generated in: float64 for F64,
+    float32 for every other float (narrower dtypes are also range-checked value by value as
+    they are rounded, in dtypes.cast_checked)."""
+    if init.reach is None:
+        return
+    compute = dtypes.compute_dtype(param.dtype)
+    reach = init.reach(compute)
+    limit = float(np.finfo(compute).max)
+    if reach <= limit:
+        return
+    where = (
+        f"{param.dtype}'s"
+        if dtypes.numpy_dtype(param.dtype) == compute
+        else f"{compute.name}'s (in which {param.dtype} values are generated)"
+    )
+    raise UsageError(
+        f"tensor {param.name!r}: {init.label} would reach {reach:.4g} while generating, beyond "
+        f"{where} largest finite value {limit:.4g}; use a smaller scale (std, bounds, gain)"
+    )
 
 
 def _constant_why(param: Param) -> str:

@@ -25,6 +25,7 @@ from netinit_cli.methods import MethodSpec
 from netinit_cli.model import Action, Filled, LsuvSummary, Planned
 from netinit_cli.plan import Rule, counts
 from netinit_cli.presets import PresetSpec
+from netinit_cli.safe_text import shown
 from netinit_cli.seeding import Seed
 
 if TYPE_CHECKING:
@@ -139,12 +140,12 @@ def render(report: Report, console: Console, mode: str = "auto") -> None:
     console.print(footer(report), soft_wrap=True)
     if mode != "none":
         for note in report.notes:
-            console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+            console.print(Text(f"note: {shown(note)}", style="yellow"), soft_wrap=True)
 
 
 def _title(report: Report) -> str:
     verb = "plan for" if report.dry_run else "initialized"
-    return f"netinit {verb} {report.input or report.output} ({report.kind})"
+    return f"netinit {verb} {shown(report.input or report.output)} ({report.kind})"
 
 
 # Columns by how they give way at narrow widths: names are shortened in the middle (to at least
@@ -229,17 +230,19 @@ def _draw(title: str, columns: Sequence[Column], rows: list[list[str | Text]], w
     from rich.table import Table
     from rich.text import Text
 
+    # Names, paths and values from outside: control characters escaped before anything is measured.
+    rows = [[shown(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
     natural = [
         max([cell_len(column.header), *(cell_len(str(row[i])) for row in rows)])
         for i, column in enumerate(columns)
     ]
-    shown = [(i, w) for i, w in enumerate(fit(columns, natural, width)) if w is not None]
+    visible = [(i, w) for i, w in enumerate(fit(columns, natural, width)) if w is not None]
     table = Table(title=Text(title), box=box.SIMPLE_HEAD, header_style="bold")
-    for i, w in shown:
+    for i, w in visible:
         justify: JustifyMethod = "right" if columns[i].right else "left"
         table.add_column(columns[i].header, justify=justify, width=w, no_wrap=True, overflow="ellipsis")
     for row in rows:
-        table.add_row(*(_fitted(row[i], columns[i], w) for i, w in shown))
+        table.add_row(*(_fitted(row[i], columns[i], w) for i, w in visible))
     return table
 
 
@@ -326,7 +329,7 @@ def footer(report: Report) -> Text:
     parts = [
         f"{tally['filled']} filled, {tally['kept']} kept, {tally['constant']} constant",
         f"preset {report.preset}" if report.preset is not None else f"method {report.method.describe()}",
-        f"seed {report.seed} ({report.seed.source})",
+        f"seed {shown(report.seed)} ({report.seed.source})",
         "scope all" if report.all else "scope missing-only",
     ]
     if report.fan_mode != "semantic":
@@ -334,11 +337,11 @@ def footer(report: Report) -> Text:
     if report.dry_run:
         parts.append("dry run: nothing written")
     else:
-        parts.append(f"{report.bytes_written:,} bytes written to {report.output}")
+        parts.append(f"{report.bytes_written:,} bytes written to {shown(report.output)}")
         parts.append(f"{report.elapsed:.2f} s")
     text = Text("; ".join(parts))
     if report.lsuv is not None:
-        text.append("\n" + lsuv_line(report.lsuv))
+        text.append("\n" + shown(lsuv_line(report.lsuv)))
     if not report.dry_run and tally["filled"] == 0:
         learnable = any(e.param.role.learnable for e in report.entries)
         if learnable and not report.all:
@@ -353,7 +356,8 @@ def footer(report: Report) -> Text:
     flagged = iter_flagged(report.entries, report.observed)
     if flagged:
         text.append(
-            f"\n{len(flagged)} tensor(s) with std far from target (!): {', '.join(flagged[:5])}", style="red"
+            f"\n{len(flagged)} tensor(s) with std far from target (!): {shown(', '.join(flagged[:5]))}",
+            style="red",
         )
     return text
 

@@ -81,4 +81,10 @@ def bias_init(param: Param, spec: MethodSpec) -> TensorInit:
         base.fill(out, seed, name)
         out[tuple(index)] = forget
 
-    return TensorInit(f"{base.label}, forget gate {format_number(forget)}", None, None, None, None, fill)
+    base_reach = base.reach
+
+    def forget_reach(dtype: np.dtype[np.floating]) -> float:
+        return max(base_reach(dtype) if base_reach is not None else 0.0, abs(forget))
+
+    label = f"{base.label}, forget gate {format_number(forget)}"
+    return TensorInit(label, None, None, None, None, fill, reach=forget_reach)

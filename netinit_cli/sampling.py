@@ -283,11 +283,42 @@ def generate_span(
         if span.first_block:
             bits.advance(span.first_block * _words_per_block(dtype))
     step = span.stop - span.start if dist.kind in _FIXED_WORDS else BLOCK_ELEMENTS
-    for start in range(span.start, span.stop, step):
-        block = target(start, min(step, span.stop - start))
-        _fill_blocks(dist, bits, block)
-        if done is not None:
-            done(start, block)
+    # No floating-point warnings on stderr: the plan refuses what could overflow (reach) and
+    # the values are checked before they are written (dtypes.cast_checked).  The error state is
+    # per thread, so it is set here, in the sampler thread.
+    with np.errstate(all="ignore"):
+        for start in range(span.start, span.stop, step):
+            block = target(start, min(step, span.stop - start))
+            _fill_blocks(dist, bits, block)
+            if done is not None:
+                done(start, block)
+
+
+def reach(dist: Distribution, dtype: np.dtype[np.floating]) -> float:
+    """The largest magnitude the sampler of ``dist`` produces in ``dtype``, intermediate values
+    included (the plan refuses a distribution whose reach is beyond ``dtype``'s range, so
+    generation never overflows):
+
+    * normal: ``−2σ²·ln u₁`` with u₁ ≥ 2^−(w+1), then ``|μ| + √(2σ²·(w+1)·ln 2)``;
+    * uniform: ``high − low`` (the scaled word) and both ends;
+    * truncated normal: both bounds and their distances from the mean (``σx`` before ``+ μ``;
+      the standardized proposals themselves stay within a few tens);
+    * constant: its value.
+    """
+    if dist.kind == "none":
+        return 0.0
+    if dist.kind == "constant":
+        return abs(dist.params[0])
+    if dist.kind == "uniform":
+        low, high = dist.params
+        return max(high - low, abs(low), abs(high))
+    if dist.kind == "normal":
+        mean, std = dist.params
+        log_range = (_WORDS[np.dtype(dtype)][2] + 1) * math.log(2.0)  # largest −ln u₁
+        squared = 2.0 * std * std * log_range
+        return max(squared, abs(mean) + math.sqrt(squared))
+    mean, std, low, high = dist.params
+    return max(abs(low), abs(high), abs(low - mean), abs(high - mean))
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}

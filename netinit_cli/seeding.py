@@ -38,6 +38,9 @@ SEED_ENV = "NETINIT_SEED"
 PURPOSE_KEY = 0xFFFFFFFF  # the first spawn-key word of streams that are not a tensor's
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# Python converts at most 4,300 digits between int and str by default (CVE-2020-10735); a seed
+# must be printable and recordable, and no real seed comes near.
+MAX_SEED_DIGITS = 4300
 _KIND_INT = 0
 _KIND_STR = 1
 
@@ -57,24 +60,40 @@ class Seed:
         return str(self.value)
 
 
-def parse_seed(text: str | int | None, environ: Mapping[str, str] | None = None) -> Seed:
-    """Read a ``--seed`` value.
+def parse_seed(
+    text: str | int | None, environ: Mapping[str, str] | None = None, *, option: str = "--seed"
+) -> Seed:
+    """Read a ``--seed`` value (``option`` names where it came from in errors).
 
     ``None`` → 1234 (NetInitialize's default); ``automatic`` → a fresh integer from the OS's
     entropy (recorded in the output so the run can be repeated); ``inherited`` → the value of
     the ``NETINIT_SEED`` environment variable, read the same way; digits → an integer (negative
     integers are refused: SeedSequence takes non-negative entropy and a silent mapping would
-    surprise); any other non-empty text → a string seed (hashed with SHA-256, never ``hash()``).
+    surprise; so are integers of more than :data:`MAX_SEED_DIGITS` digits); any other non-empty
+    UTF-8 text → a string seed (hashed with SHA-256, never ``hash()``).
     """
     if text is None:
         return Seed(DEFAULT_SEED, "default")
-    if isinstance(text, bool):
-        raise UsageError(f"--seed must be an integer or a string, got {text!r}")
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise UsageError(
+            f"{option} must be an integer or a string, got {type(text).__name__} {_short(repr(text))}"
+        )
     if isinstance(text, int):
-        return Seed(_check_integer(text, str(text)), "explicit")
+        if text >= 10**MAX_SEED_DIGITS:
+            raise UsageError(_too_long(option))
+        return Seed(_check_integer(text, option), "explicit")
     stripped = text.strip()
     if not stripped:
-        raise UsageError("--seed is empty: give an integer (e.g. 1234), a word, 'automatic' or 'inherited'")
+        raise UsageError(
+            f"{option} is empty: give an integer (e.g. 1234), a word, 'automatic' or 'inherited'"
+        )
+    try:
+        stripped.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(
+            f"{option} {_short(repr(stripped))}: not UTF-8 text (character {exc.start + 1}); "
+            "give an integer or a word in UTF-8"
+        ) from None
     keyword = stripped.lower()
     if keyword == "automatic":
         return Seed(int.from_bytes(os.urandom(8), "little") >> 1, "automatic")
@@ -83,21 +102,38 @@ def parse_seed(text: str | int | None, environ: Mapping[str, str] | None = None)
         inherited = env.get(SEED_ENV)
         if inherited is None:
             raise UsageError(
-                f"--seed inherited: the environment variable {SEED_ENV} is not set; "
+                f"{option} inherited: the environment variable {SEED_ENV} is not set; "
                 f"export {SEED_ENV}=<integer or word> or pass --seed <value>"
             )
         if inherited.strip().lower() == "inherited":
             raise UsageError(f"{SEED_ENV}=inherited would refer to itself; set it to an integer or a word")
-        return Seed(parse_seed(inherited, env).value, "inherited")
+        return Seed(parse_seed(inherited, env, option=SEED_ENV).value, "inherited")
     if _INTEGER.fullmatch(stripped):
-        return Seed(_check_integer(int(stripped), stripped), "explicit")
+        if stripped.startswith("-"):
+            _check_integer(-1, option, stripped)
+        digits = stripped.lstrip("+").lstrip("0") or "0"
+        if len(digits) > MAX_SEED_DIGITS:
+            raise UsageError(_too_long(option))
+        return Seed(int(digits), "explicit")
     return Seed(stripped, "explicit")
 
 
-def _check_integer(value: int, text: str) -> int:
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _too_long(option: str) -> str:
+    return (
+        f"{option}: an integer seed has at most {MAX_SEED_DIGITS:,} digits; "
+        "use a shorter integer, or a word (any text is a seed)"
+    )
+
+
+def _check_integer(value: int, option: str, text: str | None = None) -> int:
     if value < 0:
         raise UsageError(
-            f"--seed {text}: negative seeds are not accepted; use a non-negative integer or a word"
+            f"{option} {_short(text or str(value))}: negative seeds are not accepted; "
+            "use a non-negative integer or a word"
         )
     return value
 

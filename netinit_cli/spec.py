@@ -4,7 +4,8 @@ A value is a number, a name, or a name with a parenthesised list of arguments, e
 ``key=``; for example ``0.02``, ``none``, ``normal(0, 0.02)``, ``kaiming(distribution=uniform)``.
 :func:`parse_expression` gives the syntax tree with character positions; the callers give the
 names their meaning (:mod:`netinit_cli.distributions`, :mod:`netinit_cli.methods`) and report
-errors with :func:`caret_error`, which points at the offending character.
+errors with :func:`caret_error`: one line naming the offending character, and a caret diagram
+for ``--debug``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import re
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .safe_text import shown
+
+# Parentheses nest at most this deep (``normal(0, 1)`` is one level; no form needs two): deeper
+# text is refused, never recursed into.
+MAX_DEPTH = 16
+EXCERPT = 80  # characters of a bad value echoed in an error
 
 
 class SpecSyntaxError(Exception):
@@ -53,14 +60,13 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.tokens: list[tuple[str, str, int]] = []
-        pos = 0
-        while pos < len(text):
-            if text[pos:].strip() == "":
-                break
+        self.depth = 0
+        pos, end = 0, len(text.rstrip())  # one pass: the time grows with the text, never faster
+        while pos < end:
             match = _TOKEN.match(text, pos)
             if match is None:
-                bad = pos + len(text[pos:]) - len(text[pos:].lstrip())
-                raise SpecSyntaxError(bad, f"unexpected character {text[bad]!r}")
+                bad = pos + len(text[pos:end]) - len(text[pos:end].lstrip())
+                raise SpecSyntaxError(bad, f"unexpected character {shown(repr(text[bad]))}")
             kind = match.lastgroup or ""
             value = match.group(kind)
             self.tokens.append((kind, value, match.start(kind)))
@@ -82,11 +88,11 @@ class _Parser:
         if kind == "number":
             number = float(value)
             if not math.isfinite(number):
-                raise SpecSyntaxError(pos, f"{value} is not a finite number")
+                raise SpecSyntaxError(pos, f"{clipped(value)} is not a finite number")
             return Node(pos, pos + len(value), number=number)
         if kind != "name":
             raise SpecSyntaxError(
-                pos, "expected a number or a name" + (f", found {value!r}" if value else "")
+                pos, "expected a number or a name" + (f", found {clipped(value)!r}" if value else "")
             )
         name = value.lower()
         if name in ("inf", "infinity", "nan"):
@@ -94,6 +100,16 @@ class _Parser:
         if self.peek()[:2] != ("punct", "("):
             return Node(pos, pos + len(value), name=name)
         self.take()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise SpecSyntaxError(pos, f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            return self.arguments(name, pos)
+        finally:
+            self.depth -= 1
+
+    def arguments(self, name: str, pos: int) -> Node:
+        """The arguments of ``name(``, up to and including the closing parenthesis."""
         args: list[Arg] = []
         if self.peek()[:2] == ("punct", ")"):
             end = self.take()[2] + 1
@@ -111,7 +127,9 @@ class _Parser:
             if (kind, value) == ("punct", ")"):
                 return Node(pos, tpos + 1, name=name, args=tuple(args))
             if (kind, value) != ("punct", ","):
-                raise SpecSyntaxError(tpos, "expected ',' or ')'" + (f", found {value!r}" if value else ""))
+                raise SpecSyntaxError(
+                    tpos, "expected ',' or ')'" + (f", found {clipped(value)!r}" if value else "")
+                )
 
     def whole(self) -> Node:
         if not self.tokens:
@@ -119,7 +137,7 @@ class _Parser:
         node = self.expression()
         kind, value, pos = self.peek()
         if kind != "end":
-            raise SpecSyntaxError(pos, f"unexpected {value!r} after the end of the value")
+            raise SpecSyntaxError(pos, f"unexpected {clipped(value)!r} after the end of the value")
         return node
 
 
@@ -129,13 +147,32 @@ def parse_expression(text: str) -> Node:
 
 
 def caret_error(option: str, text: str, pos: int, problem: str, accepted: str) -> UsageError:
-    """A usage error whose first line stands alone, then the text with a caret, then the forms."""
-    first = f"{option} {text!r}: {problem} (character {pos + 1})"
-    return UsageError(f"{first}\n  {text}\n  {' ' * pos}^\n  accepted: {accepted}")
+    """A one-line usage error (the option, the text, the problem, its character, the accepted
+    forms); its ``detail`` is the text with a caret under the offending character."""
+    excerpt, at = _excerpt(text, pos)
+    message = f"{option} {shown(repr(excerpt))}: {problem} (character {pos + 1}); accepted: {accepted}"
+    before = shown(excerpt[:at])
+    return UsageError(message, detail=f"  {shown(excerpt)}\n  {' ' * len(before)}^")
+
+
+def _excerpt(text: str, pos: int) -> tuple[str, int]:
+    """At most :data:`EXCERPT` characters of ``text`` around ``pos`` (with … where cut), and
+    where ``pos`` falls in it: a huge value is not echoed whole."""
+    if len(text) <= EXCERPT:
+        return text, pos
+    start = max(0, min(pos - EXCERPT // 2, len(text) - EXCERPT))
+    head = "…" if start else ""
+    tail = "…" if start + EXCERPT < len(text) else ""
+    return head + text[start : start + EXCERPT] + tail, pos - start + len(head)
+
+
+def clipped(token: str, limit: int = 40) -> str:
+    """A token short enough to quote in a message (a name or number may be any length)."""
+    return token if len(token) <= limit else token[: limit - 1] + "…"
 
 
 def format_number(value: float) -> str:
     """Shortest text that reads back to exactly ``value`` ("1", "0.02", "1e-06")."""
-    if value == int(value) and abs(value) < 1e15:
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))

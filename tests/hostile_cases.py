@@ -66,6 +66,9 @@ class Case:
     allowed: frozenset[int] = BAD_INPUT
     links: tuple[Link, ...] = ()
     folders: tuple[str, ...] = ()
+    fifos: tuple[str, ...] = ()  # paths inside the case root made with mkfifo
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set for the run
+    quiet: bool = True  # False: the table is printed too (and checked for control characters)
 
 
 @dataclass
@@ -92,6 +95,8 @@ def materialize(case: Case, root: Path) -> None:
     for rel, payload in case.files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(payload)
+    for fifo in case.fifos:
+        os.mkfifo(root / fifo)
     for link in case.links:
         if link.kind == "symlink":
             os.symlink(root / link.target, root / link.path)
@@ -132,8 +137,8 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def invoke_cli(args: list[str], cwd: Path) -> tuple[int, str]:
-    """Run ``netinit ARGS`` in-process through click's test runner; (exit code, stderr)."""
+def invoke_cli(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``netinit ARGS`` in-process through click's test runner; (exit code, stdout, stderr)."""
     from click.testing import CliRunner
 
     from netinit_cli.cli import cli
@@ -141,14 +146,20 @@ def invoke_cli(args: list[str], cwd: Path) -> tuple[int, str]:
     previous = Path.cwd()
     os.chdir(cwd)
     try:
-        result = CliRunner().invoke(cli, args, catch_exceptions=True)
+        result = CliRunner().invoke(cli, args, catch_exceptions=True, env=env)
     finally:
         os.chdir(previous)
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         # Escaped the CLI's own handler: that is a traceback for a user.
         stderr += f"Traceback (escaped the CLI): {type(result.exception).__name__}: {result.exception}\n"
-    return result.exit_code, stderr
+    return result.exit_code, result.stdout, stderr
+
+
+def control_characters(text: str) -> list[str]:
+    """C0 controls but the newline, DEL and C1 controls: nothing printed may hold one (a
+    terminal would interpret it)."""
+    return sorted({repr(c) for c in text if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0})
 
 
 def run_case(case: Case, root: Path, *, seconds: float = TIME_LIMIT) -> Outcome:
@@ -157,16 +168,20 @@ def run_case(case: Case, root: Path, *, seconds: float = TIME_LIMIT) -> Outcome:
         shutil.rmtree(root)
     materialize(case, root)
     before = snapshot(root)
-    args = [case.model, *case.args, "-o", case.output, "--quiet"]
+    args = [case.model, *case.args, "-o", case.output, *(["--quiet"] if case.quiet else [])]
     started = time.perf_counter()
+    stdout = ""
     try:
         with time_limit(seconds):
-            code, stderr = invoke_cli(args, root)
+            code, stdout, stderr = invoke_cli(args, root, dict(case.env) or None)
     except CaseTimeout:
         code, stderr = -1, f"(no answer within {seconds} s)\n"
     elapsed = time.perf_counter() - started
     outcome = Outcome(case.name, case.family, code, stderr, elapsed)
     outcome.problems = check(case, root, before, outcome)
+    controls = control_characters(stdout + stderr)
+    if controls:
+        outcome.problems.append(f"control characters on stdout/stderr: {', '.join(controls)}")
     return outcome
 
 
@@ -721,6 +736,114 @@ def mutation_cases(count: int, seed: int = 0) -> Iterator[Case]:
             yield make(f"{kind}-mutate/{index}", "mutate", bytes(data), BAD_INPUT_OR_OK)
 
 
+USAGE = frozenset({2})
+
+
+def cli_cases() -> Iterator[Case]:
+    """Hostile option values, config files, seeds and tensor names on a valid model (issue 13):
+    a usage error (exit 2) in one line, or a success whose every printed line is free of
+    control characters."""
+    head = random.Random(13)
+    model = st_bytes(
+        [
+            ("fc.weight", "F32", [4, 3], b"\x00" * 48),
+            ("fc.bias", "F32", [4], b"\x00" * 16),
+            ("norm.weight", "BF16", [4], b"\x80\x3f" * 4),
+            ("head.weight", "F64", [2, 4], struct.pack("<8d", *(head.gauss(0, 1) for _ in range(8)))),
+        ]
+    )
+
+    def case(name: str, args: tuple[str, ...], allowed: frozenset[int] = USAGE, **kw: Any) -> Case:
+        files = {"in/model.safetensors": model, **kw.pop("files", {})}
+        return Case(
+            f"cli/{name}",
+            "cli",
+            files,
+            "in/model.safetensors",
+            "out/model.init.safetensors",
+            args,
+            allowed,
+            **kw,
+        )
+
+    configs: dict[str, bytes] = {
+        "all_is_the_string_false": b"all = 'false'\n",
+        "all_is_an_integer": b"all = 1\n",
+        "seed_is_a_float": b"seed = 1.5\n",
+        "seed_is_an_array": b"seed = [1]\n",
+        "seed_is_a_table": b"seed = {a = 1}\n",
+        "seed_is_a_date": b"seed = 1979-05-27\n",
+        "seed_5000_digits": b"seed = " + b"9" * 5000 + b"\n",
+        "seed_string_5000_digits": b"seed = '" + b"9" * 5000 + b"'\n",
+        "method_is_a_table": b"method = {name = 'xavier'}\n",
+        "rule_is_a_number": b"[rules]\n'*' = 0.1\n",
+        "unknown_key": b"colour = 'red'\n",
+        "binary": bytes(range(256)),
+        "deep_arrays": b"seed = " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+        "deep_tables": b"a = " + b"{b = " * 5000 + b"1" + b"}" * 5000 + b"\n",
+        "deep_method_spec": b"method = '" + b"normal(" * 3000 + b"'\n",
+        "over_a_mebibyte": b"# " + b"x" * (1 << 20) + b"\n",
+    }
+    for name, text in configs.items():
+        yield case(f"config/{name}", ("--config", "in/netinit.toml"), files={"in/netinit.toml": text})
+    yield case("config/fifo", ("--config", "in/netinit.toml"), fifos=("in/netinit.toml",))
+    yield case("config/device", ("--config", "/dev/zero"))
+    yield case("config/folder", ("--config", "in"))
+    huge = "9" * 5000
+    yield case("seed/5000_digits", ("--seed", huge))
+    yield case("seed/negative_5000_digits", ("--seed", "-" + huge))
+    yield case("seed/inherited_5000_digits", ("--seed", "inherited"), env=(("NETINIT_SEED", huge),))
+    yield case("seed/not_utf8", ("--seed", "run-\udcff"))
+    yield case("seed/inherited_not_utf8", ("--seed", "inherited"), env=(("NETINIT_SEED", "\udcfe"),))
+    yield case(
+        "seed/escape_sequences", ("--all", "--seed", "\x1b]0;title\x07\x1b[2J"), frozenset({0}), quiet=False
+    )
+    for option in ("--method", "--weights", "--rule"):
+        value = ("*=" if option == "--rule" else "") + "normal(" * 3000
+        extra = ("--method", "random") if option == "--weights" else ()
+        yield case(f"spec/nested_3000{option}", ("--all", *extra, option, value))
+    yield case("spec/number_10000_digits", ("--all", "--method", "random", "--weights", "9" * 10_000))
+    yield case("spec/100000_arguments", ("--all", "--method", "random(" + "1," * 100_000 + ")"))
+    yield case("spec/escape_in_value", ("--all", "--method", "kaiming(mode=\x1b[2J)"))
+    not_finite = {
+        "normal_1e308": ("--method", "random(weights=normal(0,1e308))"),
+        "constant_1e39": ("--method", "random", "--weights", "constant(1e39)"),
+        "uniform_3e38": ("--method", "random", "--weights", "uniform(-3e38,3e38)"),
+        "gain_1e39": ("--gain", "1e39"),
+        "biases_1e308": ("--method", "random", "--biases", "1e308"),
+        "identity_noise_1e308": ("--method", "identity(distribution=normal(0,1e308))"),
+        "orthogonal_gain_1e39": ("--method", "orthogonal", "--gain", "1e39"),
+        "bf16_constant_1e39": ("--rule", "norm.weight=constant(1e39)"),
+        "f64_normal_1e200": ("--rule", "head.weight=normal(0,1e200)"),
+    }
+    for name, args in not_finite.items():
+        yield case(f"values/{name}", ("--all", *args))
+    yield case("click/unknown_option", ("--bogus\x1b[2J",))
+    yield case("click/bad_choice", ("--fan-mode", "\x1b[31mred"))
+    evil = [
+        "\x1b]0;pwned\x07.weight",
+        "b\nnetinit: error: forged.weight",
+        "[/x].weight",
+        "\u202e.weight",
+        "\x9b2J",
+    ]
+    named = st_bytes([(name, "F32", [2, 2], b"\x00" * 16) for name in evil])
+    for mode in ("full", "summary"):
+        yield case(
+            f"names/table_{mode}",
+            ("--all", "--table", mode),
+            frozenset({0}),
+            files={"in/model.safetensors": named},
+            quiet=False,
+        )
+    yield case(
+        "names/in_an_error",
+        ("--all", "--rule", "*=constant(1e39)"),
+        files={"in/model.safetensors": named},
+        quiet=False,
+    )
+
+
 FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "corpus": corpus_cases,
     "st-named": st_named_cases,
@@ -728,6 +851,7 @@ FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
     "onnx-external": onnx_external_cases,
     "truncate": truncation_cases,
     "flip": flip_cases,
+    "cli": cli_cases,
     "mutate": lambda: mutation_cases(int(os.environ.get("NETINIT_HOSTILE_MUTATIONS", "0"))),
 }
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from netinit_cli.errors import UsageError
+from netinit_cli.readfile import open_regular
 
 # Inputs a standard-normal batch can be drawn for; anything else (token ids, masks) needs --data.
 _DRAWABLE: dict[int, np.dtype] = {
@@ -107,22 +108,23 @@ def read_data(path: str | os.PathLike[str], inputs: list[onnx.ValueInfoProto]) -
     path = Path(path)
     names = [value.name for value in inputs]
     try:
-        with path.open("rb") as handle:
+        with open_regular(path, f"--data {path}") as handle:  # a FIFO or device: refused, not read
             magic = handle.read(6)
-        if magic.startswith(_ZIP_MAGIC):
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-        elif magic == _NPY_MAGIC:
-            if len(names) != 1:
+            handle.seek(0)
+            if magic.startswith(_ZIP_MAGIC):
+                with np.load(handle, allow_pickle=False) as archive:
+                    arrays = {key: archive[key] for key in archive.files}
+            elif magic == _NPY_MAGIC:
+                if len(names) != 1:
+                    raise UsageError(
+                        f"--data {path} is one .npy array but the model has {len(names)} inputs "
+                        f"({', '.join(names)}), save them in an .npz named by input (np.savez)"
+                    )
+                arrays = {names[0]: np.load(handle, allow_pickle=False)}
+            else:
                 raise UsageError(
-                    f"--data {path} is one .npy array but the model has {len(names)} inputs "
-                    f"({', '.join(names)}), save them in an .npz named by input (np.savez)"
+                    f"--data {path} is neither .npz nor .npy, save the batch with np.savez or np.save"
                 )
-            arrays = {names[0]: np.load(path, allow_pickle=False)}
-        else:
-            raise UsageError(
-                f"--data {path} is neither .npz nor .npy, save the batch with np.savez or np.save"
-            )
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         if isinstance(error, OSError) and error.strerror:
             reason = error.strerror

@@ -43,7 +43,12 @@ def tensor_init(choice: PresetChoice, param: Param) -> TensorInit:
         for index, value in edits:
             out[index] = value
 
-    return TensorInit(choice.label, None, None, mean, std, fill)
+    base_reach, edit_peak = base.reach, max(abs(value) for _, value in edits)
+
+    def reach(dtype: np.dtype[np.floating]) -> float:
+        return max(base_reach(dtype) if base_reach is not None else 0.0, edit_peak)
+
+    return TensorInit(choice.label, None, None, mean, std, fill, reach=reach)
 
 
 Edit = tuple[tuple[slice | int, ...], float]
