@@ -27,8 +27,10 @@ from netinit_cli.destination import (
     Identity,
     check_destination,
     identities,
+    names_folder,
     output_path,
     refuse_inputs,
+    report_destination,
     same_destination,
 )
 from netinit_cli.dtypes import itemsize
@@ -332,7 +334,7 @@ def inspect(
     _check_lsuv_arguments(opened, options, None, None)
     classified = classify(opened, template)
     inputs = identities([*opened.input_files(), like, kwargs.get("config"), *also_read, *_files_of(template)])
-    report_path = _report_destination(report, None, force=force, inputs=inputs)
+    report_path = report_destination(report, None, force=force, inputs=inputs)
     planned = _planned_report(model, opened, classified, options, None, dry_run=True)
     _write_report(planned, report_path, force=force, protected=inputs)
     return planned
@@ -427,7 +429,7 @@ def initialize(
             "--in-place needs fsync: without it a power loss could leave MODEL empty; "
             "drop --no-fsync or write to -o instead"
         )
-    if model is None and not from_config and out is not None and _names_folder(out):
+    if model is None and not from_config and out is not None and names_folder(out):
         raise UsageError("--like without a MODEL needs -o FILE (the new checkpoint's name), not a folder")
     created_at = Path(out) if model is None and out is not None else None
     hf = config_options(dtype, shard_size if from_config else None, trust_remote_code)
@@ -448,7 +450,7 @@ def initialize(
                 f"-o {out_path} is the input itself; use --in-place to replace the input atomically"
             )
         refuse_inputs(out_path, inputs, "-o")
-    report_path = _report_destination(report, out_path, force=force, inputs=inputs)
+    report_path = report_destination(report, out_path, force=force, inputs=inputs)
     if from_config and worker is not None:
         raise UsageError(
             "--shard writes a bundle's files in parallel; a model folder from a config is written whole"
@@ -511,10 +513,6 @@ def initialize(
     return planned
 
 
-def _names_folder(out: str | os.PathLike[str]) -> bool:
-    return os.fspath(out).endswith(("/", os.sep)) or Path(out).is_dir()
-
-
 def _files_of(template: Template | None) -> list[Path]:
     if template is None:
         return []
@@ -523,25 +521,6 @@ def _files_of(template: Template | None) -> list[Path]:
         return list(files())
     path = getattr(template, "path", None) or getattr(template, "config_path", None)
     return [Path(path)] if path is not None else []
-
-
-def _report_destination(
-    report: str | os.PathLike[str] | None, out: Path | None, *, force: bool, inputs: frozenset[Identity]
-) -> Path | None:
-    """``--report FILE`` under the policy of every destination (checked before anything is
-    written, and again when the report is): never an input, never the output, not a folder,
-    an existing file only with ``force``."""
-    if report is None:
-        return None
-    text = os.fspath(report)
-    path = Path(text)
-    if _names_folder(text):
-        raise UsageError(f"--report {text} is a folder; give the report's file path")
-    if out is not None and same_destination(path, out):
-        raise UsageError(f"--report {path} is the output itself; choose another path")
-    refuse_inputs(path, inputs, "--report")
-    check_destination(path, overwrite=force, protected=inputs, option="--report")
-    return path
 
 
 def _write_report(report: Report, path: Path | None, *, force: bool, protected: frozenset[Identity]) -> None:

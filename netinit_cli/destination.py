@@ -131,6 +131,30 @@ def same_destination(a: Path, b: Path) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
 
+def names_folder(out: str | os.PathLike[str]) -> bool:
+    """A path ending in a slash, or an existing folder."""
+    return os.fspath(out).endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+def report_destination(
+    report: str | os.PathLike[str] | None, out: Path | None, *, force: bool, inputs: frozenset[Identity]
+) -> Path | None:
+    """``--report FILE`` under the policy of every destination (checked before anything is
+    written, and again when the report is): never an input, never the output, not a folder,
+    an existing file only with ``force``."""
+    if report is None:
+        return None
+    text = os.fspath(report)
+    path = Path(text)
+    if names_folder(text):
+        raise UsageError(f"--report {text} is a folder; give the report's file path")
+    if out is not None and same_destination(path, out):
+        raise UsageError(f"--report {path} is the output itself; choose another path")
+    refuse_inputs(path, inputs, "--report")
+    check_destination(path, overwrite=force, protected=inputs, option="--report")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # renames
 # ---------------------------------------------------------------------------------------------
