@@ -22,8 +22,19 @@ import numpy as np
 from netinit_cli import __version__
 from netinit_cli.classify.stage import Classified, classify_with_template
 from netinit_cli.classify.stage import classify as classify_model
+from netinit_cli.commit import atomic_output
+from netinit_cli.destination import (
+    Identity,
+    check_destination,
+    identities,
+    names_folder,
+    output_path,
+    refuse_inputs,
+    report_destination,
+    same_destination,
+)
 from netinit_cli.dtypes import itemsize
-from netinit_cli.errors import InputError, UsageError
+from netinit_cli.errors import UsageError
 from netinit_cli.fill import Filler, check_fits_in_memory
 from netinit_cli.formats import ConfigOptions, open_model, open_template
 from netinit_cli.formats.base import ModelFile
@@ -307,18 +318,26 @@ def inspect(
     *,
     like: str | os.PathLike[str] | None = None,
     options: Options | None = None,
+    report: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    also_read: Sequence[str | os.PathLike[str] | None] = (),
     dtype: str | None = None,
     max_shard_size: str | int | None = None,
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Report:
-    """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``)."""
+    """Classify and plan without writing anything (``netinit inspect`` / ``--dry-run``) but the
+    JSON report, to ``report`` if given (see :func:`initialize`)."""
     options = options or build_options(**kwargs)
     hf = config_options(dtype, max_shard_size, trust_remote_code)
     opened, template = read(model, like, None, hf)
     _check_lsuv_arguments(opened, options, None, None)
     classified = classify(opened, template)
-    return _planned_report(model, opened, classified, options, None, dry_run=True)
+    inputs = identities([*opened.input_files(), like, kwargs.get("config"), *also_read, *_files_of(template)])
+    report_path = report_destination(report, None, force=force, inputs=inputs)
+    planned = _planned_report(model, opened, classified, options, None, dry_run=True)
+    _write_report(planned, report_path, force=force, protected=inputs)
+    return planned
 
 
 def _planned_report(
@@ -367,6 +386,8 @@ def initialize(
     fsync: bool = True,
     options: Options | None = None,
     progress: ProgressSink | None = None,
+    report: str | os.PathLike[str] | None = None,
+    also_read: Sequence[str | os.PathLike[str] | None] = (),
     shard: tuple[int, int] | str | None = None,
     max_shard_size: int | str | None = None,
     data: str | os.PathLike[str] | None = None,
@@ -375,13 +396,16 @@ def initialize(
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Report:
-    """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``).
+    """Initialize ``model`` and write the result to ``out`` (default: ``model.init.<suffix>``;
+    a folder, or a path ending in a slash, means that folder under the default name).
 
     Keyword arguments are those of :func:`build_options` (``method`` or ``preset``, ``seed``,
     ``all``, ``fan_mode``, ``rules``, ``config``, ``method_options``), or pass ``options`` directly.
-    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``data`` (an
-    ``.npz``/``.npy`` file) or ``batch_size`` (of a seeded random batch, default 16) give
-    ``method="lsuv"`` its batch (see :mod:`netinit_cli.lsuv.stage`).
+    ``fsync=False`` skips the fsyncs before the rename (see ``--no-fsync``).  ``report``: also
+    write the JSON report there (replacing a file only with ``force``).  ``also_read``: other
+    files this run reads (the ``--config`` file when ``options`` is given), never written over.
+    ``data`` (an ``.npz``/``.npy`` file) or ``batch_size`` (of a seeded random batch, default 16)
+    give ``method="lsuv"`` its batch (see :mod:`netinit_cli.lsuv.stage`).
     ``shard=(k, n)`` (or ``"k/n"``, ``"auto"``, ``"auto/n"`` read from the scheduler's environment,
     see :func:`netinit_cli.shard.parse_shard`) writes only worker k's files of a sharded output and
     publishes its index when every file is complete.  ``max_shard_size`` (bytes or ``"5GB"``) splits
@@ -405,17 +429,28 @@ def initialize(
             "--in-place needs fsync: without it a power loss could leave MODEL empty; "
             "drop --no-fsync or write to -o instead"
         )
-    out_path = Path(out) if out is not None else None
+    if model is None and not from_config and out is not None and names_folder(out):
+        raise UsageError("--like without a MODEL needs -o FILE (the new checkpoint's name), not a folder")
+    created_at = Path(out) if model is None and out is not None else None
     hf = config_options(dtype, shard_size if from_config else None, trust_remote_code)
-    opened, template = read(model, like, out_path, hf)  # read: headers and graphs
+    opened, template = read(model, like, created_at, hf)  # read: headers and graphs
     lsuv = _check_lsuv_arguments(opened, options, data, batch_size)
     classified = classify(opened, template)  # classify: roles, layouts, reasons
+    outside = identities([like, kwargs.get("config"), *also_read, *_files_of(template)])
+    inputs = identities(opened.input_files()) | outside
     if in_place:
         out_path, force = opened.path, True
-    elif out_path is None:
+    elif out is None:
         out_path = opened.default_output()
-    if model is not None and not in_place and _same_file(out_path, opened.path):
-        raise UsageError(f"-o {out_path} is the input itself; use --in-place to replace the input atomically")
+    else:
+        out_path = output_path(out, opened.default_output().name) if model is not None else Path(out)
+    if model is not None and not in_place:
+        if same_destination(out_path, opened.path):
+            raise UsageError(
+                f"-o {out_path} is the input itself; use --in-place to replace the input atomically"
+            )
+        refuse_inputs(out_path, inputs, "-o")
+    report_path = report_destination(report, out_path, force=force, inputs=inputs)
     if from_config and worker is not None:
         raise UsageError(
             "--shard writes a bundle's files in parallel; a model folder from a config is written whole"
@@ -423,33 +458,35 @@ def initialize(
     if not from_config and (worker is not None or shard_size is not None):
         _check_sharded_run(opened, out_path, worker, shard_size, in_place, options)
     config_path = cast("HfTemplate", template).config_path if from_config and template is not None else None
-    report = _planned_report(
+    planned = _planned_report(
         model, opened, classified, options, out_path, dry_run=dry_run, config_path=config_path
-    )
-    report.shard = worker
+    )  # plan
+    planned.shard = worker
     if dry_run:
-        report.elapsed = time.perf_counter() - started
-        return report
-    plan = report.entries
-    check_fits_in_memory(report.filled)
+        planned.elapsed = time.perf_counter() - started
+        _write_report(planned, report_path, force=force, protected=inputs)
+        return planned
+    plan = planned.entries
+    check_fits_in_memory(planned.filled)
     record = provenance(options)
+    # --in-place replaces the model's own files (and removes the data files only it used).
+    protected = outside if in_place else inputs
     batch = None
     if lsuv:  # the batch is checked, and the output may be replaced, before the costly part
-        from netinit_cli.fileio import check_destination
         from netinit_cli.lsuv.stage import prepare
 
-        check_destination(out_path, overwrite=force)
+        check_destination(out_path, overwrite=force, protected=protected)
         batch = prepare(opened, plan, options.seed, data, batch_size)
         record["netinit.lsuv_batch"] = batch.source
     filler = Filler(options.seed, done=progress.advance if progress is not None else None)
     if progress is not None:
-        progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in report.filled))
+        progress.start(sum(entry.param.numel * itemsize(entry.param.dtype) for entry in planned.filled))
     if batch is None:
         tensors = filler.tensors(plan)  # fill: lazy, each tensor is generated as the writer writes it
     else:  # fill in memory, then LSUV rescales the layers' weights through onnxruntime
         from netinit_cli.lsuv.stage import rescale
 
-        tensors, report.entries, report.lsuv = rescale(opened, plan, filler, options.method, batch)
+        tensors, planned.entries, planned.lsuv = rescale(opened, plan, filler, options.method, batch)
     # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
     if not from_config and (worker is not None or shard_size is not None):
         result = cast("SafetensorsModel", opened).write(
@@ -459,17 +496,40 @@ def initialize(
             record,
             overwrite=force,
             durable=fsync,
+            protected=protected,
             shard=worker,
             max_shard_size=shard_size,
         )
     else:
-        result = opened.write(out_path, plan, tensors, record, overwrite=force, durable=fsync)
-    report.observed = filler.observed  # report: what was written and what the filler observed
-    report.files = result.paths
-    report.bytes_written = result.bytes_written
-    report.notes.extend(result.notes)
-    report.elapsed = time.perf_counter() - started
-    return report
+        result = opened.write(
+            out_path, plan, tensors, record, overwrite=force, durable=fsync, protected=protected
+        )
+    planned.observed = filler.observed  # report: what was written and what the filler observed
+    planned.files = result.paths
+    planned.bytes_written = result.bytes_written
+    planned.notes.extend(result.notes)
+    planned.elapsed = time.perf_counter() - started
+    _write_report(planned, report_path, force=force, protected=inputs | identities(result.paths))
+    return planned
+
+
+def _files_of(template: Template | None) -> list[Path]:
+    if template is None:
+        return []
+    files = getattr(template, "input_files", None)
+    if callable(files):
+        return list(files())
+    path = getattr(template, "path", None) or getattr(template, "config_path", None)
+    return [Path(path)] if path is not None else []
+
+
+def _write_report(report: Report, path: Path | None, *, force: bool, protected: frozenset[Identity]) -> None:
+    if path is None:
+        return
+    import json
+
+    with atomic_output(path, overwrite=force, protected=protected, option="--report") as handle:
+        handle.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")
 
 
 def _parse_shard(shard: tuple[int, int] | str | None) -> tuple[int, int] | None:
@@ -545,10 +605,3 @@ def provenance(options: Options) -> dict[str, str]:
     if options.rules:
         record["netinit.rules"] = "; ".join(rule.describe() for rule in options.rules)
     return record
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and os.path.samefile(a, b)
-    except OSError as exc:
-        raise InputError(f"{a}: {exc.strerror}") from exc

@@ -180,7 +180,7 @@ def method_options(func: F) -> F:
         click.option(
             "--report",
             "report_path",
-            type=click.Path(path_type=Path),
+            type=click.Path(),  # a str: a trailing slash (a folder) must survive
             help="Also write the JSON report here.",
         ),
         click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors."),
@@ -203,10 +203,10 @@ def cli() -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
-    help="Output path [default: MODEL with .init before the suffix].",
+    type=click.Path(),  # a str: a trailing slash (a folder) must survive
+    help="Output path [default: MODEL with .init before the suffix]; a folder: that folder, default name.",
 )
-@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output (and --report FILE).")
 @click.option("--in-place", is_flag=True, help="Replace MODEL atomically (temporary file, fsync, rename).")
 @click.option("--dry-run", "-n", is_flag=True, help="Print the plan; write nothing.")
 @click.option(
@@ -253,7 +253,7 @@ def cli() -> None:
 @method_options
 def init_command(
     model: Path | None,
-    output: Path | None,
+    output: str | None,
     force: bool,
     in_place: bool,
     dry_run: bool,
@@ -285,6 +285,8 @@ def init_command(
             fsync=not no_fsync,
             options=options,
             progress=progress,
+            report=kw["report_path"],
+            also_read=(kw["config"],),
             shard=shard,
             max_shard_size=max_shard_size,
             data=data,
@@ -300,11 +302,19 @@ def init_command(
 
 @cli.command("inspect")
 @click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing --report FILE.")
 @method_options
-def inspect_command(model: Path | None, **kw: Any) -> None:
+def inspect_command(model: Path | None, force: bool, **kw: Any) -> None:
     """Show every tensor's role, layout, fans, and what would be done — without writing."""
     click.get_current_context().meta[DEBUG_KEY] = kw["debug"]
-    report = inspect(model, like=kw["like"], options=_options(kw, model))
+    report = inspect(
+        model,
+        like=kw["like"],
+        options=_options(kw, model),
+        report=kw["report_path"],
+        force=force,
+        also_read=(kw["config"],),
+    )
     table = kw["table"]
     if table == "auto" and len(report.entries) <= INSPECT_FULL_LIMIT:
         table = "full"
@@ -395,24 +405,14 @@ def _progress(console: Console, *, enabled: bool) -> _Progress | None:
 
 
 def _emit(report: Report, kw: dict[str, Any]) -> None:
+    """Print the report (the API wrote ``--report FILE``)."""
     import json
 
-    if kw["report_path"] is not None:
-        _write_json(kw["report_path"], report)
     if kw["as_json"]:
         click.echo(json.dumps(report.to_json(), indent=2))
         return
     if not kw["quiet"]:
         render(report, _stdout_console(), kw["table"])
-
-
-def _write_json(path: Path, report: Report) -> None:
-    import json
-
-    from netinit_cli.fileio import atomic_output
-
-    with atomic_output(path, overwrite=True) as handle:
-        handle.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")
 
 
 def main() -> None:

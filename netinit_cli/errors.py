@@ -43,7 +43,8 @@ class OutputExistsError(NetinitError):
 
 
 class OutputError(NetinitError):
-    """The output cannot be written (permission, disk full, a symlink in the way)."""
+    """The output cannot be written (permission, disk full, a symlink, folder, device, FIFO or
+    socket in the way)."""
 
     exit_code = 5
 
@@ -54,5 +55,5 @@ EXIT_CODES = {
     2: "usage error: bad option or option value",
     3: "invalid, unreadable or unsafe input model",
     4: "output exists (use --force or --in-place)",
-    5: "output cannot be written (permission, disk full, refused symlink)",
+    5: "output cannot be written (permission, disk full, a symlink, folder or device in the way)",
 }

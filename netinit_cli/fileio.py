@@ -1,6 +1,7 @@
-"""Low-level file output, below every format: atomic single and multi-file commits, destination
-checks, temporary-file naming and cleanup, preallocation, ``pwrite``, kernel-side range copies
-and early writeback.  Knows nothing about models or tensors beyond raw bytes."""
+"""Low-level file output, below every format: temporary-file naming and cleanup, preallocation,
+``pwrite``, kernel-side range copies and early writeback.  Commits are :mod:`netinit_cli.commit`'s,
+the destination policy :mod:`netinit_cli.destination`'s.  Knows nothing about models or tensors
+beyond raw bytes."""
 
 from __future__ import annotations
 
@@ -8,39 +9,20 @@ import contextlib
 import errno
 import io
 import os
-import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 import numpy as np
 
 from netinit_cli import libc
-from netinit_cli.errors import OutputError, OutputExistsError
+from netinit_cli.destination import folder_of
+from netinit_cli.errors import OutputError
 from netinit_cli.inputfile import changed
 
 COPY_CHUNK = 16 << 20  # bytes per read/write when a range is copied through user space
-
-
-def check_destination(out: Path, *, overwrite: bool, follow_symlinks: bool = False) -> None:
-    """Refuse an existing output without ``overwrite``, and a planted symlink always
-    (unless ``follow_symlinks``): we replace the link's target folder entry, never write through it."""
-    if out.is_symlink() and not follow_symlinks:
-        raise OutputError(
-            f"{out}: the output path is a symbolic link; refusing to write through it "
-            "(remove the link or choose another -o)"
-        )
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out} already exists; use --force to overwrite it or -o to choose another path"
-        )
-    if out.exists() and out.is_dir():
-        raise OutputError(f"{out} is a directory; give a file path with -o")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{out}: the folder {parent} does not exist; create it first")
 
 
 # Temporary files are named ``.<output name>.netinit-<pid>-<random>.tmp`` in the output's folder:
@@ -54,10 +36,6 @@ def temp_prefix(out: Path) -> str:
     return f".{out.name}{TEMP_TAG}{os.getpid()}-"
 
 
-def _folder(out: Path) -> Path:
-    return out.parent if str(out.parent) else Path(".")
-
-
 def remove_stale_temps(out: Path) -> list[Path]:
     """Delete temporary files left for ``out`` by netinit processes that no longer run
     (killed mid-write).  Only files named by :func:`temp_prefix` whose process id is not alive
@@ -66,11 +44,11 @@ def remove_stale_temps(out: Path) -> list[Path]:
     removed: list[Path] = []
     head = f".{out.name}{TEMP_TAG}"
     with contextlib.suppress(OSError):
-        for entry in os.scandir(_folder(out)):
+        for entry in os.scandir(folder_of(out)):
             if not (entry.name.startswith(head) and entry.name.endswith(TEMP_SUFFIX)):
                 continue
             pid_text = entry.name[len(head) :].split("-", 1)[0]
-            if not pid_text.isdigit() or _alive(int(pid_text)):
+            if not pid_text.isdigit() or alive(int(pid_text)):
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
@@ -78,7 +56,8 @@ def remove_stale_temps(out: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
     if pid == os.getpid():
         return True
     try:
@@ -90,8 +69,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _make_temp(out: Path) -> tuple[int, Path]:
-    parent = _folder(out)
+def make_temp(out: Path) -> tuple[int, Path]:
+    """A new temporary file for ``out`` in its folder (stale ones of dead writers removed first)."""
+    parent = folder_of(out)
     remove_stale_temps(out)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=TEMP_SUFFIX, dir=parent)
@@ -100,7 +80,7 @@ def _make_temp(out: Path) -> tuple[int, Path]:
     return fd, Path(tmp_name)
 
 
-def _write_failed(out: Path, exc: OSError) -> OutputError:
+def write_failed(out: Path, exc: OSError) -> OutputError:
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         reason += " (free some space or choose another -o)"
@@ -133,10 +113,10 @@ def preallocate(fd: int, offset: int, length: int, target: Path) -> None:
         return
     code = _fallocate(fd, offset, length)
     if code and code not in _NOT_SUPPORTED:
-        raise _write_failed(target, OSError(code, os.strerror(code)))
+        raise write_failed(target, OSError(code, os.strerror(code)))
 
 
-class _OutputFile(io.BufferedRandom):
+class OutputFile(io.BufferedRandom):
     """A temporary output file whose write errors (disk full, file too large, I/O error) are
     :class:`OutputError` naming the destination, not a bare ``OSError`` (which the CLI would
     report as an internal error)."""
@@ -149,173 +129,13 @@ class _OutputFile(io.BufferedRandom):
         try:
             return super().write(data)
         except OSError as exc:
-            raise _write_failed(self.target, exc) from exc
+            raise write_failed(self.target, exc) from exc
 
     def flush(self) -> None:
         try:
             super().flush()
         except OSError as exc:
-            raise _write_failed(self.target, exc) from exc
-
-
-@contextlib.contextmanager
-def atomic_output(out: Path, *, overwrite: bool, durable: bool = True) -> Iterator[BinaryIO]:
-    """Yield a temporary file in ``out``'s folder; on success fsync it and rename it onto ``out``.
-
-    On any exception the temporary file is removed and ``out`` is left as it was, so a reader
-    sees either no/old output or the complete new file, never a partial one.  A kill -9 leaves
-    at most the temporary file (see :func:`remove_stale_temps`).  ``durable=False`` skips the
-    fsyncs of the file and its folder: the rename is still atomic for readers and against a
-    killed writer, but after a power loss or an OS crash the output may be empty or partial.
-    """
-    check_destination(out, overwrite=overwrite)
-    fd, tmp = _make_temp(out)
-    try:
-        with _OutputFile(fd, out) as handle:
-            yield cast(BinaryIO, handle)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        # Re-check right before the rename: the destination may have appeared meanwhile.  A
-        # symlink planted after this check is replaced, not followed: rename() acts on the
-        # folder entry, never on the link's target.
-        check_destination(out, overwrite=overwrite)
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, out)
-        if durable:
-            _fsync_dir(_folder(out))
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise _write_failed(out, exc) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class AtomicFileSet:
-    """Several outputs that appear together (model + external data, shards + index).
-
-    ``open(path)`` gives a temporary file beside ``path``; ``commit()`` fsyncs every one and
-    renames them into place, the files in ``open`` order with the *last opened* renamed last
-    (open the model or index last, so it never points at data that is not there yet).
-    ``abort()`` (or leaving a ``with`` block by an exception) removes every temporary file.
-
-    If a rename fails part-way (an exception, not a kill), the files already renamed are rolled
-    back: an overwritten destination gets its previous content again (kept through a hard link
-    until the commit ends), a new one is removed.  A kill -9 *between* two renames cannot be
-    rolled back: the data files are then new while the model or index is still the old one.  A
-    backend that overwrites should therefore give its data files names the old model does not
-    use, so an old model never points at new data.
-    """
-
-    def __init__(self, *, overwrite: bool, durable: bool = True) -> None:
-        self.overwrite = overwrite
-        self.durable = durable  # False: no fsync (see atomic_output)
-        self._files: list[tuple[Path, Path, BinaryIO]] = []
-
-    def __enter__(self) -> AtomicFileSet:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self.abort()
-
-    def open(self, out: Path) -> BinaryIO:
-        check_destination(out, overwrite=self.overwrite)
-        try:
-            fd, tmp = _make_temp(out)
-        except OutputError:
-            self.abort()
-            raise
-        handle = cast(BinaryIO, _OutputFile(fd, out))
-        self._files.append((out, tmp, handle))
-        return handle
-
-    def commit(self) -> list[Path]:
-        renamed: list[tuple[Path, Path | None]] = []  # (destination, backup of its old content)
-        backups: list[Path] = []
-        current = Path(".")
-        try:
-            for out, _, handle in self._files:
-                current = out
-                handle.flush()
-                if self.durable:
-                    os.fsync(handle.fileno())
-                handle.close()
-            for out, _, _ in self._files:
-                current = out
-                check_destination(out, overwrite=self.overwrite)
-            mode = 0o644 & ~_umask()
-            for out, tmp, _ in self._files:
-                current = out
-                os.chmod(tmp, mode)
-                backup = self._keep_old(current)
-                if backup is not None:
-                    backups.append(backup)
-                os.replace(tmp, current)
-                renamed.append((current, backup))
-            for folder in {_folder(out) for out, _, _ in self._files} if self.durable else ():
-                _fsync_dir(folder)
-        except OSError as exc:
-            self._roll_back(renamed)
-            self.abort()
-            raise _write_failed(current, exc) from exc
-        except BaseException:
-            self._roll_back(renamed)
-            self.abort()
-            raise
-        finally:
-            for backup in backups:
-                with contextlib.suppress(OSError):
-                    backup.unlink()
-        done = [out for out, _, _ in self._files]
-        self._files = []
-        return done
-
-    def _keep_old(self, out: Path) -> Path | None:
-        """A hard link to ``out``'s current content, so a failed commit can put it back."""
-        if not out.is_file() or out.is_symlink():
-            return None
-        backup = _folder(out) / f"{temp_prefix(out)}old-{os.urandom(4).hex()}{TEMP_SUFFIX}"
-        try:
-            os.link(out, backup)
-        except OSError:
-            return None  # a filesystem without hard links: no rollback for this file
-        return backup
-
-    @staticmethod
-    def _roll_back(renamed: list[tuple[Path, Path | None]]) -> None:
-        for out, backup in reversed(renamed):
-            with contextlib.suppress(OSError):
-                if backup is not None:
-                    os.replace(backup, out)
-                else:
-                    out.unlink()
-
-    def abort(self) -> None:
-        for _, tmp, handle in self._files:
-            with contextlib.suppress(OSError, ValueError):
-                handle.close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        self._files = []
+            raise write_failed(self.target, exc) from exc
 
 
 def pwrite_all(fd: int, values: np.ndarray, offset: int, target: Path) -> None:
@@ -326,7 +146,7 @@ def pwrite_all(fd: int, values: np.ndarray, offset: int, target: Path) -> None:
             done = os.pwrite(fd, view, offset)
             view, offset = view[done:], offset + done
     except OSError as exc:
-        raise _write_failed(target, exc) from exc
+        raise write_failed(target, exc) from exc
 
 
 def write_all(fd: int, data: bytes | memoryview, target: Path) -> None:
@@ -430,63 +250,3 @@ _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 def _sync_file_range_function() -> Callable[..., int] | None:
     """Linux's ``sync_file_range(2)``, or None."""
     return libc.function("sync_file_range", "iqqI")
-
-
-@contextlib.contextmanager
-def atomic_folder(out: Path, *, overwrite: bool, durable: bool = True) -> Iterator[Path]:
-    """Yield a new hidden folder beside ``out`` to write into; on success fsync it and put it in place.
-
-    A new ``out`` appears by ``renameat2(RENAME_NOREPLACE)``; an existing one (``overwrite``) is
-    swapped with ``renameat2(RENAME_EXCHANGE)``, then the old folder, now under the temporary name,
-    is removed: a reader sees the complete old or the complete new folder at every instant, and a
-    killed run leaves only a temporary folder (named like temporary files), which the next run for
-    ``out`` removes.  No renameat2 (not Linux, some filesystems): a check, then ``os.rename``.
-    """
-    exists = out.exists() or out.is_symlink()
-    if out.is_symlink() or (exists and not out.is_dir()):
-        raise OutputError(f"{out} is a file or a symbolic link; give a folder path with -o")
-    if exists and not overwrite:
-        raise OutputExistsError(f"{out} already exists; use --force to replace it or -o to choose another")
-    parent, head = _folder(out), f".{out.name}{TEMP_TAG}"
-    if not parent.is_dir():
-        raise OutputError(f"{out}: the folder {parent} does not exist; create it first")
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(parent):  # folders left by killed runs
-            pid = entry.name[len(head) :].split("-", 1)[0]
-            ours = entry.name.startswith(head) and entry.name.endswith(TEMP_SUFFIX) and pid.isdigit()
-            if ours and entry.is_dir(follow_symlinks=False) and not _alive(int(pid)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-    tmp, aside = (parent / f"{temp_prefix(out)}{os.urandom(4).hex()}{TEMP_SUFFIX}" for _ in range(2))
-    try:
-        os.mkdir(tmp)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create a folder in {parent}: {exc.strerror or exc}") from exc
-    try:
-        yield tmp
-        for path in [*(Path(e.path) for e in os.scandir(tmp) if e.is_file()), tmp] if durable else []:
-            fd = os.open(path, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        rename2 = libc.function("renameat2", "isisI")  # -100 AT_FDCWD; RENAME_NOREPLACE 1, _EXCHANGE 2
-        code = errno.ENOSYS if rename2 is None else 0
-        if rename2 is not None and rename2(
-            -100, os.fsencode(tmp), -100, os.fsencode(out), 2 if exists else 1
-        ):
-            code = libc.last_errno()
-        if code == errno.EEXIST or (code in (errno.ENOSYS, errno.EINVAL) and not exists and out.exists()):
-            raise OutputExistsError(f"{out} appeared while netinit was writing it; nothing was replaced")
-        if code in (errno.ENOSYS, errno.EINVAL):  # no renameat2 here: a plain rename (see above)
-            if exists:
-                os.rename(out, aside)
-            os.rename(tmp, out)
-        elif code:
-            raise OSError(code, os.strerror(code))
-        shutil.rmtree(aside if code else tmp, ignore_errors=True)  # the old folder, if any
-        if durable:
-            _fsync_dir(parent)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_failed(out, exc) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

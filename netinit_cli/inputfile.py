@@ -21,10 +21,10 @@ import numpy as np
 
 from netinit_cli.errors import InputError
 
-Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+FileState = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
-def identity(info: os.stat_result) -> Identity:
+def file_state(info: os.stat_result) -> FileState:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
@@ -108,13 +108,13 @@ class InputFile:
             os.close(fd)
             raise InputError(f"{path}: not a regular file")
         self.fd = fd
-        self.identity = identity(info)
+        self.state = file_state(info)
         self._closer = weakref.finalize(self, os.close, fd)
 
     @property
     def size(self) -> int:
         """The size when opened (every check of offsets is against it)."""
-        return self.identity[2]
+        return self.state[2]
 
     def read(self, offset: int, count: int) -> bytes:
         buffer = bytearray(count)
@@ -123,10 +123,10 @@ class InputFile:
 
     def check_unchanged(self) -> None:
         """Refuse a file written in place since it was opened (same inode, new size or time)."""
-        now = identity(os.fstat(self.fd))
-        if now != self.identity:
-            detail = f"{self.identity[2]} bytes when opened, {now[2]} now"
-            raise changed(self.path, detail, size=now[2] != self.identity[2])
+        now = file_state(os.fstat(self.fd))
+        if now != self.state:
+            detail = f"{self.state[2]} bytes when opened, {now[2]} now"
+            raise changed(self.path, detail, size=now[2] != self.state[2])
 
     def close(self) -> None:
         self._closer()

@@ -11,7 +11,7 @@ from typing import cast
 @cache
 def function(name: str, signature: str) -> Callable[..., int] | None:
     """The C function ``name`` returning an int; ``signature`` gives its argument types as
-    ``struct`` letters: ``i`` int, ``I`` unsigned int, ``q`` 64-bit int.  Errors set ctypes'
+    ``struct`` letters: ``i`` int, ``I`` unsigned int, ``q`` 64-bit int, ``s`` a C string (bytes).  Errors set ctypes'
     copy of errno (:func:`last_errno`)."""
     import ctypes
 

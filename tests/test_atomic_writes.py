@@ -38,10 +38,11 @@ from onnx import helper, numpy_helper
 from onnx_builders import float_model, save
 from safetensors.numpy import load_file, save_file
 
-from netinit_cli import fileio
+from netinit_cli import commit, fileio
 from netinit_cli.cli import cli
-from netinit_cli.errors import OutputError
-from netinit_cli.fileio import AtomicFileSet, atomic_output, remove_stale_temps
+from netinit_cli.commit import FileSet, atomic_output
+from netinit_cli.errors import OutputError, OutputExistsError
+from netinit_cli.fileio import remove_stale_temps
 
 SEED = 20240611
 
@@ -214,31 +215,30 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# A failed commit of several files rolls back; a kill between renames cannot (documented)
+# A failed commit of several files leaves the old output; a kill between renames cannot tear it
 # ------------------------------------------------------------------------------------------
-def test_failed_commit_restores_every_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_commit_keeps_every_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new member goes in under a fresh name; when the primary's rename fails, it is removed
+    again and the old primary still names its own, untouched member."""
     data, model = tmp_path / "m.data", tmp_path / "m.onnx"
     data.write_bytes(b"old data")
     model.write_bytes(b"old model")
     real_replace = os.replace
-    calls = []
 
     def failing_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        calls.append(Path(dst).name)
-        if Path(dst) == model and Path(src).name.endswith(".tmp") and "old-" not in Path(src).name:
+        if Path(dst) == model:
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(fileio.os, "replace", failing_replace)
+    monkeypatch.setattr(commit.os, "replace", failing_replace)
     with (
         pytest.raises(OutputError, match=r"m\.onnx: write failed: No space left on device"),
-        AtomicFileSet(overwrite=True) as files,
+        FileSet(model, overwrite=True) as files,
     ):
-        files.open(data).write(b"new data")
-        files.open(model).write(b"new model")
-        files.commit()
+        files.member(lambda k: "m.data" if k == 0 else f"m.{k}.data").write(b"new data")
+        files.commit(lambda names: f"new model naming {names}".encode())
     assert data.read_bytes() == b"old data" and model.read_bytes() == b"old model"
-    assert temps(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.data", "m.onnx"]
 
 
 KILL_BETWEEN_RENAMES = """
@@ -369,36 +369,46 @@ def test_planted_symlink_at_destination_is_refused(tmp_path: Path, force: bool) 
     assert temps(tmp_path) == []
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
 def test_symlink_planted_after_the_last_check_is_replaced_not_followed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
 ) -> None:
     """The race: the link appears between the final check and the rename.  rename() replaces
-    the folder entry, so the link's target is never written."""
+    the folder entry, so the link's target is never written; without --force the rename
+    itself refuses the link (RENAME_NOREPLACE)."""
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"precious")
     out = tmp_path / "report.json"
-    real_check = fileio.check_destination
+    real_check = commit.check_destination
     checks = []
 
-    def check_then_plant(path: Path, **kw: bool) -> None:
-        real_check(path, **kw)
+    def check_then_plant(path: Path, **kw: Any) -> Any:
+        found = real_check(path, **kw)
         checks.append(path)
-        if len(checks) == 2:  # the re-check right before the rename
+        if len(checks) == (3 if overwrite else 2):  # the last check before the rename
             path.symlink_to(victim)
+        return found
 
-    monkeypatch.setattr(fileio, "check_destination", check_then_plant)
-    with atomic_output(out, overwrite=False) as handle:
+    monkeypatch.setattr(commit, "check_destination", check_then_plant)
+    with (
+        pytest.raises(OutputExistsError) if not overwrite else contextlib.nullcontext(),
+        atomic_output(out, overwrite=overwrite) as handle,
+    ):
         handle.write(b"new content")
     assert victim.read_bytes() == b"precious"
-    assert not out.is_symlink() and out.read_bytes() == b"new content"
+    if overwrite:
+        assert not out.is_symlink() and out.read_bytes() == b"new content"
+    else:
+        assert out.is_symlink()
+    assert temps(tmp_path) == []
 
 
 def test_symlink_planted_during_the_write_is_refused(tmp_path: Path) -> None:
     victim = tmp_path / "victim.bin"
     victim.write_bytes(b"precious")
     out = tmp_path / "m.data"
-    with pytest.raises(OutputError, match="symbolic link"), AtomicFileSet(overwrite=True) as files:
-        files.open(out).write(b"new")
+    with pytest.raises(OutputError, match="symbolic link"), FileSet(out, overwrite=True) as files:
+        files.open_primary().write(b"new")
         out.symlink_to(victim)
         files.commit()
     assert victim.read_bytes() == b"precious" and out.is_symlink()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from netinit_cli.destination import Identity
 from netinit_cli.model import Planned
 
 if TYPE_CHECKING:
@@ -55,11 +56,17 @@ class ModelFile(Protocol):
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
     ) -> WriteResult:
         """Write a new model to ``out``: each tensor of ``tensors`` (the plan's filled ones, by
         name) from its lazy values, every other tensor, node, attribute and metadata entry
-        byte-identical.  Atomic (see :mod:`netinit_cli.fileio`; ``durable=False`` skips the
-        fsyncs).  ``provenance`` goes into the file's metadata."""
+        byte-identical.  Atomic (see :mod:`netinit_cli.commit`; ``durable=False`` skips the
+        fsyncs).  ``provenance`` goes into the file's metadata.  ``protected``: files never
+        written over or removed (the inputs, unless ``out`` replaces the model in place)."""
+        ...
+
+    def input_files(self) -> list[Path]:
+        """Every file the model is read from (model or index, external data or shards)."""
         ...
 
 

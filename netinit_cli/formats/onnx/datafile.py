@@ -1,5 +1,5 @@
 """The external data file of a written ONNX model: its name, the writer that appends aligned raw
-tensors to it, and the cleanup of data files left by earlier writes."""
+tensors to it, and which data files an earlier output at the same path used."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,15 +17,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
+from netinit_cli.commit import FileSet
 from netinit_cli.errors import InputError
-from netinit_cli.fileio import (
-    COPY_CHUNK,
-    TEMP_TAG,
-    AtomicFileSet,
-    EarlyWriteback,
-    preallocate,
-    remove_stale_temps,
-)
+from netinit_cli.fileio import COPY_CHUNK, TEMP_TAG, EarlyWriteback, preallocate, remove_stale_temps
 from netinit_cli.formats.onnx.checks import all_tensors
 from netinit_cli.formats.onnx.external import location
 from netinit_cli.model import Planned
@@ -36,7 +30,12 @@ DATA_NAME_DIGITS = 16  # hex digits of the data file's name (see data_file_name)
 
 
 def data_file_name(
-    out: Path, input_digest: str, plan: Sequence[Planned], provenance: dict[str, str], threshold: int
+    out: Path,
+    input_digest: str,
+    plan: Sequence[Planned],
+    provenance: dict[str, str],
+    threshold: int,
+    variant: int = 0,
 ) -> str:
     """``<output stem>.<16 hex digits>.data``: the name of the data file written beside ``out``.
 
@@ -51,7 +50,9 @@ def data_file_name(
     it does not reference, so it still reads its own, unchanged data.  When the name is the
     same, so is everything the write starts from, and (generation being deterministic for a
     netinit version, which the provenance records) the new model's bytes are the previous
-    model's: the previous model plus the new data file is exactly the new output.
+    model's.  Still, a data file is never written over: when the name is taken (by the output
+    being replaced, or the input), ``variant`` 1, 2, … gives other digests, the first free one
+    is used (:class:`~netinit_cli.commit.FileSet`).
     """
     recipe = {
         "layout": 1,  # bump when the way tensors are laid out in the data file changes
@@ -74,6 +75,8 @@ def data_file_name(
             for p in plan
         ],
     }
+    if variant:
+        recipe["variant"] = variant
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:DATA_NAME_DIGITS]
     return f"{_stem(out)}.{digest}.data"
 
@@ -82,38 +85,41 @@ def _stem(out: Path) -> str:
     return out.stem if out.suffix else out.name
 
 
-def replaced_data_files(out: Path, keep: Path, inputs: set[str]) -> list[Path]:
-    """Data files of the model now at ``out`` that the new output makes useless: named as
-    :func:`data_file_name` names them for this output, beside it, referenced by that model,
-    not ``keep`` (the new data file) and not part of the input.  Read before the commit."""
-    ours = re.compile(re.escape(_stem(out)) + rf"\.[0-9a-f]{{{DATA_NAME_DIGITS}}}\.data")
+def is_data_file_of(out: Path, path: Path) -> bool:
+    """Whether ``path`` is named as :func:`data_file_name` names the data files of ``out``."""
+    ours = re.escape(_stem(out)) + rf"\.[0-9a-f]{{{DATA_NAME_DIGITS}}}\.data"
+    return (
+        path.parent == (out.parent if str(out.parent) else Path("."))
+        and re.fullmatch(ours, path.name) is not None
+    )
+
+
+def referenced_data_files(out: Path) -> set[str]:
+    """The data files named as netinit names them for ``out`` that the model now at ``out``
+    references (its other external files are not netinit's to remove)."""
     folder = out.parent if str(out.parent) else Path(".")
     try:
-        candidates = {e.name for e in os.scandir(folder) if ours.fullmatch(e.name) and e.name != keep.name}
+        candidates = {e.name for e in os.scandir(folder) if is_data_file_of(out, folder / e.name)}
     except OSError:
-        return []
+        return set()
     if not candidates:
-        return []  # the usual case: nothing to parse
+        return set()  # the usual case: nothing to parse
     try:
         fd = os.open(out, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                return []
+                return set()
             previous = onnx.load_model_from_string(handle.read(1 << 31))
     except (OSError, DecodeError, RuntimeError, ValueError):
-        return []  # not a model (or unreadable): it references nothing
+        return set()  # not a model (or unreadable): it references nothing
     referenced = {location(t) for t in all_tensors(previous) if t.data_location == TensorProto.EXTERNAL}
-    return [
-        folder / name
-        for name in sorted(candidates & referenced)
-        if os.path.realpath(folder / name) not in inputs
-    ]
+    return candidates & referenced
 
 
 def remove_stale_data_temps(out: Path) -> None:
-    """Remove the temporary data files that killed writers left for ``out``.  Their names
-    follow the data file's name, which changes from write to write, so the cleanup that
-    :class:`AtomicFileSet` does for the file it opens would miss them."""
+    """Remove the temporary data files that writers of netinit versions before the commit
+    journal named after the data file (``.<stem>.<digits>.data.netinit-<pid>-….tmp``) and left
+    when killed; temporary files are now named after the model, and removed with its own."""
     pattern = re.compile(
         r"\.(" + re.escape(_stem(out)) + rf"\.[0-9a-f]{{{DATA_NAME_DIGITS}}}\.data)" + re.escape(TEMP_TAG)
     )
@@ -124,26 +130,15 @@ def remove_stale_data_temps(out: Path) -> None:
             remove_stale_temps(folder / name)
 
 
-def remove_unshared(paths: Sequence[Path]) -> list[Path]:
-    """Delete each regular file of ``paths`` that has no other hard link; the removed ones."""
-    removed = []
-    for path in paths:
-        with contextlib.suppress(OSError):
-            info = os.lstat(path)
-            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-                path.unlink()
-                removed.append(path)
-    return removed
-
-
 class DataWriter:
     """Appends aligned raw tensors to the new data file, opened on first use."""
 
-    def __init__(self, path: Path, threshold: int) -> None:
-        self.path = path
+    def __init__(self, path: Path, threshold: int, names: Callable[[int], str]) -> None:
+        self.path = path  # as written; committed as the first of ``names(k)`` that is free
         self.location = path.name
+        self.names = names
         self.threshold = threshold
-        self.files: AtomicFileSet | None = None
+        self.files: FileSet | None = None
         self.handle: BinaryIO | None = None
         self.position = 0
         self.writeback: EarlyWriteback | None = None
@@ -153,7 +148,7 @@ class DataWriter:
         ``nbytes`` allocated there (see :func:`preallocate`)."""
         if self.handle is None:
             assert self.files is not None
-            self.handle = self.files.open(self.path)
+            self.handle = self.files.member(self.names)
         pad = -self.position % ALIGNMENT
         if pad:
             self.handle.write(b"\0" * pad)

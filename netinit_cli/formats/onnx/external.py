@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto
 
 from netinit_cli.errors import InputError, UnsafeInputError
-from netinit_cli.inputfile import Identity, changed, identity
+from netinit_cli.inputfile import FileState, changed, file_state
 
 MAX_ELEMENTS = 1 << 50  # a shape with more elements is corrupt (2**50 bytes is a petabyte)
 
@@ -43,7 +43,7 @@ class ExternalRef:
     path: Path  # resolved, inside the model's folder
     offset: int
     length: int
-    identity: Identity  # of the file when it was checked
+    state: FileState  # of the file when it was checked
 
 
 def check_shape(dims: Sequence[int], what: str) -> int:
@@ -142,7 +142,7 @@ def resolve_external(tensor: TensorProto, base: Path, label: str) -> ExternalRef
             f"{where}: bytes {offset}..{offset + expected} run past the end of the "
             f"{info_stat.st_size}-byte file; the data file is truncated or the model is malformed"
         )
-    return ExternalRef(candidate, offset, expected, identity(info_stat))
+    return ExternalRef(candidate, offset, expected, file_state(info_stat))
 
 
 def _decimal(text: str, where: str, key: str) -> int:
@@ -160,13 +160,13 @@ def open_checked(ref: ExternalRef, label: str) -> BinaryIO:
             f"tensor {label!r}: cannot open external data {ref.path}: {exc.strerror}"
         ) from exc
     info = os.fstat(fd)
-    if info.st_nlink > 1 or (info.st_dev, info.st_ino) != ref.identity[:2]:
+    if info.st_nlink > 1 or (info.st_dev, info.st_ino) != ref.state[:2]:
         os.close(fd)
         raise UnsafeInputError(f"tensor {label!r}: external data file {ref.path} changed while reading")
-    if identity(info) != ref.identity:  # the same file, written since it was checked
+    if file_state(info) != ref.state:  # the same file, written since it was checked
         os.close(fd)
-        detail = f"{ref.identity[2]} bytes when checked, {info.st_size} now"
-        raise changed(ref.path, detail, size=info.st_size != ref.identity[2])
+        detail = f"{ref.state[2]} bytes when checked, {info.st_size} now"
+        raise changed(ref.path, detail, size=info.st_size != ref.state[2])
     return os.fdopen(fd, "rb")
 
 

@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
 
+from netinit_cli.destination import Identity, own_inputs
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import WriteResult, with_init_suffix
 from netinit_cli.formats.onnx.checks import check_input, check_shapes
@@ -32,7 +33,7 @@ from netinit_cli.formats.onnx.external import (
 )
 from netinit_cli.formats.onnx.graph import GRAPH_INPUT, Graphs, has_data
 from netinit_cli.formats.onnx.writer import OnnxWriter
-from netinit_cli.inputfile import Elements, Identity, InputFile, changed, identity, pread_array
+from netinit_cli.inputfile import Elements, FileState, InputFile, changed, file_state, pread_array
 from netinit_cli.model import Planned
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class OnnxModel:
         # The data files checked are those of the model read: refuse a model replaced meanwhile
         # (its data files may be another model's by now).
         try:
-            now = identity(os.stat(self.path))
+            now = file_state(os.stat(self.path))
         except OSError:
             now = None
         if now != read_from:
@@ -185,17 +186,24 @@ class OnnxModel:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
     ) -> WriteResult:
         """See :class:`.writer.OnnxWriter`; the graph is read again on the next use."""
         self._current()
-        inputs = {os.path.realpath(self.path)}
-        inputs |= {os.path.realpath(ref.path) for ref in self._external.values() if ref is not None}
-        writer = OnnxWriter(self.path, self._proto, self._graphs, self._external, self._digest, inputs)
+        writer = OnnxWriter(self.path, self._proto, self._graphs, self._external, self._digest)
         self._dirty = True
-        return writer.write(out, plan, tensors, provenance, overwrite=overwrite, durable=durable)
+        protected |= own_inputs(out, self.path, self.input_files())
+        return writer.write(
+            out, plan, tensors, provenance, overwrite=overwrite, durable=durable, protected=protected
+        )
+
+    def input_files(self) -> list[Path]:
+        """The model file and every external data file it reads."""
+        data = {ref.path for ref in self._external.values() if ref is not None}
+        return [self.path, *sorted(data)]
 
 
-def _load_proto(path: Path) -> tuple[onnx.ModelProto, str, Identity]:
+def _load_proto(path: Path) -> tuple[onnx.ModelProto, str, FileState]:
     """The model's graph (external data not read), the SHA-256 of the file's bytes and the
     identity of the file they were read from."""
     source = InputFile(path)
@@ -209,7 +217,7 @@ def _load_proto(path: Path) -> tuple[onnx.ModelProto, str, Identity]:
     finally:
         source.close()
     try:
-        return onnx.load_model_from_string(content), hashlib.sha256(content).hexdigest(), source.identity
+        return onnx.load_model_from_string(content), hashlib.sha256(content).hexdigest(), source.state
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InputError(
             f"{path}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else exc})"

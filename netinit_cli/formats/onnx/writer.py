@@ -13,11 +13,12 @@ Writing never calls ``onnx.save_model`` with external data (it serializes at ~0.
 * small models (no tensor that large, no external input) stay a single file;
 * the model is checked with ``onnx.checker`` in memory before anything is committed (a failure
   leaves an existing output untouched); then the data file and the model go through
-  :class:`~netinit_cli.fileio.AtomicFileSet` (model renamed last).  Each write's data file has a
-  name of its own, so a crash between the two renames leaves the previous model with its own
-  data; once the new model is in place, the data file of the model it replaced is removed (only
-  one named as netinit names them for this output, that nothing else links to and the input does
-  not use).
+  :class:`~netinit_cli.commit.FileSet` (model renamed last).  The data file is committed under a
+  name no file in the folder has (when the digest's name is taken, e.g. by the output being
+  replaced, a variant digest), so a crash between the two renames leaves the previous model with
+  its own data; once the new model is in place, the data file of the model it replaced is
+  removed (only one named as netinit names them for this output that is not an input of this
+  run; with ``--in-place`` the replaced model's own data file goes too).
 
 Everything not filled keeps its bytes, and the graph keeps its opset, metadata (plus the
 provenance keys), doc strings, value_info and node order.
@@ -26,8 +27,8 @@ provenance keys), doc strings, value_info and node order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,20 +37,18 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
+from netinit_cli.commit import FileSet
+from netinit_cli.destination import Identity, check_destination
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError, OutputError
-from netinit_cli.fileio import (
-    AtomicFileSet,
-    check_destination,
-)
 from netinit_cli.formats.base import WriteResult
-from netinit_cli.formats.onnx.checks import check_output
+from netinit_cli.formats.onnx.checks import all_tensors, check_output
 from netinit_cli.formats.onnx.datafile import (
     DataWriter,
     data_file_name,
+    is_data_file_of,
+    referenced_data_files,
     remove_stale_data_temps,
-    remove_unshared,
-    replaced_data_files,
 )
 from netinit_cli.formats.onnx.external import ExternalRef, location, open_checked, tensor_nbytes
 from netinit_cli.formats.onnx.graph import (
@@ -86,7 +85,6 @@ class OnnxWriter:
         graphs: Graphs,
         external: dict[int, ExternalRef | None],
         digest: str,
-        inputs: set[str],
     ) -> None:
         self.path = path  # the input model
         self._proto = proto
@@ -94,7 +92,6 @@ class OnnxWriter:
         self._stored = {s.name: s for s in graphs.stored}
         self._external = external
         self._digest = digest
-        self._inputs = inputs  # real paths of the input model and the data files it reads
 
     def write(
         self,
@@ -105,10 +102,11 @@ class OnnxWriter:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
     ) -> WriteResult:
         """Write the model to ``out``: the tensors of ``tensors`` filled, every other byte kept
         (see the module docstring for where tensors go).  The graph given to this writer is
-        edited in place."""
+        edited in place.  ``protected``: the input files, never written over or removed."""
         out = Path(out)
         unknown = set(tensors) - set(self._stored)
         if unknown:
@@ -116,12 +114,19 @@ class OnnxWriter:
                 f"{self.path}: the plan names tensors this model does not have: {sorted(unknown)}"
             )
         threshold = self._threshold(tensors)
-        data_path = out.with_name(data_file_name(out, self._digest, plan, provenance, threshold))
-        self._refuse_clobbering_inputs(out, data_path)
-        check_destination(out, overwrite=overwrite)
+        data_name = functools.partial(data_file_name, out, self._digest, plan, provenance, threshold)
+        check_destination(out, overwrite=overwrite, protected=protected)
         remove_stale_data_temps(out)
-        writer = DataWriter(data_path, threshold)
-        with AtomicFileSet(overwrite=overwrite, durable=durable) as files, contextlib.ExitStack() as closing:
+        files = FileSet(
+            out,
+            overwrite=overwrite,
+            durable=durable,
+            protected=protected,
+            names=referenced_data_files,
+            ours=functools.partial(is_data_file_of, out),
+        )
+        writer = DataWriter(out.with_name(data_name(0)), threshold, data_name)
+        with files, contextlib.ExitStack() as closing:
             writer.files = files
             closing.callback(writer.finish)
             for stored in self._graphs.stored:
@@ -137,31 +142,25 @@ class OnnxWriter:
             writer.finish()
             _set_metadata(self._proto, provenance)
             check_output(self._proto, writer.location, out)
-            try:
-                payload = self._proto.SerializeToString()
-            except ValueError as exc:
-                raise OutputError(f"{out}: the model graph does not fit in a protobuf: {exc}") from exc
-            files.open(out).write(payload)
-            del payload
-            replaced = replaced_data_files(out, data_path, self._inputs) if overwrite else []
-            paths = files.commit()
+            paths = files.commit(functools.partial(self._serialize, out, writer.location))
         written = sum(p.stat().st_size for p in paths)
-        notes = [f"external data: {data_path.name} ({writer.position} bytes)"] if writer.handle else []
-        notes += [
-            f"removed {path.name}, the data file of the output this one replaced"
-            for path in remove_unshared(replaced)
-        ]
+        notes = [f"external data: {paths[0].name} ({writer.position} bytes)"] if writer.handle else []
+        notes += [f"removed {name}, the data file of the output this one replaced" for name in files.removed]
         return WriteResult(paths=[out, *[p for p in paths if p != out]], bytes_written=written, notes=notes)
 
-    def _refuse_clobbering_inputs(self, out: Path, data_path: Path) -> None:
-        # Replacing the model file itself is --in-place (api refuses it otherwise): safe, since the
-        # new file is renamed over it only after every kept tensor was copied.  A data file the
-        # input reads from is never a target.
-        inputs = self._inputs
-        in_place = os.path.realpath(out) == os.path.realpath(self.path)
-        for target in (data_path,) if in_place else (out, data_path):
-            if os.path.realpath(target) in inputs:
-                raise OutputError(f"{target} is part of the input model; choose another output with -o")
+    def _serialize(self, out: Path, provisional: str, names: list[str]) -> bytes:
+        """The model's bytes, its data file called by the name it is committed under."""
+        if names and names[0] != provisional:
+            for tensor in all_tensors(self._proto):
+                if tensor.data_location == TensorProto.EXTERNAL and location(tensor) == provisional:
+                    for entry in tensor.external_data:
+                        if entry.key == "location":
+                            entry.value = names[0]
+        try:
+            payload: bytes = self._proto.SerializeToString()
+        except ValueError as exc:
+            raise OutputError(f"{out}: the model graph does not fit in a protobuf: {exc}") from exc
+        return payload
 
     def _threshold(self, fills: Mapping[str, LazyTensor]) -> int:
         """The size from which tensors go to the data file (see the module docstring)."""

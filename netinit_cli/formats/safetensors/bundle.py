@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from netinit_cli.destination import Identity, own_inputs
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError
 from netinit_cli.formats.base import WriteResult, with_init_suffix
@@ -30,7 +31,7 @@ from netinit_cli.formats.safetensors.header import (
     read_index,
 )
 from netinit_cli.formats.safetensors.writer import SafetensorsWriter, output_shard_names
-from netinit_cli.inputfile import Elements, changed, identity, pread_array
+from netinit_cli.inputfile import Elements, changed, file_state, pread_array
 from netinit_cli.model import Param, Planned
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class SafetensorsModel:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
         shard: tuple[int, int] | None = None,
         max_shard_size: int | None = None,
     ) -> WriteResult:
@@ -134,9 +136,15 @@ class SafetensorsModel:
             provenance,
             overwrite=overwrite,
             durable=durable,
+            protected=protected | own_inputs(out, self.path, self.input_files()),
             shard=shard,
             max_shard_size=max_shard_size,
         )
+
+    def input_files(self) -> list[Path]:
+        """The files this model is read from: the index and every shard."""
+        files = [shard.path for shard in self._shards if shard.path is not None]
+        return ([self._index.path] if self._index is not None else []) + files
 
     def writes_bundle(self, out: Path) -> bool:
         """Whether writing to ``out`` gives an index and its shards."""
@@ -237,8 +245,8 @@ def _check_index_unchanged(index: Index) -> None:
     """The shards opened are those of the index read: refuse an index replaced meanwhile (its
     shards may then be a mix of two bundles)."""
     try:
-        now = identity(os.stat(index.path))
+        now = file_state(os.stat(index.path))
     except OSError:
         now = None
-    if now != index.identity:
+    if now != index.state:
         raise changed(index.path, "it was replaced while its shards were opened", size=False)

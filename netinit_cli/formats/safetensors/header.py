@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from netinit_cli.errors import InputError, UnsafeInputError
-from netinit_cli.inputfile import Identity, InputFile
+from netinit_cli.inputfile import FileState, InputFile
 
 # Limits checked before anything is allocated.  The reference caps the header at 100 MB.
 MAX_HEADER_BYTES = 100_000_000
@@ -344,14 +344,14 @@ class Index:
     path: Path
     metadata: dict[str, Any]
     weight_map: dict[str, str]
-    identity: Identity | None = None  # of the file read, to notice it being replaced meanwhile
+    state: FileState | None = None  # of the file read, to notice it being replaced meanwhile
 
 
 def load_json_file(path: Path, what: str) -> Any:
     return _load_json(path, what)[0]
 
 
-def _load_json(path: Path, what: str) -> tuple[Any, Identity]:
+def _load_json(path: Path, what: str) -> tuple[Any, FileState]:
     """The document, and the identity of the file it was read from."""
     source = InputFile(path)
     try:
@@ -363,7 +363,7 @@ def _load_json(path: Path, what: str) -> tuple[Any, Identity]:
     finally:
         source.close()
     try:
-        return load_strict_json(raw.decode("utf-8")), source.identity
+        return load_strict_json(raw.decode("utf-8")), source.state
     except UnicodeDecodeError as exc:
         raise InputError(f"{path.name}: {what} is not valid UTF-8 (byte {exc.start})") from None
     except HeaderProblem as exc:

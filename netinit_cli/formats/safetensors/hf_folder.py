@@ -6,7 +6,7 @@ model that can generate, and ``model.safetensors`` or the
 shards ``model-0000k-of-0000N.safetensors`` with ``model.safetensors.index.json``, split and named by
 huggingface_hub's own function (:meth:`HfTemplate.shard_plan`).  Tensors stream through the
 safetensors writer one at a time; persistent buffers are written with the model class's values.
-Everything is written into a hidden folder and committed as a whole (:func:`fileio.atomic_folder`).
+Everything is written into a hidden folder and committed as a whole (:func:`commit.atomic_folder`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from netinit_cli.commit import atomic_folder, atomic_output
+from netinit_cli.destination import Identity
 from netinit_cli.dtypes import numpy_dtype
 from netinit_cli.errors import InputError, OutputError, UsageError
-from netinit_cli.fileio import atomic_folder, atomic_output
 from netinit_cli.formats.base import WriteResult
 from netinit_cli.formats.safetensors.header import Index, Shard, quote
 from netinit_cli.formats.safetensors.hf_template import INDEX_NAME, WEIGHTS_NAME, HfTemplate
@@ -74,6 +75,10 @@ class HfFolder:
     def default_output(self) -> Path:
         return self.path
 
+    def input_files(self) -> list[Path]:
+        """The config the folder is built from."""
+        return [self.template.config_path]
+
     def write(
         self,
         out: Path,
@@ -83,9 +88,11 @@ class HfFolder:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
     ) -> WriteResult:
         """Write the folder: weights through :class:`SafetensorsWriter`, then the index as
-        save_pretrained writes it, then config.json; all appear at once, or nothing does."""
+        save_pretrained writes it, then config.json; all appear at once, or nothing does.
+        (``protected`` is for the protocol: a new folder replaces no input file.)"""
         from netinit_cli.fill import LazyTensor
 
         self._check_replaceable(out, overwrite)

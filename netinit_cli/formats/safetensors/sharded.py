@@ -14,9 +14,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from netinit_cli.commit import atomic_output
 from netinit_cli.errors import OutputError, OutputExistsError, UsageError
-from netinit_cli.fileio import AtomicFileSet
 from netinit_cli.formats.base import WriteResult
 from netinit_cli.formats.safetensors.header import FILE_SUFFIX, INDEX_SUFFIX
 from netinit_cli.shard import (
@@ -95,13 +96,13 @@ def write_worker(
     index_bytes: bytes,
     expected: Mapping[str, str],
     shard: tuple[int, int],
-    write_file: Callable[[int, AtomicFileSet], None],
+    write_file: Callable[[int, BinaryIO], None],
     *,
     overwrite: bool,
     durable: bool,
 ) -> WriteResult:
-    """Worker ``shard = (k, n)``: write my files of ``files`` (``write_file(i, fileset)`` writes the
-    i-th into a fresh one-file set, committed here), skip those already complete, then publish.
+    """Worker ``shard = (k, n)``: write my files of ``files`` (``write_file(i, handle)`` writes the
+    i-th into a temporary file, committed here), skip those already complete, then publish.
 
     Every file present is checked first, so a worker started with other options (another seed,
     method, version, layout) stops before it writes anything.  With ``overwrite`` (``--force``) a
@@ -127,9 +128,8 @@ def write_worker(
     for number in mine:
         if number in complete:
             continue
-        with AtomicFileSet(overwrite=overwrite, durable=durable) as fileset:
-            write_file(number, fileset)
-            fileset.commit()
+        with atomic_output(folder / files[number].name, overwrite=overwrite, durable=durable) as handle:
+            write_file(number, handle)
         written.append(folder / files[number].name)
     sizes = {file.name: file.size for file in files}
     status = publish_index_if_complete(

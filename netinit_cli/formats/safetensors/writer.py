@@ -11,7 +11,11 @@ kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest
 * **Shards**: the output keeps the input's split.  For ``model.safetensors.index.json`` the default
   output is ``model.init.safetensors.index.json`` and shard ``model-00001-of-00002.safetensors``
   becomes ``model.init-00001-of-00002.safetensors`` (the index's stem is replaced by the output
-  index's stem; a shard name not starting with the stem gets ``<out stem>-`` in front).  The index
+  index's stem; a shard name not starting with the stem gets ``<out stem>-`` in front).  Where a
+  file of that name holds other bytes (the shards of the output being replaced), the shards are
+  named ``model.init.1-00001-of-00002.safetensors`` (``.2``, … : the first variant free for every
+  shard), so the old index keeps naming complete old shards until the new index replaces it; then
+  the old shards netinit wrote are removed (:class:`~netinit_cli.commit.FileSet`).  The index
   is rewritten with ``weight_map`` and ``metadata.total_size`` (sum of tensor data bytes) and
   ``total_parameters`` computed from the plan; other index metadata keys are kept.  A new bundle
   (``--like T -o NAME.safetensors.index.json``) is split by size (``sharded.split_by_size``).
@@ -31,14 +35,17 @@ import functools
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from netinit_cli.errors import NetinitError, UsageError
-from netinit_cli.fileio import AtomicFileSet, EarlyWriteback, copy_range, preallocate, write_all
+from netinit_cli.commit import FileSet
+from netinit_cli.destination import Identity, check_destination
+from netinit_cli.errors import InputError, NetinitError, UsageError
+from netinit_cli.fileio import EarlyWriteback, copy_range, preallocate, write_all
 from netinit_cli.formats.base import WriteResult
 from netinit_cli.formats.safetensors import sharded
 from netinit_cli.formats.safetensors.header import (
@@ -53,6 +60,7 @@ from netinit_cli.formats.safetensors.header import (
     TensorEntry,
     check_tensor_count,
     quote,
+    read_index,
     shape_text,
 )
 from netinit_cli.inputfile import InputFile
@@ -130,6 +138,7 @@ class SafetensorsWriter:
         *,
         overwrite: bool,
         durable: bool = True,
+        protected: frozenset[Identity] = frozenset(),
         shard: tuple[int, int] | None = None,
         max_shard_size: int | None = None,
     ) -> WriteResult:
@@ -137,8 +146,10 @@ class SafetensorsWriter:
 
         The tensors of ``tensors`` are produced (once each, in write order) and written; every
         other tensor of the plan is copied byte-identical from the input.  Metadata = the input's
-        ``__metadata__`` plus ``provenance``.  All files appear together (shards first, the index
-        last) or not at all.
+        ``__metadata__`` plus ``provenance``.  All files appear together (shards first, under
+        names no file has, the index last) or not at all (:class:`~netinit_cli.commit.FileSet`);
+        ``protected``: the input files, never written over.  A ``--shard`` worker commits its
+        files one by one and the index when all are there (:func:`sharded.write_worker`).
         """
         for key, value in provenance.items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -154,14 +165,16 @@ class SafetensorsWriter:
                 [_File.make(target, {**source.metadata, **provenance}, items[source.file_name])],
                 None,
             )
+        if index_bytes is not None and shard is None:  # refused now, not after every shard is written
+            check_destination(out, overwrite=overwrite, protected=protected)
         done = _Progress()
         if shard is not None:
             if index_bytes is None:
                 raise UsageError(f"{out}: --shard splits a sharded bundle; this output is one file")
 
-            def write_file(number: int, fileset: AtomicFileSet) -> None:
+            def write_file(number: int, handle: BinaryIO) -> None:
                 done.produced.clear()  # the files written before are committed and closed
-                self._write_shard(fileset, files[number], done)
+                self._write_shard(handle, files[number], done, durable)
                 _check_sources(done)
 
             planned = [sharded.PlannedFile(file.target.name, file.size) for file in files]
@@ -177,14 +190,27 @@ class SafetensorsWriter:
             )
             result.notes[:0] = notes
             return result
-        with AtomicFileSet(overwrite=overwrite, durable=durable) as fileset:
+        fileset = FileSet(
+            out,
+            overwrite=overwrite,
+            durable=durable,
+            protected=protected,
+            names=_index_shards if index_bytes is not None else lambda path: set(),
+            ours=_written_by_netinit,
+        )
+        with fileset:
+            stem = _index_stem(out.name)
             for file in files:
-                self._write_shard(fileset, file, done)
-            if index_bytes is not None:
-                write_all(fileset.open(out).fileno(), index_bytes, out)
+                if index_bytes is None:
+                    handle = fileset.open_primary()
+                else:
+                    handle = fileset.member(functools.partial(shard_variant, file.target.name, stem))
+                self._write_shard(handle, file, done, durable)
+            bases = [file.target.name for file in files]
             _check_sources(done)
-            written = fileset.commit()
+            written = fileset.commit(functools.partial(_renamed_in_index, index_bytes or b"", bases))
         size = sum(path.stat().st_size for path in written)
+        notes += [f"removed {name}, a file of the output this one replaced" for name in fileset.removed]
         return WriteResult(paths=written, bytes_written=size, notes=notes)
 
     def writes_bundle(self, out: Path) -> bool:
@@ -276,14 +302,14 @@ class SafetensorsWriter:
                 )
         return items, notes
 
-    def _write_shard(self, files: AtomicFileSet, file: _File, done: _Progress) -> None:
-        """One output file: the header, then each tensor at its offset."""
+    def _write_shard(self, handle: BinaryIO, file: _File, done: _Progress, durable: bool) -> None:
+        """One output file, into ``handle``: the header, then each tensor at its offset."""
         target = file.target
-        fd = files.open(target).fileno()
+        fd = handle.fileno()
         position = 8 + len(file.header)
         preallocate(fd, 0, file.size, target)
         write_all(fd, struct.pack("<Q", len(file.header)) + file.header, target)
-        writeback = EarlyWriteback(fd, active=files.durable)
+        writeback = EarlyWriteback(fd, active=durable)
         try:
             for item in file.items:
                 self._write_item(item, fd, position, target, done)
@@ -315,6 +341,50 @@ class SafetensorsWriter:
             copy_range(source.fd, src_offset, nbytes, fd, target, source=source.path)
 
 
+def _renamed_in_index(index_bytes: bytes, bases: list[str], names: list[str]) -> bytes:
+    """The index naming each shard by the name it is committed under (the same bytes when every
+    shard keeps its planned name)."""
+    if not index_bytes or bases == names:
+        return index_bytes
+    final = dict(zip(bases, names, strict=True))
+    document = json.loads(index_bytes)
+    document["weight_map"] = {name: final[base] for name, base in document["weight_map"].items()}
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def shard_variant(base: str, out_stem: str, k: int) -> str:
+    """The ``k``-th name of an output shard: ``model.init-00001-of-00002.safetensors``, then
+    ``model.init.1-00001-of-00002.safetensors``, ``model.init.2-…`` (the first that no other file
+    in the folder has, so a shard the old index names is never written over)."""
+    if k == 0:
+        return base
+    assert base.startswith(out_stem), (base, out_stem)
+    return f"{out_stem}.{k}{base[len(out_stem) :]}"
+
+
+def _index_shards(index: Path) -> set[str]:
+    """The shard names an existing index names (none if it is not a readable index)."""
+    try:
+        return set(read_index(index).weight_map.values())
+    except (InputError, OSError):
+        return set()
+
+
+def _written_by_netinit(shard: Path) -> bool:
+    """Whether a shard's header carries netinit's provenance: only those are removed when the
+    index that named them is replaced (another tool's shards may be shared)."""
+    try:
+        with open(shard, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > MAX_HEADER_BYTES:
+                return False
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, struct.error):
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and "netinit.version" in metadata
+
+
 def output_shard_names(in_index: Path, shard_names: Sequence[str], out_index: Path) -> dict[str, str]:
     """Input shard file name → output shard file name, for an index written to ``out_index``."""
     in_stem = _index_stem(in_index.name)
@@ -322,7 +392,9 @@ def output_shard_names(in_index: Path, shard_names: Sequence[str], out_index: Pa
     names: dict[str, str] = {}
     for name in shard_names:
         if name.startswith(in_stem):
-            names[name] = out_stem + name[len(in_stem) :]
+            # A variant tag netinit added (``model.init.1-00001-…``) is not carried over.
+            rest = re.sub(r"^(\.\d+)+(?=-)", "", name[len(in_stem) :])
+            names[name] = out_stem + rest
         else:
             names[name] = f"{out_stem}-{name}"
     if len(set(names.values())) != len(names) or out_index.name in names.values():
