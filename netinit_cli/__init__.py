@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Report": "netinit_cli.report",
-    "build_options": "netinit_cli.api",
+    "build_options": "netinit_cli.options",
     "initialize": "netinit_cli.api",
     "inspect": "netinit_cli.api",
     "InputError": "netinit_cli.errors",
@@ -30,7 +30,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from netinit_cli.api import build_options, initialize, inspect
+    from netinit_cli.api import initialize, inspect
     from netinit_cli.errors import (
         InputError,
         NetinitError,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         UnsafeInputError,
         UsageError,
     )
+    from netinit_cli.options import build_options
     from netinit_cli.report import Report
 
 

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from netinit_cli import __version__
-from netinit_cli.api import build_options, default_preset_for, initialize, inspect
+from netinit_cli.api import initialize, inspect
 from netinit_cli.errors import EXIT_CODES, NetinitError
 from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
+from netinit_cli.options import build_options, default_preset_for
 from netinit_cli.presets import PRESETS, describe_presets
 from netinit_cli.report import INSPECT_FULL_LIMIT, TABLE_MODES, Report, render
 from netinit_cli.safe_text import shown

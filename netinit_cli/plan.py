@@ -14,6 +14,7 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,11 +25,12 @@ from netinit_cli.errors import UsageError
 from netinit_cli.initializers import TensorInit, distribution_init
 from netinit_cli.methods import METHOD_NAMES, METHODS, MethodSpec, parse_method
 from netinit_cli.model import Action, Param, Planned, Role
-from netinit_cli.presets import ModelContext, PresetSpec, TensorContext, decide, tensor_contexts
-from netinit_cli.presets.tensor_init import tensor_init
 from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import Seed
 from netinit_cli.spec import clipped
+
+if TYPE_CHECKING:
+    from netinit_cli.presets import ModelContext, PresetSpec, TensorContext
 
 KEEP = "keep"
 
@@ -125,6 +127,8 @@ def make_plan(
     about the whole model (:func:`netinit_cli.presets.model_context`)."""
     contexts: dict[str, TensorContext] = {}
     if options.preset is not None:
+        from netinit_cli.presets import ModelContext, tensor_contexts  # only for a preset run
+
         contexts = tensor_contexts(params, model or ModelContext(names=frozenset(p.name for p in params)))
     plan = [plan_one(param, options, contexts.get(param.name)) for param in params]
     by_name = {entry.param.name: entry for entry in plan}
@@ -241,6 +245,9 @@ def _decide(param: Param, options: Options, context: TensorContext | None = None
         return Planned(param, Action.FILL, init=EMPTY.label, rule=rule_text, why=why, initializer=EMPTY)
     why = "missing: no data in the input" if not param.has_data else "--all"
     if rule is None and options.preset is not None:
+        from netinit_cli.presets import TensorContext, decide
+        from netinit_cli.presets.tensor_init import tensor_init
+
         choice = decide(options.preset, param, context or TensorContext())
         if not choice.writes:
             return Planned(param, Action.KEEP, why=choice.label)

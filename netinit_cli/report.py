@@ -24,7 +24,6 @@ from netinit_cli.fill import STATS_SAMPLE
 from netinit_cli.methods import MethodSpec
 from netinit_cli.model import Action, Filled, LsuvSummary, Planned
 from netinit_cli.plan import Rule, counts
-from netinit_cli.presets import PresetSpec
 from netinit_cli.safe_text import shown
 from netinit_cli.seeding import Seed
 
@@ -32,6 +31,8 @@ if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
     from rich.table import Table
     from rich.text import Text
+
+    from netinit_cli.presets import PresetSpec
 
 # Rich is imported where a table is drawn, not with this module: a quiet run (``-q``, ``--json``)
 # never loads it (about 20 ms of start-up).

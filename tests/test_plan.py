@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from netinit_cli import UsageError
-from netinit_cli.api import build_options
 from netinit_cli.classify.layouts import LINEAR_OUT_IN
 from netinit_cli.methods import parse_method
 from netinit_cli.model import Action, Layout, Param, Role
+from netinit_cli.options import build_options
 from netinit_cli.plan import make_plan, parse_rule
 from netinit_cli.roles import initializer_for
 from netinit_cli.seeding import parse_seed
