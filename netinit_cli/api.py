@@ -46,6 +46,7 @@ from netinit_cli.report import Report
 if TYPE_CHECKING:
     from netinit_cli.formats.onnx.reader import OnnxModel
     from netinit_cli.formats.safetensors.bundle import SafetensorsModel
+    from netinit_cli.formats.safetensors.hf_folder import HfFolder
     from netinit_cli.formats.safetensors.hf_template import HfTemplate
     from netinit_cli.formats.safetensors.template import Manifest
 
@@ -90,7 +91,9 @@ def read(
     opened = open_model(Path(model))
     if like is None:
         return opened, None
-    if opened.kind != "safetensors":
+    if getattr(opened, "created", False) and not hasattr(opened, "writes_bundle"):
+        pass  # a model folder from a config: every one can be written by workers
+    elif opened.kind != "safetensors":
         raise UsageError("--like adds missing tensors to safetensors bundles; an ONNX graph defines its own")
     template = open_template(Path(like), config_options)
     if template.kind == "hf-config":
@@ -251,12 +254,8 @@ def initialize(
             )
         refuse_inputs(out_path, inputs, "-o")
     report_path = report_destination(report, out_path, force=force, inputs=inputs)
-    if from_config and worker is not None:
-        raise UsageError(
-            "--shard writes a bundle's files in parallel; a model folder from a config is written whole"
-        )
-    if not from_config and (worker is not None or shard_size is not None):
-        _check_sharded_run(opened, out_path, worker, shard_size, in_place, options)
+    if worker is not None or (shard_size is not None and not from_config):
+        _check_sharded_run(opened, out_path, worker, shard_size, in_place, options, from_config)
     config_path = cast("HfTemplate", template).config_path if from_config and template is not None else None
     planned = _planned_report(
         model, opened, classified, options, out_path, dry_run=dry_run, config_path=config_path
@@ -288,7 +287,11 @@ def initialize(
 
         tensors, planned.entries, planned.lsuv = rescale(opened, plan, filler, options.method, batch)
     # write: the writer lays out each file, then asks each lazy tensor for its bytes in turn
-    if not from_config and (worker is not None or shard_size is not None):
+    if from_config and worker is not None:  # a model folder shared by the workers
+        result = cast("HfFolder", opened).write(
+            out_path, plan, tensors, record, overwrite=force, durable=fsync, shard=worker
+        )
+    elif not from_config and (worker is not None or shard_size is not None):
         result = cast("SafetensorsModel", opened).write(
             out_path,
             plan,
@@ -350,8 +353,10 @@ def _check_sharded_run(
     max_shard_size: int | None,
     in_place: bool,
     options: Options,
+    from_config: bool,
 ) -> None:
-    """``--shard`` and ``--max-shard-size`` apply to a sharded safetensors output only."""
+    """``--shard`` and ``--max-shard-size`` apply to a sharded safetensors output (or a model
+    folder from a config) only."""
     flag = f"--shard {worker[0]}/{worker[1]}" if worker is not None else "--max-shard-size"
     if in_place:
         raise UsageError(f"{flag} and --in-place are exclusive: give the new bundle's index with -o")
@@ -359,17 +364,18 @@ def _check_sharded_run(
         raise UsageError(
             f"{flag} writes a sharded safetensors bundle; {opened.path.name} is {opened.kind}, written as one model"
         )
-    bundle = cast("SafetensorsModel", opened)
-    if not bundle.writes_bundle(out):
-        raise UsageError(
-            f"{flag}: the output {out.name} is one file; shards are written for a bundle "
-            "(MODEL a *.safetensors.index.json, or --like TEMPLATE -o NAME.safetensors.index.json)"
-        )
-    if max_shard_size is not None and not bundle.created:
-        raise UsageError(
-            f"--max-shard-size splits a new checkpoint (--like TEMPLATE -o NAME.safetensors.index.json); "
-            f"{opened.path.name} keeps its own split"
-        )
+    if not from_config:  # a model folder from a config is always written by --shard workers
+        bundle = cast("SafetensorsModel", opened)
+        if not bundle.writes_bundle(out):
+            raise UsageError(
+                f"{flag}: the output {out.name} is one file; shards are written for a bundle "
+                "(MODEL a *.safetensors.index.json, or --like TEMPLATE -o NAME.safetensors.index.json)"
+            )
+        if max_shard_size is not None and not bundle.created:
+            raise UsageError(
+                f"--max-shard-size splits a new checkpoint (--like TEMPLATE -o NAME.safetensors.index.json); "
+                f"{opened.path.name} keeps its own split"
+            )
     if worker is not None and options.seed.source == "automatic":
         raise UsageError(
             f"{flag} with --seed automatic: each worker would draw its own seed; give every worker the same --seed"

@@ -219,7 +219,7 @@ def cli() -> None:
 @click.option(
     "--shard",
     metavar="K/N|auto|auto/N",
-    help="Write only worker K's files of N of a sharded bundle; the last worker to finish writes the index. "
+    help="Write only worker K's files of N of a sharded bundle or config's model folder; the last to finish writes the index. "
     "auto: K (and N) from a Slurm array, Kubernetes Indexed Job, GitLab parallel or NETINIT_SHARD_INDEX/_COUNT.",
 )
 @click.option(

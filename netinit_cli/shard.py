@@ -242,18 +242,22 @@ class Publication(NamedTuple):
 
 def publish_index_if_complete(
     index_path: Path,
-    index_bytes: bytes,
+    index_bytes: bytes | None,
     shards: Mapping[str, int],
     expected: Mapping[str, str],
     *,
     overwrite: bool = False,
     durable: bool = True,
+    extras: Mapping[str, bytes] | None = None,
 ) -> Publication:
     """Write the index (temp file, fsync, rename, same folder) iff every shard is complete.
 
     ``shards``: each file the index names (beside it) → planned size.  Workers may call it at
     once: each renames its own temporary file, all with the same bytes.  A foreign or broken
     shard raises, or with ``overwrite`` (``--force``) means "not yet": its worker replaces it.
+    ``extras`` (a model folder's ``config.json``, …: name → bytes, beside the index) are
+    written the same way just before the index; ``index_bytes=None``: the output is one file
+    and has no index, only the extras.
     """
     waiting: list[str] = []
     stale: list[str] = []
@@ -267,15 +271,30 @@ def publish_index_if_complete(
             stale.append(name)
     if waiting or stale:
         return Publication(False, tuple(waiting), tuple(stale))
-    if index_path.is_symlink():
-        raise OutputError(f"{index_path}: the index path is a symbolic link; refusing to write through it")
-    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-        if index_path.read_bytes() == index_bytes:
-            return Publication(True)
-        if not overwrite:
-            raise OutputExistsError(f"{index_path} exists with other contents; use --force to replace it")
-    _replace_atomically(index_path, index_bytes, durable)
+    for name, data in sorted((extras or {}).items()):
+        _publish(index_path.with_name(name), data, overwrite=overwrite, durable=durable)
+    if index_bytes is not None:
+        _publish(index_path, index_bytes, overwrite=overwrite, durable=durable)
     return Publication(True)
+
+
+def check_published(path: Path, data: bytes, *, overwrite: bool) -> bool:
+    """Whether ``path`` already holds ``data``; another file there is refused unless ``overwrite``."""
+    if path.is_symlink():
+        raise OutputError(f"{path}: a symbolic link; refusing to write through it")
+    try:
+        if path.read_bytes() == data:
+            return True
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    if not overwrite:
+        raise OutputExistsError(f"{path} exists with other contents; use --force to replace it")
+    return False
+
+
+def _publish(path: Path, data: bytes, *, overwrite: bool, durable: bool) -> None:
+    if not check_published(path, data, overwrite=overwrite):
+        _replace_atomically(path, data, durable)
 
 
 def _replace_atomically(path: Path, data: bytes, durable: bool) -> None:

@@ -381,8 +381,8 @@ def example_commands() -> dict[str, list[str]]:
 
 
 def in_folder(folder: Path, command: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run an example's command in ``folder``; the small test manifest is split with SPLIT (under
-    the default 5 GB it would be one file)."""
+    """Run an example's command in ``folder``; the small test template is split with SPLIT (under
+    the example's 5 GB it would be one file)."""
     assert command[0] == "netinit"
     cwd = os.getcwd()
     os.chdir(folder)
@@ -393,13 +393,22 @@ def in_folder(folder: Path, command: list[str], env: dict[str, str]) -> dict[str
 
 
 def test_examples_command_lines(inputs: dict[str, Path], tmp_path: Path) -> None:
-    """Each example's command runs as written, every worker of it, and gives the single run's bundle."""
+    """Each example's command runs as written, every worker of it, and gives the single run's output
+    (the Slurm example makes a model folder from a transformers config, the others a bundle from a
+    manifest)."""
     commands = example_commands()
-    single = tmp_path / "single"
-    (single / "ckpt").mkdir(parents=True)
-    (single / "manifest.json").write_bytes(inputs["manifest"].read_bytes())
-    in_folder(single, [c for c in commands["slurm"] if c not in ("--shard", "auto")], {})
-    expected = files_of(single / "ckpt")
+
+    def folder_for(name: str, where: Path) -> Path:
+        if name == "slurm":  # workers create ckpt/ themselves
+            pytest.importorskip("transformers")
+            from test_shard_hf import write_config
+
+            write_config(where)
+        else:
+            (where / "ckpt").mkdir(parents=True)
+            (where / "manifest.json").write_bytes(inputs["manifest"].read_bytes())
+        return where
+
     slurm = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MAX": "7"}
     runs = {
         "slurm": [{**slurm, "SLURM_ARRAY_TASK_ID": str(k)} for k in range(8)],
@@ -407,25 +416,26 @@ def test_examples_command_lines(inputs: dict[str, Path], tmp_path: Path) -> None
         "github": [{"NETINIT_SHARD_INDEX": str(k), "NETINIT_SHARD_COUNT": "4"} for k in range(4)],
     }
     for name, envs in runs.items():
-        folder = tmp_path / name
-        (folder / "ckpt").mkdir(parents=True)
-        (folder / "manifest.json").write_bytes(inputs["manifest"].read_bytes())
         if name == "k8s":  # the manifest is mounted at /config, the volume at /ckpt
             command = [c.replace("/config/", "").replace("/ckpt/", "ckpt/") for c in commands[name]]
         else:
             command = commands[name]
+        at = command.index("--shard")
+        single = folder_for(name, tmp_path / f"single-{name}")
+        in_folder(single, command[:at] + command[at + 2 :], {})
+        expected = files_of(single / "ckpt")
+        folder = folder_for(name, tmp_path / name)
         assert in_folder(folder, [*command, "--dry-run"], envs[0])["dry_run"]
         if name != "github":
             for env in reversed(envs):
                 in_folder(folder, command, env)
         else:  # separate runners, each with its own folder; the index job gathers their shards
             for k, env in enumerate(envs):
-                runner = tmp_path / f"runner{k}"
-                (runner / "ckpt").mkdir(parents=True)
-                (runner / "manifest.json").write_bytes(inputs["manifest"].read_bytes())
+                runner = folder_for(name, tmp_path / f"runner{k}")
                 in_folder(runner, command, env)
                 assert not (runner / "ckpt" / "model.safetensors.index.json").exists()
                 for path in (runner / "ckpt").iterdir():
                     (folder / "ckpt" / path.name).write_bytes(path.read_bytes())
             assert in_folder(folder, commands["github-index"], {})["bytes_written"] == 0
         assert files_of(folder / "ckpt") == expected, name
+        assert len(expected) > 4, name  # split into several files

@@ -25,6 +25,7 @@ from netinit_cli.shard import (
     BrokenShardError,
     ShardMismatchError,
     assign,
+    check_published,
     existing_shard,
     metadata_of,
     mismatch,
@@ -93,13 +94,14 @@ class PlannedFile:
 def write_worker(
     out_index: Path,
     files: Sequence[PlannedFile],
-    index_bytes: bytes,
+    index_bytes: bytes | None,
     expected: Mapping[str, str],
     shard: tuple[int, int],
     write_file: Callable[[int, BinaryIO], None],
     *,
     overwrite: bool,
     durable: bool,
+    extras: Mapping[str, bytes] | None = None,
 ) -> WriteResult:
     """Worker ``shard = (k, n)``: write my files of ``files`` (``write_file(i, handle)`` writes the
     i-th into a temporary file, committed here), skip those already complete, then publish.
@@ -107,7 +109,9 @@ def write_worker(
     Every file present is checked first, so a worker started with other options (another seed,
     method, version, layout) stops before it writes anything.  With ``overwrite`` (``--force``) a
     file of another run is replaced by its own worker, and the index of that run is removed
-    first, so no reader sees a bundle mixing two runs.
+    first, so no reader sees a bundle mixing two runs.  ``extras`` (a model folder's config.json:
+    name → bytes) are published with the index, just before it; ``index_bytes=None``: the output
+    is one file (``out_index`` is its path), which worker 0 writes, and only the extras follow it.
     """
     k, n = shard
     folder = out_index.parent
@@ -121,9 +125,12 @@ def write_worker(
             if not overwrite:
                 raise
             stale.append(file.name)
-    if not overwrite:
-        _check_other_runs(out_index, {file.name for file in files}, expected)
-    _check_index(out_index, index_bytes, overwrite=overwrite, remove=bool(stale))
+    for name, data in (extras or {}).items():  # refused now, not after the files are written
+        check_published(folder / name, data, overwrite=overwrite)
+    if index_bytes is not None:
+        if not overwrite:
+            _check_other_runs(out_index, {file.name for file in files}, expected)
+        _check_index(out_index, index_bytes, overwrite=overwrite, remove=bool(stale))
     written: list[Path] = []
     for number in mine:
         if number in complete:
@@ -133,14 +140,20 @@ def write_worker(
         written.append(folder / files[number].name)
     sizes = {file.name: file.size for file in files}
     status = publish_index_if_complete(
-        out_index, index_bytes, sizes, expected, overwrite=overwrite, durable=durable
+        out_index, index_bytes, sizes, expected, overwrite=overwrite, durable=durable, extras=extras
     )
+    published = [*(folder / name for name in sorted(extras or {})), *([out_index] if index_bytes else [])]
     skipped = [files[number].name for number in mine if number in complete]
     notes = [
         f"worker {k} of {n}: wrote {len(written)} of its {len(mine)} file(s)"
         + (f", {len(skipped)} already complete ({', '.join(skipped)})" if skipped else "")
     ]
-    if status.published:
+    if index_bytes is None:
+        if n > 1:
+            notes.append(
+                f"the model is one file, {files[0].name}: worker 0 of {n} writes it, the others nothing"
+            )
+    elif status.published:
         notes.append(f"every file of the bundle is complete: {out_index.name} is published")
     else:
         waiting = [*status.waiting, *status.stale]
@@ -150,7 +163,7 @@ def write_worker(
             "to finish publishes it"
         )
     return WriteResult(
-        paths=[*written, *([out_index] if status.published else [])],
+        paths=[*written, *(published if status.published else [])],
         bytes_written=sum(sizes[path.name] for path in written),
         notes=notes,
     )

@@ -19,7 +19,7 @@ kernel-side chunks (``os.copy_file_range``), so peak memory is about the largest
   is rewritten with ``weight_map`` and ``metadata.total_size`` (sum of tensor data bytes) and
   ``total_parameters`` computed from the plan; other index metadata keys are kept.  A new bundle
   (``--like T -o NAME.safetensors.index.json``) is split by size (``sharded.split_by_size``).
-  Every file of a bundle records ``netinit.plan`` (a digest of the layout and options) and
+  Every file of a bundle (and a model folder's one file) records ``netinit.plan`` (a digest of the layout and options) and
   ``netinit.shard_files``, so a ``--shard K/N`` worker (``sharded.write_worker``) recognises files
   of its own run, and the union of the workers' files is this module's single-run output.
 * **New tensors** (``has_data=False``, from ``--like``) go to the shard the index's ``weight_map``
@@ -96,6 +96,16 @@ class _Progress:
 
 
 @dataclass(frozen=True)
+class ModelFolder:
+    """What a model folder (``--like config.json``) adds to the files the writer lays out: its
+    index's text as save_pretrained writes it (None: one file, ``model.safetensors``, which then
+    records ``netinit.plan`` too), and the small files a ``--shard`` worker publishes with it."""
+
+    index_bytes: bytes | None
+    extras: dict[str, bytes]
+
+
+@dataclass(frozen=True)
 class _File:
     """One output file as planned: where, its metadata, its tensors in write order, its header."""
 
@@ -123,11 +133,14 @@ class SafetensorsWriter:
         index: Index | None,
         entries: dict[str, tuple[Shard, TensorEntry]],
         placement: dict[str, str],
+        *,
+        folder: ModelFolder | None = None,
     ) -> None:
         self._shards = shards
         self._index = index
         self._entries = entries
         self._placement = placement  # tensor name -> input shard file name
+        self._folder = folder
 
     def write(
         self,
@@ -161,15 +174,21 @@ class SafetensorsWriter:
         else:
             source = self._shards[0]
             target = out.with_name(self._output_names(out)[source.file_name])
-            files, index_bytes = (
-                [_File.make(target, {**source.metadata, **provenance}, items[source.file_name])],
+            metadata = {**source.metadata, **provenance}
+            if self._folder is not None:  # a model folder's one file records its plan too
+                metadata.update(_plan_metadata([(target.name, items[source.file_name])], provenance))
+            files, index_bytes, expected = (
+                [_File.make(target, metadata, items[source.file_name])],
                 None,
+                metadata,
             )
+        if self._folder is not None and self._folder.index_bytes is not None:
+            index_bytes = self._folder.index_bytes
         if index_bytes is not None and shard is None:  # refused now, not after every shard is written
             check_destination(out, overwrite=overwrite, protected=protected)
         done = _Progress()
         if shard is not None:
-            if index_bytes is None:
+            if index_bytes is None and self._folder is None:
                 raise UsageError(f"{out}: --shard splits a sharded bundle; this output is one file")
 
             def write_file(number: int, handle: BinaryIO) -> None:
@@ -187,6 +206,7 @@ class SafetensorsWriter:
                 write_file,
                 overwrite=overwrite,
                 durable=durable,
+                extras=self._folder.extras if self._folder is not None else None,
             )
             result.notes[:0] = notes
             return result
@@ -236,12 +256,7 @@ class SafetensorsWriter:
             shard_out = self._output_names(out)
             layout = [(shard_out[s.file_name], s.metadata, items[s.file_name]) for s in self._shards]
             index_metadata = dict(self._index.metadata)
-        tensors = [
-            PlannedTensor(item.name, item.dtype, item.shape, name, "filled" if item.tensor else "copied")
-            for name, _, chosen in layout
-            for item in chosen
-        ]
-        expected = shard_metadata(provenance, plan_digest(tensors, provenance), len(layout))
+        expected = _plan_metadata([(name, chosen) for name, _, chosen in layout], provenance)
         files = [
             _File.make(out.with_name(name), {**metadata, **expected}, chosen)
             for name, metadata, chosen in layout
@@ -339,6 +354,16 @@ class SafetensorsWriter:
             done.sources[source.path] = source
             src_offset = src_shard.header.data_start + src_entry.begin  # type: ignore[union-attr]
             copy_range(source.fd, src_offset, nbytes, fd, target, source=source.path)
+
+
+def _plan_metadata(layout: Sequence[tuple[str, list[_Item]]], provenance: dict[str, str]) -> dict[str, str]:
+    """The ``netinit.*`` keys every file of the output records: the provenance and the plan's digest."""
+    tensors = [
+        PlannedTensor(item.name, item.dtype, item.shape, name, "filled" if item.tensor else "copied")
+        for name, chosen in layout
+        for item in chosen
+    ]
+    return shard_metadata(provenance, plan_digest(tensors, provenance), len(layout))
 
 
 def _renamed_in_index(index_bytes: bytes, bases: list[str], names: list[str]) -> bytes:
