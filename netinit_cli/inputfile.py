@@ -1,4 +1,4 @@
-"""Inputs read through one open file.
+"""Files netinit reads: models through one open file, and files named by options, regular only.
 
 A model is read in steps (header or graph first, tensor data later, maybe minutes apart), and
 another process may replace it meanwhile (``netinit --in-place`` renames a new file over it) or
@@ -16,10 +16,11 @@ import stat
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from netinit_cli.errors import InputError
+from netinit_cli.errors import InputError, NetinitError, UsageError
 
 FileState = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
@@ -91,22 +92,13 @@ class InputFile:
 
     def __init__(self, path: Path, *, follow_symlinks: bool = True) -> None:
         self.path = path
-        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-        if not follow_symlinks:
-            flags |= getattr(os, "O_NOFOLLOW", 0)
         try:
-            if not stat.S_ISREG(os.stat(path).st_mode):  # never open a device or a FIFO
-                raise InputError(f"{path}: not a regular file")
-            # O_NONBLOCK: should a FIFO replace the file meanwhile, opening it must not wait.
-            fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+            fd = open_regular_fd(path, str(path), InputError, follow_symlinks=follow_symlinks)
         except FileNotFoundError:
             raise InputError(f"{path}: no such file") from None
         except OSError as exc:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise InputError(f"{path}: not a regular file")
         self.fd = fd
         self.state = file_state(info)
         self._closer = weakref.finalize(self, os.close, fd)
@@ -130,3 +122,66 @@ class InputFile:
 
     def close(self) -> None:
         self._closer()
+
+
+# Files named by options (``--config``, LSUV's ``--data``): read whole or streamed.
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    return next((name for test, name in _KINDS if test(mode)), "not a file")
+
+
+def open_regular_fd(
+    path: str | os.PathLike[str],
+    where: str,
+    error: type[NetinitError],
+    *,
+    follow_symlinks: bool = True,
+) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file, else ``error`` naming ``where``.
+
+    A FIFO would block a read forever, a device (``/dev/zero``) would never end, and opening some
+    devices has effects of their own.  The path is checked before it is opened, so a device is
+    never opened, and the descriptor again after a non-blocking open, so a FIFO swapped in between
+    cannot hang the read.  An ``OSError`` (no such file, no permission) is the caller's to word.
+    """
+    before = os.stat(path)
+    if not stat.S_ISREG(before.st_mode):
+        raise error(f"{where}: not a regular file ({file_kind(before.st_mode)})")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{where}: not a regular file ({file_kind(mode)})")
+    return fd
+
+
+def open_regular(path: str | os.PathLike[str], where: str) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (``where`` names the option)."""
+    return os.fdopen(open_regular_fd(path, where, UsageError), "rb")
+
+
+def read_regular(path: Path, where: str, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them (``what`` it should be
+    is named when it is larger)."""
+    try:
+        with open_regular(path, where) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                raise UsageError(f"{where}: {size:,} bytes, more than {what}'s {limit:,}")
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{where}: more than {what}'s {limit:,} bytes")
+    return data

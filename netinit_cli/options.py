@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from netinit_cli.errors import UsageError
 from netinit_cli.formats import ConfigOptions
+from netinit_cli.inputfile import read_regular
 from netinit_cli.methods import MethodSpec, parse_method
 from netinit_cli.plan import Options, Rule, make_rule, parse_rule
-from netinit_cli.readfile import read_regular
 from netinit_cli.seeding import Seed, parse_seed
 
 if TYPE_CHECKING:

@@ -124,9 +124,12 @@ class CaseTimeout(BaseException):
 
 
 @contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
+def time_limit(seconds: float, error: type[BaseException] = CaseTimeout) -> Iterator[None]:
+    """Raise ``error`` in this thread when the block has not returned after ``seconds``: a hang
+    fails its case (or test) instead of hanging the run."""
+
     def expire(signum: int, frame: object) -> None:
-        raise CaseTimeout
+        raise error(f"no answer within {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import hostile_cases as hc
@@ -37,18 +35,8 @@ class ExampleTimeout(BaseException):
     """A BaseException, so that the CLI's own error handler cannot swallow it."""
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float = TIME_LIMIT) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise ExampleTimeout(f"no answer within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def time_limit(seconds: float = TIME_LIMIT) -> contextlib.AbstractContextManager[None]:
+    return hc.time_limit(seconds, ExampleTimeout)
 
 
 def st_model(path: Path, names: list[str] | None = None) -> Path:

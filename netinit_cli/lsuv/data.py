@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from netinit_cli.errors import UsageError
-from netinit_cli.readfile import open_regular
+from netinit_cli.inputfile import open_regular
 
 # Inputs a standard-normal batch can be drawn for; anything else (token ids, masks) needs --data.
 _DRAWABLE: dict[int, np.dtype] = {
