@@ -137,6 +137,8 @@ def read_values(
     from netinit_cli.classify.values import (
         FIXED_DTYPES,
         fixed_transform,
+        is_candidate,
+        leading_elements,
         sample_elements,
         structured_value_note,
     )
@@ -149,7 +151,14 @@ def read_values(
             result.append(param)
             continue
         try:
-            values = read(param.name, sample_elements(param.shape))
+            # Two reads at most: the leading values decide whether the spread sample is needed.
+            leading = leading_elements(param.shape)
+            values = read(param.name, leading)
+            if not is_candidate(values):
+                result.append(param)
+                continue
+            if leading is not None:
+                values = read(param.name, sample_elements(param.shape))
         except InputError:
             result.append(param)
             continue

@@ -35,6 +35,7 @@ VALUE_SAMPLE = 4096  # elements read from the start of a tensor for the value ch
 SPREAD = 64  # elements read evenly spread over a tensor (its last one included) to confirm a pattern
 ROW_SAMPLE = (16, 1024)  # rows (evenly spread) × leading elements per row for the DFT check
 SAMPLED_FROM = 1 << 16  # elements: smaller tensors are read whole
+_CONTIGUOUS_ROWS = 1 << 14  # elements: leading rows up to this many are read as one range
 FIXED_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})  # dtypes whose values are checked for a transform
 _DFT_MIN_ROW = 16
 _DFT_MIN_ROWS = 4
@@ -151,6 +152,48 @@ def _spread_positions(size: int) -> np.ndarray:
 
 def _spread_rows(count: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(count, ROW_SAMPLE[0])).round().astype(np.int64))
+
+
+def leading_elements(shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """The ranges :func:`is_candidate` needs: the leading :data:`VALUE_SAMPLE` elements and the
+    leading parts of the first :data:`ROW_SAMPLE` rows, as one contiguous range where the rows are
+    short (one sequential read instead of a seek per row).  ``None``: read it whole, as
+    :func:`sample_elements`."""
+    size = math.prod(shape)
+    if size <= SAMPLED_FROM:
+        return None
+    ranges = [(0, VALUE_SAMPLE)]
+    if len(shape) >= 2 and shape[0]:
+        row = size // shape[0]
+        rows = min(shape[0], ROW_SAMPLE[0])
+        if rows * row <= _CONTIGUOUS_ROWS:
+            ranges.append((0, rows * row))
+        else:
+            ranges += [(r * row, min(row, ROW_SAMPLE[1])) for r in range(rows)]
+    return ranges
+
+
+def is_candidate(values: np.ndarray) -> bool:
+    """Whether the leading values (:func:`leading_elements`) could belong to a fixed transform or
+    earn a note: constant, arange-like or integer-valued, or leading rows that look like a DFT
+    basis.  Trained and initialized weights are none of these, so only candidates are read again,
+    on the sample spread over the whole tensor (:func:`sample_elements`)."""
+    if values.size < 2:
+        return False
+    flat = _leading(values)
+    if flat is None:
+        return False
+    steps = np.diff(flat)
+    if np.all(flat == flat[0]) or np.all(flat == np.round(flat)):
+        return True
+    if flat.size >= 3 and steps[0] != 0 and np.allclose(steps, steps[0], rtol=1e-3, atol=0):
+        return True
+    step = flat[1] - flat[0]  # fixed_transform's own arange test
+    if step != 0 and _near(flat, flat[0] + step * np.arange(flat.size), step, _eps(values.dtype)):
+        return True
+    if values.ndim < 2 or values.shape[0] < _DFT_MIN_ROWS or values.size // values.shape[0] < _DFT_MIN_ROW:
+        return False
+    return _dft_frequencies(values, np.arange(min(values.shape[0], ROW_SAMPLE[0]))) is not None
 
 
 def sample_elements(shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
