@@ -21,7 +21,6 @@ from netinit_cli.fill import keep_freed_buffers
 from netinit_cli.methods import FLAGS, METHOD_NAMES, OVERRIDE_KEYS, describe_methods
 from netinit_cli.model import Planned
 from netinit_cli.options import build_options, default_preset_for
-from netinit_cli.presets import PRESETS, describe_presets
 from netinit_cli.report import INSPECT_FULL_LIMIT, TABLE_MODES, Report, render
 from netinit_cli.safe_text import shown
 
@@ -134,7 +133,8 @@ def method_options(func: F) -> F:
         click.option(
             "--preset",
             metavar="NAME",
-            help=f"Framework preset instead of a method: {'|'.join(PRESETS)}, e.g. 'hf(initializer_range=0.01)'; see 'netinit methods'.",
+            help="Framework preset instead of a method: torch|keras|flax|hf|megatron, e.g. "
+            "'hf(initializer_range=0.01)'; see 'netinit methods'.",
         ),
         *(click.option(flag.flag, metavar=flag.metavar, help=flag.help) for flag in FLAGS),
         click.option(
@@ -332,6 +332,8 @@ def methods_command() -> None:
     """List every method and preset, sub-option, default and formula."""
     click.echo(describe_methods())
     click.echo()
+    from netinit_cli.presets import describe_presets
+
     click.echo(describe_presets(), nl=False)
 
 

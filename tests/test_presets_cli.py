@@ -204,3 +204,17 @@ def test_methods_lists_the_presets() -> None:
     assert code == 0
     assert "Presets (--preset NAME" in out and "hf  transformers _init_weights" in out
     assert "attn/mlp c_proj N(0, σ/√(2·n_layer))" in out
+
+
+def test_the_preset_option_help_names_every_preset() -> None:
+    """The --preset help text is written out (importing the presets costs every run start-up
+    time), so it must follow the registry."""
+    from click.testing import CliRunner
+
+    from netinit_cli.cli import cli
+    from netinit_cli.presets import PRESETS
+
+    result = CliRunner().invoke(cli, ["init", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    line = next(text for text in result.output.splitlines() if "--preset" in text)
+    assert "|".join(PRESETS) in line

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from netinit_cli.classify.families import TIE_PAIRS
-from netinit_cli.classify.names import classify_params
 from netinit_cli.errors import InputError
 from netinit_cli.model import Param, Role
 
@@ -81,12 +80,16 @@ def template_params(template: Template) -> list[Param]:
         return [param for param in params if param.source in ("initializer", "graph_input")]
     if template.kind == "manifest":
         manifest = cast("Manifest", template)
+        from netinit_cli.classify.names import classify_params
+
         return classify_params(manifest.params, manifest.format_hint)
     from netinit_cli.formats.safetensors.template import as_template
 
     bundle = cast("SafetensorsModel", template)
     hint = bundle.metadata.get("format")
     folded, _ = fold_ties(bundle.params, bundle.read_array)
+    from netinit_cli.classify.names import classify_params
+
     return classify_params(as_template(bundle.path.name, folded), hint)
 
 
@@ -117,6 +120,8 @@ def _classify_onnx(model: OnnxModel) -> Classified:
 
 
 def _classify_safetensors(model: SafetensorsModel) -> Classified:
+    from netinit_cli.classify.names import classify_params  # name rules: not for ONNX runs
+
     params = classify_params(model.params, model.metadata.get("format"))
     params, notes = fold_ties(params, model.read_array)
     params = read_values(params, model.read_array, None, notes)

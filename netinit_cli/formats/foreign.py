@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import zipfile
 from pathlib import Path
 
 # Every signature below lies within a file's first HEAD_BYTES bytes.
@@ -128,6 +127,8 @@ def _describe_zip(path: Path) -> str | None:
 
 def _zip_names(path: Path) -> list[str] | None:
     """The member names of a zip archive, or None when it is damaged or too large to list."""
+    import zipfile  # only for a file that looks like a zip archive
+
     try:
         directory = _zip_directory(path)
         if directory is None or directory[0] > MAX_ZIP_ENTRIES or directory[1] > MAX_ZIP_DIRECTORY_BYTES:
