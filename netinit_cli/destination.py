@@ -23,6 +23,7 @@ from pathlib import Path
 
 from netinit_cli import libc
 from netinit_cli.errors import OutputError, OutputExistsError, UsageError
+from netinit_cli.inputfile import file_kind
 
 Identity = tuple[int, int]  # (st_dev, st_ino)
 
@@ -55,14 +56,6 @@ def folder_of(path: Path) -> Path:
     return path.parent if str(path.parent) else Path(".")
 
 
-_KINDS = (
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
 def check_destination(
     out: Path, *, overwrite: bool, protected: frozenset[Identity] = frozenset(), option: str = "-o"
 ) -> os.stat_result | None:
@@ -83,12 +76,12 @@ def check_destination(
             )
         if stat.S_ISDIR(info.st_mode):
             raise OutputError(f"{out} is a folder; give a file path with {option}")
-        for test, kind in _KINDS:
-            if test(info.st_mode):
-                raise OutputError(
-                    f"{out} is {kind}; netinit writes regular files only and never replaces "
-                    f"{kind}, even with --force; choose another {option}"
-                )
+        if not stat.S_ISREG(info.st_mode):
+            kind = file_kind(info.st_mode)
+            raise OutputError(
+                f"{out} is {kind}; netinit writes regular files only and never replaces "
+                f"{kind}, even with --force; choose another {option}"
+            )
         if (info.st_dev, info.st_ino) in protected:
             raise OutputError(f"{out} is one of the input files; choose another {option}")
         if not overwrite:
